@@ -1,0 +1,54 @@
+# The two commands: `make run` (the whole suite locally) and `make test` (lint, types, buf, tests).
+# Every target creates what it needs: the virtual environment, packages, stubs, buf.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(shell find protos -name '*.proto')
+STAMP := $(VENV)/.installed
+STUBS := build/aias.binpb
+
+.PHONY: run test lint typecheck buf-lint pytest protos bench clean
+
+run: $(STUBS)
+	$(PY) -m aias.core.launcher
+
+test: lint typecheck buf-lint pytest
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# One command regenerates every stub and the descriptor image from protos/.
+$(STUBS): $(STAMP) $(PROTOS)
+	$(PY) -m aias.core.protogen 2>/dev/null
+protos: $(STAMP)
+	$(PY) -m aias.core.protogen 2>/dev/null
+
+$(BUF): tools/package.json tools/package-lock.json
+	mkdir -p .tools
+	cp tools/package.json tools/package-lock.json .tools/
+	cd .tools && npm ci --silent --no-audit --no-fund
+	touch $@
+
+lint: $(STUBS)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STUBS)
+	$(VENV)/bin/mypy aias/core services gateway tests bench
+
+buf-lint: $(STUBS) $(BUF)
+	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml
+
+pytest: $(STUBS)
+	$(PY) -m pytest -q
+
+bench: $(STUBS)
+	$(PY) -m bench.webhook_path
+
+clean:
+	rm -rf $(VENV) .tools build

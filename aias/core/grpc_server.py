@@ -1,0 +1,307 @@
+"""Builds and runs an asyncio gRPC server: auth, context, errors, metrics, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from aias.core.context import AUTHORIZATION, Caller, request_id_var, run_id_var, tenant_id_var
+from aias.core.errors import DomainError, Unauthenticated
+from aias.core.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+ERROR_DOMAIN = "aias.dev"
+
+
+def status_for(error: DomainError) -> grpc.Status:
+    """A google.rpc.Status with an ErrorInfo detail, ready for `context.abort_with_status`."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, error.code), message=error.message, details=[detail]
+    )
+    return rpc_status.to_status(status)
+
+
+class RpcMetrics:
+    """RPC counters and latency histograms, named as go-grpc-prometheus names them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed, by method and code.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "RPC latency, by method.",
+            ["grpc_service", "grpc_method"],
+            registry=registry,
+        )
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        service, _, name = method.lstrip("/").partition("/")
+        self.handled.labels(service, name, code.name).inc()
+        self.latency.labels(service, name).observe(seconds)
+
+
+class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler: checks the internal credential, sets context, maps errors, measures."""
+
+    def __init__(self, internal_token: str, metrics: RpcMetrics) -> None:
+        self._expected = f"Bearer {internal_token}".encode()
+        self._metrics = metrics
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        public = method.startswith(HEALTH_PREFIX)
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attr, make in kinds:
+            behavior = getattr(handler, attr)
+            if behavior is None:
+                continue
+            streaming_response = attr.endswith("_stream")
+            wrapped = (
+                self._wrap_stream(method, public, behavior)
+                if streaming_response
+                else self._wrap_unary(method, public, behavior)
+            )
+            return make(
+                wrapped,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _authorized(self, context: grpc.aio.ServicerContext) -> bool:
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTHORIZATION and isinstance(value, str):
+                return hmac.compare_digest(value.encode(), self._expected)
+        return False
+
+    async def _enter(self, public: bool, context: grpc.aio.ServicerContext) -> None:
+        caller = Caller.from_metadata(context.invocation_metadata() or ())
+        request_id_var.set(caller.request_id)
+        tenant_id_var.set(caller.tenant_id)
+        run_id_var.set("")
+        if not public and not self._authorized(context):
+            await context.abort_with_status(status_for(_MISSING_CREDENTIAL))
+
+    async def _fail(self, error: Exception, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(error, DomainError):
+            await context.abort_with_status(status_for(error))
+        log.exception("unhandled error")
+        await context.abort_with_status(status_for(_INTERNAL))
+
+    def _wrap_unary(self, method: str, public: bool, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(public, context)
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._fail(error, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self._metrics.observe(
+                    method, _final_code(context, code), time.perf_counter() - started
+                )
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, public: bool, behavior: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                await self._enter(public, context)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await self._fail(error, context)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                self._metrics.observe(
+                    method, _final_code(context, code), time.perf_counter() - started
+                )
+
+        return wrapper
+
+
+_MISSING_CREDENTIAL = Unauthenticated(
+    "MISSING_INTERNAL_CREDENTIAL",
+    "this RPC requires the internal service credential "
+    "(authorization: Bearer <AIAS_INTERNAL_TOKEN>)",
+)
+_INTERNAL = DomainError("INTERNAL", "an internal error occurred; the request id is in the logs")
+
+
+def _final_code(context: grpc.aio.ServicerContext, fallback: grpc.StatusCode) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return fallback
+
+
+@dataclass
+class Registration:
+    """One gRPC service to add: its full name and the generated `add_..._to_server` call."""
+
+    name: str
+    add: Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class BuiltServer:
+    """A server that is bound but not started, with what `serve` needs to run and stop it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    metrics: RpcMetrics
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in self.service_names:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Marks NOT_SERVING, lets in-flight RPCs finish within `grace`, then runs cleanups."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for cleanup in reversed(self.on_stop):
+            await cleanup()
+
+
+def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]) -> BuiltServer:
+    """The server with every service, health and reflection, bound to settings.port (0: any)."""
+    metrics = RpcMetrics(CollectorRegistry())
+    server = grpc.aio.server(
+        interceptors=[_ServingInterceptor(settings.internal_token, metrics)],
+        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = []
+    for service in services:
+        service.add(server)
+        names.append(service.name)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    return BuiltServer(server, port, health_servicer, names, metrics)
+
+
+def write_ready_file(path: Path | None, **fields: Any) -> None:
+    """Atomically tells a launcher where this process listens, once it is ready."""
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **fields}))
+    tmp.replace(path)
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry) -> int:
+    """Serves /metrics on its own port; returns the bound port (useful when asked for 0)."""
+    httpd, _thread = start_http_server(port, registry=registry)
+    return int(httpd.server_port)
+
+
+async def wait_for_termination() -> None:
+    """Returns on SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(built: BuiltServer, settings: ServerSettings) -> None:
+    """Runs a built server until SIGTERM, then shuts down gracefully."""
+    await built.start()
+    metrics_port = start_metrics_server(settings.metrics_port, built.metrics.registry)
+    log.info("serving", extra={"port": built.port, "metrics_port": metrics_port})
+    write_ready_file(settings.ready_file, port=built.port, metrics_port=metrics_port)
+    await wait_for_termination()
+    log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
+    await built.stop(settings.grace_seconds)
+    log.info("stopped")
+
+
+class ProcessSettings(Protocol):
+    """What `run_main` needs of a process's settings object."""
+
+    @property
+    def server(self) -> ServerSettings: ...
+
+
+_S = TypeVar("_S", bound=ProcessSettings)
+
+
+def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer]]) -> None:
+    """The whole of a gRPC process's main: settings, logging, build, serve until SIGTERM."""
+    from aias.core.logging import configure_logging
+    from aias.core.settings import SettingsError
+
+    try:
+        settings = load()
+    except SettingsError as error:
+        raise SystemExit(str(error)) from None
+    configure_logging(settings.server.service, settings.server.log_level)
+
+    async def _run() -> None:
+        built = await build(settings)
+        await serve(built, settings.server)
+
+    asyncio.run(_run())

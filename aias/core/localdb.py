@@ -1,0 +1,103 @@
+"""Finds or starts the database for a local run: AIAS_DATABASE_URL, else embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from aias.core.embedded_pg import EmbeddedPostgres
+from aias.core.migrate import DEFAULT_APP_ROLE, migrate
+
+OWNER_ROLE = "aias_owner"
+DATABASE = "aias"
+
+
+@dataclass
+class LocalDatabase:
+    """The URLs a local run uses, and the embedded server to stop afterwards (if any)."""
+
+    owner_url: str
+    app_url: str
+    embedded: EmbeddedPostgres | None
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def _secret(data_dir: Path, name: str) -> str:
+    """A generated secret kept in the data folder, so restarts reuse it."""
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _with_user(url: str, user: str, password: str, database: str | None = None) -> str:
+    parsed = make_url(url).set(drivername="postgresql+psycopg", username=user, password=password)
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _bootstrap(superuser_url: str, owner_password: str) -> None:
+    """Creates the owner role and the database on a fresh embedded server; idempotent."""
+    engine = create_engine(
+        _with_user(superuser_url, *_user_and_password(superuser_url)), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with engine.connect() as connection:
+            literal = "'" + owner_password.replace("'", "''") + "'"
+            if (
+                connection.execute(
+                    text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": OWNER_ROLE}
+                ).first()
+                is None
+            ):
+                connection.execute(
+                    text(f"CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE PASSWORD {literal}")
+                )
+            if (
+                connection.execute(
+                    text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": DATABASE}
+                ).first()
+                is None
+            ):
+                connection.execute(text(f"CREATE DATABASE {DATABASE} OWNER {OWNER_ROLE}"))
+    finally:
+        engine.dispose()
+
+
+def _user_and_password(url: str) -> tuple[str, str]:
+    parsed = make_url(url)
+    return parsed.username or "", parsed.password or ""
+
+
+def prepare(
+    data_dir: Path,
+    database_url: str | None,
+    app_password: str | None,
+    embedded_port: int | None = None,
+) -> LocalDatabase:
+    """Starts embedded PostgreSQL unless `database_url` is given, migrates, returns the URLs."""
+    app_password = app_password or _secret(data_dir, "app-db-password")
+    embedded: EmbeddedPostgres | None = None
+    if database_url:
+        owner_url = _with_user(database_url, *_user_and_password(database_url))
+    else:
+        embedded = EmbeddedPostgres(
+            data_dir, **({"preferred_port": embedded_port} if embedded_port is not None else {})
+        )
+        superuser_url = embedded.start()
+        owner_password = _secret(data_dir, "owner-db-password")
+        _bootstrap(superuser_url, owner_password)
+        owner_url = _with_user(superuser_url, OWNER_ROLE, owner_password, DATABASE)
+    migrate(owner_url, DEFAULT_APP_ROLE, app_password)
+    app_url = _with_user(owner_url, DEFAULT_APP_ROLE, app_password)
+    return LocalDatabase(owner_url, app_url, embedded)

@@ -1,0 +1,110 @@
+"""Reads process settings from the environment once, with clear errors for bad values."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class SettingsError(Exception):
+    """A required setting is missing or a value is malformed."""
+
+
+class Env:
+    """Typed access to environment variables that collects every problem before failing."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._problems: list[str] = []
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip()
+        if value:
+            return value
+        if default is None:
+            self._problems.append(f"{name} is required but not set")
+            return ""
+        return default
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            self._problems.append(f"{name} must be a whole number, got {raw!r}")
+            return default
+        if not minimum <= value <= maximum:
+            self._problems.append(f"{name} must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            self._problems.append(f"{name} must be a number, got {raw!r}")
+            return default
+        if value < minimum:
+            self._problems.append(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def address(self, name: str, default: str | None = None) -> str:
+        """A `host:port` address of a backend."""
+        value = self.text(name, default)
+        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
+            self._problems.append(f"{name} must look like host:port, got {value!r}")
+        return value
+
+    def database_url(self, name: str, default: str | None = None) -> str:
+        """A PostgreSQL URL, normalised to SQLAlchemy's psycopg 3 dialect."""
+        value = self.text(name, default)
+        if not value:
+            return value
+        scheme = urlsplit(value).scheme
+        if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+            return "postgresql+psycopg://" + value.split("://", 1)[1]
+        self._problems.append(f"{name} must be a postgresql:// URL, got scheme {scheme!r}")
+        return value
+
+    def check(self) -> None:
+        """Raises one SettingsError that lists every problem found so far."""
+        if self._problems:
+            raise SettingsError("invalid configuration:\n  " + "\n  ".join(self._problems))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every gRPC process needs: where to listen, how to authenticate callers, where to log."""
+
+    service: str
+    host: str
+    port: int
+    metrics_port: int
+    internal_token: str
+    log_level: str
+    ready_file: Path | None
+    grace_seconds: float
+
+    @classmethod
+    def from_env(
+        cls, env: Env, service: str, default_port: int, default_metrics: int
+    ) -> ServerSettings:
+        prefix = f"AIAS_{service.upper().replace('-', '_')}"
+        ready = env.text("AIAS_READY_FILE", "-")
+        return cls(
+            service=service,
+            host=env.text(f"{prefix}_HOST", "0.0.0.0"),
+            port=env.integer(f"{prefix}_PORT", default_port, maximum=65535),
+            metrics_port=env.integer(f"{prefix}_METRICS_PORT", default_metrics, maximum=65535),
+            internal_token=env.text("AIAS_INTERNAL_TOKEN"),
+            log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
+            ready_file=None if ready == "-" else Path(ready),
+            grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
+        )

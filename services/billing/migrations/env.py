@@ -1,0 +1,7 @@
+"""Alembic environment of the billing schema."""
+
+from alembic import context
+
+from aias.core.migrate import run_env
+
+run_env(context)
