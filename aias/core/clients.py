@@ -1,0 +1,50 @@
+"""Channels to other AIAS services that carry the internal credential and the request context."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from aias.core.context import AUTHORIZATION, current_caller_metadata
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+class _ContextInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the bearer token, and the current request id and tenant unless the call sets them."""
+
+    def __init__(self, token: str) -> None:
+        self._auth = (AUTHORIZATION, f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = list(details.metadata or ())
+        present = {key for key, _ in metadata}
+        metadata += [pair for pair in current_caller_metadata() if pair[0] not in present]
+        metadata.append(self._auth)
+        return details._replace(metadata=grpc.aio.Metadata(*metadata))
+
+    async def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    intercept_unary_unary = _call
+    intercept_unary_stream = _call
+    intercept_stream_unary = _call
+    intercept_stream_stream = _call
+
+
+def internal_channel(address: str, token: str) -> grpc.aio.Channel:
+    """An insecure channel for the private network; TLS with client certificates is the
+    production option and replaces only this function."""
+    return grpc.aio.insecure_channel(
+        address, options=_CHANNEL_OPTIONS, interceptors=[_ContextInterceptor(token)]
+    )
