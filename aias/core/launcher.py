@@ -1,0 +1,367 @@
+"""Runs the whole suite locally: database, migrations, every service as its own OS process."""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aias.core.localdb import LocalDatabase, prepare
+from aias.core.settings import Env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process kind: how to start it and which settings name its port."""
+
+    name: str
+    module: str
+    port_env: str
+    metrics_env: str | None
+    default_port: int
+    default_metrics: int
+    needs: tuple[str, ...] = ()
+
+
+# Started in this order, one wave at a time, so each process gets its backends' real ports.
+PROCESSES = (
+    ProcessSpec(
+        "tenancy",
+        "services.tenancy.main",
+        "AIAS_TENANCY_PORT",
+        "AIAS_TENANCY_METRICS_PORT",
+        50051,
+        9101,
+    ),
+    ProcessSpec(
+        "artifacts",
+        "services.artifacts.main",
+        "AIAS_ARTIFACTS_PORT",
+        "AIAS_ARTIFACTS_METRICS_PORT",
+        50053,
+        9103,
+    ),
+    ProcessSpec(
+        "billing",
+        "services.billing.main",
+        "AIAS_BILLING_PORT",
+        "AIAS_BILLING_METRICS_PORT",
+        50054,
+        9104,
+        needs=("tenancy",),
+    ),
+    ProcessSpec(
+        "execution",
+        "services.execution.main",
+        "AIAS_EXECUTION_PORT",
+        "AIAS_EXECUTION_METRICS_PORT",
+        50052,
+        9102,
+        needs=("tenancy",),
+    ),
+    ProcessSpec(
+        "execution-worker",
+        "services.execution.worker_main",
+        "AIAS_EXECUTION_WORKER_PORT",
+        "AIAS_EXECUTION_WORKER_METRICS_PORT",
+        50055,
+        9105,
+        needs=("artifacts",),
+    ),
+    ProcessSpec(
+        "gateway",
+        "gateway.main",
+        "AIAS_GATEWAY_PORT",
+        None,
+        8080,
+        0,
+        needs=("tenancy", "execution", "artifacts", "billing"),
+    ),
+)
+ADDRESS_ENV = {
+    "tenancy": "AIAS_TENANCY_ADDR",
+    "execution": "AIAS_EXECUTION_ADDR",
+    "artifacts": "AIAS_ARTIFACTS_ADDR",
+    "billing": "AIAS_BILLING_ADDR",
+}
+WAVES = (("tenancy", "artifacts"), ("billing", "execution", "execution-worker"), ("gateway",))
+
+
+def _kept_secret(data_dir: Path, name: str) -> str:
+    path = data_dir / name
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the launcher dies, so no process outlives it."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class LaunchError(Exception):
+    """A process did not come up; the message includes the end of its log."""
+
+
+@dataclass
+class Child:
+    spec: ProcessSpec
+    process: subprocess.Popen[bytes]
+    ready_file: Path
+    log_path: Path | None
+    port: int = 0
+    metrics_port: int = 0
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(logs went to the console)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Stack:
+    """A running suite. `ports` of 0 mean "any free port" (what tests use)."""
+
+    data_dir: Path
+    database: LocalDatabase
+    internal_token: str
+    admin_token: str
+    ports: Mapping[str, int]
+    metrics_ports: Mapping[str, int]
+    log_dir: Path | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.children['gateway'].port}"
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.children[name].port}"
+
+    def _env(self, spec: ProcessSpec, port: int, public_url: str) -> dict[str, str]:
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "AIAS_INTERNAL_TOKEN": self.internal_token,
+            "AIAS_ADMIN_TOKEN": self.admin_token,
+            "AIAS_APP_DATABASE_URL": self.database.app_url,
+            "AIAS_DATA_DIR": str(self.data_dir),
+            "AIAS_PUBLIC_URL": public_url,
+            spec.port_env: str(port),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if spec.metrics_env:
+            env[spec.metrics_env] = str(self.metrics_ports.get(spec.name, spec.default_metrics))
+        for backend in spec.needs:
+            env[ADDRESS_ENV[backend]] = self.address(backend)
+        env.pop("AIAS_DATABASE_URL", None)  # services get only the application role's URL
+        return env
+
+    def start(self, timeout: float = 60.0) -> None:
+        gateway_port = self.ports.get("gateway", 8080) or _free_port()
+        public_url = f"http://localhost:{gateway_port}"
+        run_dir = self.data_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        specs = {spec.name: spec for spec in PROCESSES}
+        try:
+            for wave in WAVES:
+                for name in wave:
+                    spec = specs[name]
+                    port = (
+                        gateway_port
+                        if name == "gateway"
+                        else self.ports.get(name, spec.default_port)
+                    )
+                    self._spawn(spec, port, public_url, run_dir)
+                for name in wave:
+                    self._wait_ready(self.children[name], timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self, spec: ProcessSpec, port: int, public_url: str, run_dir: Path) -> None:
+        ready = run_dir / f"{spec.name}.ready"
+        ready.unlink(missing_ok=True)
+        env = self._env(spec, port, public_url)
+        env["AIAS_READY_FILE"] = str(ready)
+        log_path: Path | None = None
+        output: IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{spec.name}.log"
+            output = log_path.open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", spec.module],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        if output is not None:
+            output.close()
+        self.children[spec.name] = Child(spec, process, ready, log_path)
+
+    def _wait_ready(self, child: Child, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if child.process.poll() is not None:
+                raise LaunchError(
+                    f"{child.spec.name} exited with {child.process.returncode}:\n{child.log_tail()}"
+                )
+            if child.ready_file.exists():
+                info = json.loads(child.ready_file.read_text())
+                child.port, child.metrics_port = info["port"], info.get("metrics_port", 0)
+                if child.spec.name == "gateway" or self._serving(child.port):
+                    return
+            time.sleep(0.05)
+        raise LaunchError(
+            f"{child.spec.name} was not ready within {timeout:.0f}s:\n{child.log_tail()}"
+        )
+
+    @staticmethod
+    def _serving(port: int) -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            try:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=2
+                )
+            except grpc.RpcError:
+                return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM in reverse start order, so front doors close before their backends."""
+        for child in reversed(list(self.children.values())):
+            if child.process.poll() is None:
+                child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in self.children.values():
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing %s: it did not stop within %ss", child.spec.name, grace)
+                child.process.kill()
+                child.process.wait()
+        self.children.clear()
+
+
+def launch(
+    data_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    *,
+    any_port: bool = False,
+    log_dir: Path | None = None,
+) -> Stack:
+    """Prepares the database and starts every process; `any_port` binds everything to port 0."""
+    env = Env(environ)
+    database_url = env.text("AIAS_DATABASE_URL", "") or None
+    app_password = env.text("AIAS_APP_DB_PASSWORD", "") or None
+    internal = env.text("AIAS_INTERNAL_TOKEN", "") or _kept_secret(data_dir, "internal-token")
+    admin = env.text("AIAS_ADMIN_TOKEN", "") or _kept_secret(data_dir, "admin-token")
+    ports = {
+        spec.name: 0 if any_port else env.integer(spec.port_env, spec.default_port, maximum=65535)
+        for spec in PROCESSES
+    }
+    metrics = {
+        spec.name: 0
+        if any_port or spec.metrics_env is None
+        else env.integer(spec.metrics_env, spec.default_metrics, maximum=65535)
+        for spec in PROCESSES
+    }
+    embedded_port = 0 if any_port else env.integer("AIAS_EMBEDDED_PG_PORT", 54329, maximum=65535)
+    env.check()
+    database = prepare(data_dir, database_url, app_password, embedded_port=embedded_port)
+    stack = Stack(
+        data_dir,
+        database,
+        internal,
+        admin,
+        ports,
+        metrics,
+        log_dir=log_dir,
+        extra_env=dict(environ) if environ is not None else {},
+    )
+    try:
+        stack.start()
+    except BaseException:
+        database.stop()
+        raise
+    return stack
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `aias-run` / `make run`: start everything, print the URLs, stop on Ctrl-C."""
+    from aias.core.logging import configure_logging
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("AIAS_DATA_DIR", ".data")).resolve()
+    )
+    args = parser.parse_args(argv)
+    configure_logging("launcher", os.environ.get("AIAS_LOG_LEVEL", "INFO").upper())
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    stack = launch(args.data_dir)
+    try:
+        gateway = f"http://localhost:{stack.children['gateway'].port}"
+        print(
+            f"\nAIAS is up.\n  gateway:        {gateway}\n"
+            f"  operator token: {stack.admin_token}\n"
+            f"  services:       "
+            + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())
+            + f"\n  data folder:    {args.data_dir}\n"
+            f"Try: curl -s {gateway}/readyz\nPress Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while not stopping:
+            for child in stack.children.values():
+                if child.process.poll() is not None:
+                    log.error(
+                        "%s exited with %s; stopping the suite",
+                        child.spec.name,
+                        child.process.returncode,
+                    )
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+        stack.database.stop()
+        print("AIAS stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Execution process: read settings, build the server, serve until SIGTERM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aias.core.clients import internal_channel
+from aias.core.db import Database, create_engine
+from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
+from aias.core.settings import Env, ServerSettings
+from aias.execution.v1 import execution_service_pb2 as pb
+from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from services.execution.domain import DEFAULT_MAX_ATTEMPTS
+from services.execution.entitlements import EntitlementsClient
+from services.execution.service import ExecutionService
+from services.execution.servicer import ExecutionServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutionService"].full_name
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    server: ServerSettings
+    database_url: str
+    tenancy_addr: str
+    public_url: str
+    entitlements_ttl: float
+    max_attempts: int
+
+
+def load_settings(env: Env | None = None) -> ExecutionSettings:
+    env = env or Env()
+    settings = ExecutionSettings(
+        server=ServerSettings.from_env(env, "execution", 50052, 9102),
+        database_url=env.database_url("AIAS_APP_DATABASE_URL"),
+        tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
+        public_url=env.text("AIAS_PUBLIC_URL", "http://localhost:8080"),
+        entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
+        max_attempts=env.integer(
+            "AIAS_RUN_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20
+        ),
+    )
+    env.check()
+    return settings
+
+
+async def build_server(settings: ExecutionSettings) -> BuiltServer:
+    """The composition root: engine, tenancy channel, use cases, servicer, gRPC server."""
+    db = Database(create_engine(settings.database_url))
+    tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    service = ExecutionService(
+        db,
+        EntitlementsClient(tenancy, settings.entitlements_ttl),
+        settings.public_url,
+        settings.max_attempts,
+    )
+    servicer = ExecutionServicer(service)
+    built = build_grpc_server(
+        settings.server,
+        [
+            Registration(
+                SERVICE_NAME, lambda s: pb_grpc.add_ExecutionServiceServicer_to_server(servicer, s)
+            ),
+        ],
+    )
+    built.on_stop += [tenancy.close, db.close]
+    return built
+
+
+def main() -> None:
+    run_main(load_settings, build_server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Queries of the `execution` schema; the caller's transaction decides when to commit."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from aias.core.pagination import PageCursor
+from services.execution.models import (
+    RunRow,
+    StepLogRow,
+    WebhookEndpointRow,
+    WorkflowRow,
+    WorkflowVersionRow,
+)
+
+_Listed = TypeVar("_Listed", RunRow, WorkflowRow, WebhookEndpointRow)
+
+
+def _after(model: type[_Listed], cursor: PageCursor | None) -> ColumnElement[bool]:
+    if cursor is None:
+        return and_(True)
+    return tuple_(model.create_time, model.id) < tuple_(cursor.create_time, cursor.id)
+
+
+def _newest_first(
+    query: Select[_Listed], model: type[_Listed], cursor: PageCursor | None, limit: int
+) -> Select[_Listed]:
+    return (
+        query.where(_after(model, cursor))
+        .order_by(model.create_time.desc(), model.id.desc())
+        .limit(limit)
+    )
+
+
+class ExecutionRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, *rows: object) -> None:
+        self._session.add_all(rows)
+        await self._session.flush()
+        for row in rows:
+            await self._session.refresh(row)
+
+    async def workflow(self, workflow_id: uuid.UUID) -> WorkflowRow | None:
+        return await self._session.get(WorkflowRow, workflow_id)
+
+    async def workflow_version(
+        self, workflow_id: uuid.UUID, version: int
+    ) -> WorkflowVersionRow | None:
+        return await self._session.get(WorkflowVersionRow, (workflow_id, version))
+
+    async def workflows(self, cursor: PageCursor | None, limit: int) -> list[WorkflowRow]:
+        query = _newest_first(select(WorkflowRow), WorkflowRow, cursor, limit)
+        return list((await self._session.execute(query)).scalars())
+
+    async def endpoints(self, cursor: PageCursor | None, limit: int) -> list[WebhookEndpointRow]:
+        query = _newest_first(select(WebhookEndpointRow), WebhookEndpointRow, cursor, limit)
+        return list((await self._session.execute(query)).scalars())
+
+    async def endpoint_by_secret(self, secret_hash: bytes) -> WebhookEndpointRow | None:
+        query = select(WebhookEndpointRow).where(WebhookEndpointRow.secret_hash == secret_hash)
+        return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def lock_idempotency_key(self, endpoint_id: uuid.UUID, key: str) -> None:
+        """Serialises concurrent deliveries with one key until this transaction ends."""
+        await self._session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"{endpoint_id}:{key}"},
+        )
+
+    async def run_by_idempotency_key(
+        self, endpoint_id: uuid.UUID, key: str, window: timedelta
+    ) -> RunRow | None:
+        query = (
+            select(RunRow)
+            .where(
+                RunRow.endpoint_id == endpoint_id,
+                RunRow.idempotency_key == key,
+                RunRow.create_time > func.now() - window,
+            )
+            .order_by(RunRow.create_time)
+            .limit(1)
+        )
+        return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def run(self, run_id: uuid.UUID) -> RunRow | None:
+        return await self._session.get(RunRow, run_id)
+
+    async def runs(
+        self, workflow_id: uuid.UUID | None, cursor: PageCursor | None, limit: int
+    ) -> list[RunRow]:
+        query = select(RunRow)
+        if workflow_id is not None:
+            query = query.where(RunRow.workflow_id == workflow_id)
+        query = _newest_first(query, RunRow, cursor, limit)
+        return list((await self._session.execute(query)).scalars())
+
+    async def step_logs(self, run_id: uuid.UUID) -> list[StepLogRow]:
+        query = (
+            select(StepLogRow)
+            .where(StepLogRow.run_id == run_id)
+            .order_by(StepLogRow.attempt, StepLogRow.step_index, StepLogRow.id)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+
+class QueueRepository:
+    """The run queue is the runs table: claim, heartbeat, finish, retry, release."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, worker: str, lease: timedelta) -> RunRow | None:
+        """Takes the oldest claimable run; SKIP LOCKED lets many workers claim without waiting.
+
+        Claimable: queued and due, or running with an expired lease (its worker died).
+        Runs inside `Database.system(RUN_QUEUE)`, the only cross-tenant path here.
+        """
+        now = func.now()
+        candidate = (
+            select(RunRow.id)
+            .where(
+                or_(
+                    and_(RunRow.status == "queued", RunRow.available_time <= now),
+                    and_(RunRow.status == "running", RunRow.lease_expire_time < now),
+                )
+            )
+            .order_by(RunRow.available_time)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        row = await self._session.execute(
+            update(RunRow)
+            .where(RunRow.id == candidate)
+            .values(
+                status="running",
+                attempt=RunRow.attempt + 1,
+                lease_owner=worker,
+                lease_expire_time=now + lease,
+                start_time=now,
+                error="",
+            )
+            .returning(RunRow.id)
+        )
+        run_id = row.scalar_one_or_none()
+        if run_id is None:
+            return None
+        return await self._session.get(RunRow, run_id, populate_existing=True)
+
+    async def heartbeat(self, run_id: uuid.UUID, worker: str, lease: timedelta) -> bool:
+        """Extends the lease; False means another worker took the run over."""
+        result = await self._session.execute(
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
+            .values(lease_expire_time=func.now() + lease)
+            .returning(RunRow.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def finish(self, run_id: uuid.UUID, worker: str, status: str, error: str) -> bool:
+        result = await self._session.execute(
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
+            .values(
+                status=status,
+                error=error,
+                end_time=func.now(),
+                lease_owner=None,
+                lease_expire_time=None,
+            )
+            .returning(RunRow.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def retry_later(
+        self, run_id: uuid.UUID, worker: str, delay: timedelta, error: str
+    ) -> bool:
+        result = await self._session.execute(
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
+            .values(
+                status="queued",
+                error=error,
+                available_time=func.now() + delay,
+                lease_owner=None,
+                lease_expire_time=None,
+            )
+            .returning(RunRow.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def release(self, run_id: uuid.UUID, worker: str) -> bool:
+        """Gives a run back on shutdown; the interrupted attempt does not count."""
+        result = await self._session.execute(
+            update(RunRow)
+            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
+            .values(
+                status="queued",
+                attempt=RunRow.attempt - 1,
+                available_time=func.now(),
+                lease_owner=None,
+                lease_expire_time=None,
+            )
+            .returning(RunRow.id)
+        )
+        return result.scalar_one_or_none() is not None
+
+    async def add_log(self, row: StepLogRow) -> None:
+        self._session.add(row)
+        await self._session.flush()
+
+    async def now(self) -> datetime:
+        return (await self._session.execute(select(func.now()))).scalar_one()

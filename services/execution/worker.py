@@ -1,0 +1,308 @@
+"""The execution worker: claims queued runs, runs their steps, logs each step, stores artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import psycopg
+from sqlalchemy.engine import make_url
+
+from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
+from aias.core.context import run_id_var, tenant_id_var
+from aias.core.db import Database, SystemPath
+from aias.core.errors import DomainError
+from services.execution.domain import RunStatus, StepDefinition, StepStatus, decode_payload
+from services.execution.models import RunRow, StepLogRow
+from services.execution.repository import ExecutionRepository, QueueRepository
+from services.execution.steps import (
+    ArtifactOutput,
+    StepFailed,
+    StepResult,
+    canonical_json,
+    run_step,
+    sha256_hex,
+)
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "aias_run_queue"
+UPLOAD_CHUNK = 256 * 1024
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+class RetryableError(Exception):
+    """A dependency failed in a way that may pass; the run is queued again with back-off."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str
+    concurrency: int = 4
+    lease: timedelta = timedelta(seconds=30)
+    poll_interval: float = 5.0
+    retry_base: float = 2.0
+    retry_max: float = 300.0
+
+
+class Worker:
+    """Runs `concurrency` claim loops, woken by LISTEN/NOTIFY and a poll as a fallback."""
+
+    def __init__(
+        self,
+        db: Database,
+        listen_url: str,
+        artifacts: artifacts_grpc.ArtifactsServiceStub,
+        config: WorkerConfig,
+    ) -> None:
+        self._db = db
+        self._listen_url = listen_url
+        self._artifacts = artifacts
+        self._config = config
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.processed = 0
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._listen(), name="listen"))
+        self._tasks += [
+            asyncio.create_task(self._loop(i), name=f"slot-{i}")
+            for i in range(self._config.concurrency)
+        ]
+
+    async def stop(self, grace: float) -> None:
+        """Stops claiming; runs in flight get `grace` seconds, then are released to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        """Sets the wake event on every NOTIFY; reconnects if the database goes away."""
+        while not self._stopping.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._listen_url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._wake.set()  # runs queued while we were not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except (psycopg.Error, OSError) as error:
+                log.warning("queue listener lost its connection", extra={"error": str(error)})
+                await asyncio.sleep(1.0)
+
+    async def _loop(self, slot: int) -> None:
+        while not self._stopping.is_set():
+            try:
+                run = await self._claim()
+            except Exception:
+                log.exception("claiming a run failed")
+                await asyncio.sleep(1.0)
+                continue
+            if run is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
+                continue
+            await self._process(run)
+
+    async def _claim(self) -> RunRow | None:
+        async with self._db.system(SystemPath.RUN_QUEUE) as session:
+            return await QueueRepository(session).claim(self._config.worker_id, self._config.lease)
+
+    async def _process(self, run: RunRow) -> None:
+        tenant_id_var.set(str(run.tenant_id))
+        run_id_var.set(str(run.id))
+        heartbeat = asyncio.create_task(self._heartbeat(run))
+        try:
+            if run.attempt > run.max_attempts:
+                await self._finish(
+                    run,
+                    RunStatus.FAILED,
+                    f"gave up after {run.max_attempts} attempts (leases expired)",
+                )
+                return
+            status, error = await self._execute(run)
+            await self._finish(run, status, error)
+        except RetryableError as failure:
+            await self._retry_or_fail(run, str(failure))
+        except asyncio.CancelledError:
+            await asyncio.shield(self._release(run))
+            raise
+        except Exception as failure:
+            log.exception("run crashed")
+            await self._finish(run, RunStatus.FAILED, f"internal error: {failure}")
+        finally:
+            heartbeat.cancel()
+            self.processed += 1
+
+    async def _heartbeat(self, run: RunRow) -> None:
+        interval = self._config.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self._db.tenant(run.tenant_id) as session:
+                    kept = await QueueRepository(session).heartbeat(
+                        run.id, self._config.worker_id, self._config.lease
+                    )
+                if not kept:
+                    log.warning("lease lost; another worker owns the run now")
+                    return
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def _execute(self, run: RunRow) -> tuple[RunStatus, str]:
+        async with self._db.tenant(run.tenant_id) as session:
+            version = await ExecutionRepository(session).workflow_version(
+                run.workflow_id, run.workflow_version
+            )
+        if version is None:
+            return RunStatus.FAILED, f"workflow version {run.workflow_version} no longer exists"
+        steps = [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in version.steps]
+        try:
+            value: Any = decode_payload(run.payload, run.content_type)
+        except DomainError as bad_payload:
+            return RunStatus.FAILED, bad_payload.message
+        for index, step in enumerate(steps):
+            started, clock = datetime.now(UTC), time.perf_counter()
+            status, message, failure_text = StepStatus.SUCCEEDED, "", ""
+            output = b""
+            try:
+                result: StepResult = run_step(step.type, step.config, value)
+                if result.artifact is not None:
+                    await self._upload(run, step.id, result.artifact)
+                value, message = result.value, result.message
+                output = canonical_json(value)
+                if result.stop:
+                    status = StepStatus.SKIPPED
+            except StepFailed as failure:
+                status, failure_text = StepStatus.FAILED, str(failure)
+            except RetryableError as failure:
+                await self._log(
+                    run,
+                    index,
+                    step,
+                    StepStatus.FAILED,
+                    started,
+                    clock,
+                    message,
+                    output,
+                    str(failure),
+                )
+                raise
+            await self._log(run, index, step, status, started, clock, message, output, failure_text)
+            if status == StepStatus.FAILED:
+                return RunStatus.FAILED, f"step {step.id!r} failed: {failure_text}"
+            if status == StepStatus.SKIPPED:
+                return RunStatus.SKIPPED, ""
+        return RunStatus.SUCCEEDED, ""
+
+    async def _log(
+        self,
+        run: RunRow,
+        index: int,
+        step: StepDefinition,
+        status: StepStatus,
+        started: datetime,
+        clock: float,
+        message: str,
+        output: bytes,
+        error: str,
+    ) -> None:
+        elapsed = time.perf_counter() - clock
+        row = StepLogRow(
+            tenant_id=run.tenant_id,
+            run_id=run.id,
+            step_index=index,
+            step_id=step.id,
+            type=step.type,
+            status=status.value,
+            attempt=run.attempt,
+            start_time=started,
+            end_time=started + timedelta(seconds=elapsed),
+            duration_ms=round(elapsed * 1000),
+            message=message,
+            output_bytes=len(output),
+            output_sha256=sha256_hex(output) if output else "",
+            error=error,
+        )
+        async with self._db.tenant(run.tenant_id) as session:
+            await QueueRepository(session).add_log(row)
+
+    async def _upload(self, run: RunRow, step_id: str, artifact: ArtifactOutput) -> None:
+        async def messages() -> AsyncIterator[artifacts_pb.UploadArtifactRequest]:
+            yield artifacts_pb.UploadArtifactRequest(
+                metadata=artifacts_pb.UploadArtifactMetadata(
+                    run_id=str(run.id),
+                    step_id=step_id,
+                    name=artifact.name,
+                    media_type=artifact.media_type,
+                )
+            )
+            for offset in range(0, len(artifact.content), UPLOAD_CHUNK):
+                yield artifacts_pb.UploadArtifactRequest(
+                    chunk=artifact.content[offset : offset + UPLOAD_CHUNK]
+                )
+
+        try:
+            await self._artifacts.UploadArtifact(messages(), timeout=60)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _RETRYABLE:
+                raise RetryableError(f"artifact upload failed: {error.details()}") from None
+            raise StepFailed(f"artifact upload refused: {error.details()}") from None
+
+    async def _finish(self, run: RunRow, status: RunStatus, error: str) -> None:
+        async with self._db.tenant(run.tenant_id) as session:
+            done = await QueueRepository(session).finish(
+                run.id, self._config.worker_id, status.value, error
+            )
+        log.info(
+            "run finished" if done else "run finished after its lease was lost",
+            extra={"status": status.value, "attempt": run.attempt},
+        )
+
+    async def _retry_or_fail(self, run: RunRow, error: str) -> None:
+        if run.attempt >= run.max_attempts:
+            await self._finish(run, RunStatus.FAILED, f"{error} (after {run.attempt} attempts)")
+            return
+        delay = min(self._config.retry_base * 2 ** (run.attempt - 1), self._config.retry_max)
+        async with self._db.tenant(run.tenant_id) as session:
+            await QueueRepository(session).retry_later(
+                run.id, self._config.worker_id, timedelta(seconds=delay), error
+            )
+        log.info("run will be retried", extra={"delay_seconds": delay, "error": error})
+
+    async def _release(self, run: RunRow) -> None:
+        async with self._db.tenant(run.tenant_id) as session:
+            await QueueRepository(session).release(run.id, self._config.worker_id)
+        log.info("run released to the queue on shutdown")
+
+
+def listen_url(database_url: str) -> str:
+    """The libpq form of an SQLAlchemy URL, for the LISTEN connection."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def new_worker_id() -> str:
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,68 @@
+"""Execution-worker process: claim and run queued runs; serves health and metrics only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
+from aias.core.clients import internal_channel
+from aias.core.db import Database, create_engine
+from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
+from aias.core.settings import Env, ServerSettings
+from services.execution.worker import Worker, WorkerConfig, listen_url, new_worker_id
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    server: ServerSettings
+    database_url: str
+    artifacts_addr: str
+    worker: WorkerConfig
+
+
+def load_settings(env: Env | None = None) -> WorkerSettings:
+    env = env or Env()
+    settings = WorkerSettings(
+        server=ServerSettings.from_env(env, "execution-worker", 50055, 9105),
+        database_url=env.database_url("AIAS_APP_DATABASE_URL"),
+        artifacts_addr=env.address("AIAS_ARTIFACTS_ADDR"),
+        worker=WorkerConfig(
+            worker_id=env.text("AIAS_WORKER_ID", new_worker_id()),
+            concurrency=env.integer("AIAS_WORKER_CONCURRENCY", 4, minimum=1, maximum=256),
+            lease=timedelta(seconds=env.number("AIAS_WORKER_LEASE_SECONDS", 30.0, minimum=1.0)),
+            poll_interval=env.number("AIAS_WORKER_POLL_SECONDS", 5.0, minimum=0.05),
+            retry_base=env.number("AIAS_RETRY_BASE_SECONDS", 2.0),
+            retry_max=env.number("AIAS_RETRY_MAX_SECONDS", 300.0),
+        ),
+    )
+    env.check()
+    return settings
+
+
+async def build_server(settings: WorkerSettings) -> BuiltServer:
+    """The composition root: engine, artifacts channel, the worker, and a health-only server."""
+    db = Database(create_engine(settings.database_url, pool_size=settings.worker.concurrency + 2))
+    artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
+    worker = Worker(
+        db,
+        listen_url(settings.database_url),
+        artifacts_grpc.ArtifactsServiceStub(artifacts),
+        settings.worker,
+    )
+    built = build_grpc_server(settings.server, [])
+    built.on_start.append(worker.start)
+
+    async def stop_worker() -> None:
+        await worker.stop(settings.server.grace_seconds)
+
+    built.on_stop += [stop_worker, artifacts.close, db.close]
+    return built
+
+
+def main() -> None:
+    run_main(load_settings, build_server)
+
+
+if __name__ == "__main__":
+    main()

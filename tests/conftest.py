@@ -1,0 +1,33 @@
+"""Shared fixtures: one real PostgreSQL (embedded, or AIAS_TEST_DATABASE_URL) per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from aias.core.db import Database, create_engine
+from aias.core.localdb import LocalDatabase, prepare
+
+INTERNAL_TOKEN = "test-internal-token"
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDatabase]:
+    """A migrated database; its own embedded server so a local suite on 5432/54329 is untouched."""
+    data_dir: Path = tmp_path_factory.mktemp("pg")
+    local = prepare(
+        data_dir, os.environ.get("AIAS_TEST_DATABASE_URL") or None, None, embedded_port=0
+    )
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+async def app_db(database: LocalDatabase) -> AsyncIterator[Database]:
+    """A Database connected as the application role (subject to RLS)."""
+    db = Database(create_engine(database.app_url, pool_size=2))
+    yield db
+    await db.close()
