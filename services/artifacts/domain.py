@@ -1,0 +1,185 @@
+"""Artifact rules: names, media types, chunk limits, retention, page tokens, download headers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import quote
+
+from aias.core.errors import InvalidArgument
+
+MAX_CHUNK_BYTES = 1024 * 1024
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+MAX_NAME_CHARS = 255
+MAX_STEP_ID_CHARS = 64
+MAX_MEDIA_TYPE_CHARS = 255
+# A century: beyond that a retention is "forever" in disguise and risks timestamp overflow.
+MAX_RETENTION_DAYS = 36_500
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 9110 tokens for type and subtype; parameters only need to be printable ASCII.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}(\s*;[ -~]*)?")
+# Characters that can sit inside a quoted filename without escaping or encoding.
+_PLAIN_FILENAME = re.compile(r"[ !#-\[\]-~]+")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The metadata of one stored artifact."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    run_id: uuid.UUID
+    step_id: str
+    name: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    create_time: datetime
+    expire_time: datetime | None
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What an upload says about itself, as the caller sent it."""
+
+    run_id: str
+    step_id: str
+    name: str
+    media_type: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """A validated upload spec, ready to be stored."""
+
+    run_id: uuid.UUID
+    step_id: str
+    name: str
+    media_type: str
+    retention: timedelta | None
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """The position after the last artifact of a page, in newest-first order."""
+
+    create_time: datetime
+    id: uuid.UUID
+
+
+def validate_name(name: str) -> str:
+    """A file name that is safe to put in a path segment and a header."""
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise InvalidArgument("INVALID_NAME", f"name must be 1 to {MAX_NAME_CHARS} characters")
+    if "/" in name or _CONTROL.search(name):
+        raise InvalidArgument(
+            "INVALID_NAME", "name must not contain '/', NUL or other control characters"
+        )
+    return name
+
+
+def validate_step_id(step_id: str) -> str:
+    if not 1 <= len(step_id) <= MAX_STEP_ID_CHARS or _CONTROL.search(step_id):
+        raise InvalidArgument(
+            "INVALID_STEP_ID",
+            f"step_id must be 1 to {MAX_STEP_ID_CHARS} characters without control characters",
+        )
+    return step_id
+
+
+def validate_media_type(media_type: str) -> str:
+    """A `type/subtype[; params]` value; it becomes a Content-Type header, so ASCII only."""
+    if not 1 <= len(media_type) <= MAX_MEDIA_TYPE_CHARS or not _MEDIA_TYPE.fullmatch(media_type):
+        raise InvalidArgument(
+            "INVALID_MEDIA_TYPE",
+            f"media_type must look like type/subtype (at most {MAX_MEDIA_TYPE_CHARS} "
+            f"characters), got {media_type!r}",
+        )
+    return media_type
+
+
+def retention_period(days: int) -> timedelta | None:
+    """How long to keep an artifact; None keeps it forever."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise InvalidArgument(
+            "INVALID_RETENTION",
+            f"retention_days must be 0 (forever) to {MAX_RETENTION_DAYS}, got {days}",
+        )
+    return timedelta(days=days) if days else None
+
+
+def validate_upload(spec: UploadSpec) -> NewArtifact:
+    try:
+        run_id = uuid.UUID(spec.run_id)
+    except ValueError:
+        raise InvalidArgument("INVALID_ID", f"run_id must be a UUID, got {spec.run_id!r}") from None
+    return NewArtifact(
+        run_id=run_id,
+        step_id=validate_step_id(spec.step_id),
+        name=validate_name(spec.name),
+        media_type=validate_media_type(spec.media_type),
+        retention=retention_period(spec.retention_days),
+    )
+
+
+def check_chunk(chunk: bytes) -> bytes:
+    if len(chunk) > MAX_CHUNK_BYTES:
+        raise InvalidArgument(
+            "CHUNK_TOO_LARGE", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes, got {len(chunk)}"
+        )
+    return chunk
+
+
+def page_size(requested: int) -> int:
+    """AIP-158: 0 means the default and values above the maximum are lowered to it."""
+    if requested < 0:
+        raise InvalidArgument(
+            "INVALID_PAGE_SIZE", f"page_size must not be negative, got {requested}"
+        )
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(cursor: PageCursor, run_id: uuid.UUID | None) -> str:
+    """An opaque token; it names the filter so it cannot be replayed against another one."""
+    payload = {
+        "t": cursor.create_time.isoformat(),
+        "i": str(cursor.id),
+        "r": str(run_id) if run_id else "",
+    }
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def decode_page_token(token: str, run_id: uuid.UUID | None) -> PageCursor | None:
+    """The cursor of a token from `encode_page_token`, None for the first page."""
+    if not token:
+        return None
+    invalid = InvalidArgument(
+        "INVALID_PAGE_TOKEN", "page_token is not one this list returned for the same filter"
+    )
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        cursor = PageCursor(datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"]))
+        same_filter = payload["r"] == (str(run_id) if run_id else "")
+    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
+        raise invalid from None
+    if not same_filter or cursor.create_time.tzinfo is None:
+        raise invalid
+    return cursor
+
+
+def content_disposition(name: str) -> str:
+    """An attachment header; names beyond plain ASCII also get an RFC 6266 `filename*`."""
+    if _PLAIN_FILENAME.fullmatch(name):
+        return f'attachment; filename="{name}"'
+    fallback = "".join(c if _PLAIN_FILENAME.fullmatch(c) else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
