@@ -1,4 +1,4 @@
-"""Row-level security: the application role sees and writes only the tenant set in the transaction."""
+"""Row-level security: the application role sees and writes only the tenant it set."""
 
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ async def test_every_tenant_table_forces_rls(app_db: Database, schema: str, tabl
             await session.execute(
                 text(
                     "SELECT c.relrowsecurity, c.relforcerowsecurity FROM pg_class c "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = :t"
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = :s AND c.relname = :t"
                 ),
                 {"s": schema, "t": table},
             )
@@ -79,7 +80,7 @@ async def test_every_tenant_table_forces_rls(app_db: Database, schema: str, tabl
 
 async def test_tenant_a_cannot_read_tenant_b(app_db: Database) -> None:
     tenant_a, workflow_a = await _add_tenant_with_workflow(app_db)
-    tenant_b, workflow_b = await _add_tenant_with_workflow(app_db)
+    _tenant_b, workflow_b = await _add_tenant_with_workflow(app_db)
     async with app_db.tenant(tenant_a) as session:
         seen = set((await session.execute(text("SELECT id FROM execution.workflows"))).scalars())
         by_id = (
@@ -101,7 +102,8 @@ async def test_insert_for_another_tenant_is_refused(app_db: Database) -> None:
         async with app_db.tenant(tenant_a) as session:
             await session.execute(
                 text(
-                    "INSERT INTO execution.workflows (id, tenant_id, name, enabled, current_version) "
+                    "INSERT INTO execution.workflows "
+                    "(id, tenant_id, name, enabled, current_version) "
                     "VALUES (:w, :t, 'sneaky', true, 1)"
                 ),
                 {"w": uuid.uuid4(), "t": tenant_b},
@@ -154,8 +156,9 @@ async def test_queue_claim_path_sees_runs_of_all_tenants_and_nothing_else(app_db
         async with app_db.tenant(tenant) as session:
             await session.execute(
                 text(
-                    "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, status, "
-                    "max_attempts, payload, content_type) VALUES (:r, :t, :w, 1, 'succeeded', 3, '', "
+                    "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                    "status, max_attempts, payload, content_type) "
+                    "VALUES (:r, :t, :w, 1, 'succeeded', 3, '', "
                     "'application/json')"
                 ),
                 {"r": run, "t": tenant, "w": workflow},

@@ -22,7 +22,8 @@ def test_transform_then_json_artifact_is_byte_stable() -> None:
     shaped = run_step("transform", {"expression": "{order: id, total: sum(items[].price)}"}, ORDER)
     first = run_step("artifact", {"name": "summary.json", "format": "json"}, shaped.value)
     again = run_step("artifact", {"name": "summary.json", "format": "json"}, dict(shaped.value))
-    assert first.artifact is not None and again.artifact is not None
+    assert first.artifact is not None
+    assert again.artifact is not None
     assert first.artifact.content == b'{"order":"o-1","total":6.5}'
     assert (
         hashlib.sha256(first.artifact.content).digest()

@@ -1,0 +1,57 @@
+"""Each gRPC process: reflection lists its service, health is SERVING, no credential fails."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from aias.core.launcher import Stack
+from tests.conftest import INTERNAL_TOKEN
+
+SERVICES = {
+    "tenancy": "aias.tenancy.v1.TenancyService",
+    "execution": "aias.execution.v1.ExecutionService",
+    "artifacts": "aias.artifacts.v1.ArtifactsService",
+    "billing": "aias.billing.v1.BillingService",
+}
+AUTH = (("authorization", f"Bearer {INTERNAL_TOKEN}"),)
+
+
+async def _reflected_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def request() -> object:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    async for response in stub.ServerReflectionInfo(request(), metadata=AUTH):
+        return {service.name for service in response.list_services_response.service}
+    return set()
+
+
+@pytest.mark.parametrize("process", sorted(SERVICES))
+async def test_reflection_health_and_credential(stack: Stack, process: str) -> None:
+    async with grpc.aio.insecure_channel(stack.address(process)) as channel:
+        assert SERVICES[process] in await _reflected_services(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICES[process]):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        # Any method of the service: the credential check comes before the request is read.
+        method = channel.unary_unary(
+            f"/{SERVICES[process]}/GetTenant",
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
+        for metadata in ((), (("authorization", "Bearer wrong"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await method(empty_pb2.Empty(), metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_worker_serves_health(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.address("execution-worker")) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
