@@ -1,0 +1,63 @@
+"""Artifacts process: read settings, build the server, serve until SIGTERM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aias.artifacts.v1 import artifacts_service_pb2 as pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
+from aias.core.db import Database, create_engine
+from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
+from aias.core.settings import Env, ServerSettings
+from services.artifacts.blobstore import FilesystemBlobStore
+from services.artifacts.service import ArtifactsService
+from services.artifacts.servicer import ArtifactsServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArtifactsService"].full_name
+
+
+@dataclass(frozen=True)
+class ArtifactsSettings:
+    server: ServerSettings
+    database_url: str
+    blob_root: Path
+
+
+def load_settings(env: Env | None = None) -> ArtifactsSettings:
+    env = env or Env()
+    data_dir = Path(env.text("AIAS_DATA_DIR", ".data"))
+    settings = ArtifactsSettings(
+        server=ServerSettings.from_env(env, "artifacts", 50053, 9103),
+        database_url=env.database_url("AIAS_APP_DATABASE_URL"),
+        blob_root=Path(env.text("AIAS_ARTIFACTS_DIR", str(data_dir / "artifacts"))).absolute(),
+    )
+    env.check()
+    return settings
+
+
+async def build_server(settings: ArtifactsSettings) -> BuiltServer:
+    """The composition root: engine, blob store, use cases, servicer, gRPC server."""
+    blobs = FilesystemBlobStore(settings.blob_root)
+    await blobs.prepare()
+    db = Database(create_engine(settings.database_url))
+    servicer = ArtifactsServicer(ArtifactsService(db, blobs))
+    built = build_grpc_server(
+        settings.server,
+        [
+            Registration(
+                SERVICE_NAME,
+                lambda server: pb_grpc.add_ArtifactsServiceServicer_to_server(servicer, server),
+            ),
+        ],
+    )
+    built.on_stop.append(db.close)
+    return built
+
+
+def main() -> None:
+    run_main(load_settings, build_server)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""gRPC protocol layer of artifacts: proto <-> domain, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+from google.api import httpbody_pb2
+
+from aias.artifacts.v1 import artifacts_service_pb2 as pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
+from aias.core.context import HTTP_HEADER_PREFIX, require_tenant
+from aias.core.errors import InvalidArgument
+from aias.core.protoconv import timestamp
+from services.artifacts.domain import Artifact, UploadSpec, content_disposition
+from services.artifacts.service import ArtifactsService
+
+
+def artifact_pb(artifact: Artifact) -> pb.Artifact:
+    return pb.Artifact(
+        id=str(artifact.id),
+        run_id=str(artifact.run_id),
+        step_id=artifact.step_id,
+        name=artifact.name,
+        media_type=artifact.media_type,
+        size_bytes=artifact.size_bytes,
+        sha256=artifact.sha256,
+        create_time=timestamp(artifact.create_time),
+        expire_time=timestamp(artifact.expire_time),
+    )
+
+
+async def _chunks(messages: AsyncIterator[pb.UploadArtifactRequest]) -> AsyncIterator[bytes]:
+    async for message in messages:
+        if message.WhichOneof("payload") != "chunk":
+            raise InvalidArgument(
+                "UPLOAD_CHUNK_EXPECTED", "after the metadata, every upload message must be a chunk"
+            )
+        yield message.chunk
+
+
+class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
+    def __init__(self, service: ArtifactsService) -> None:
+        self._service = service
+
+    async def UploadArtifact(
+        self,
+        request_iterator: AsyncIterable[pb.UploadArtifactRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.UploadArtifactResponse:
+        tenant_id = require_tenant()
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("payload") != "metadata":
+            raise InvalidArgument(
+                "UPLOAD_METADATA_FIRST", "the first message of an upload must carry the metadata"
+            )
+        spec = UploadSpec(
+            run_id=first.metadata.run_id,
+            step_id=first.metadata.step_id,
+            name=first.metadata.name,
+            media_type=first.metadata.media_type,
+            retention_days=first.metadata.retention_days,
+        )
+        artifact = await self._service.upload(tenant_id, spec, _chunks(messages))
+        return pb.UploadArtifactResponse(artifact=artifact_pb(artifact))
+
+    async def GetArtifact(
+        self, request: pb.GetArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetArtifactResponse:
+        artifact = await self._service.get_artifact(require_tenant(), request.artifact_id)
+        return pb.GetArtifactResponse(artifact=artifact_pb(artifact))
+
+    async def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListArtifactsResponse:
+        page = await self._service.list_artifacts(
+            require_tenant(), request.run_id, request.page_size, request.page_token
+        )
+        return pb.ListArtifactsResponse(
+            artifacts=[artifact_pb(artifact) for artifact in page.artifacts],
+            next_page_token=page.next_page_token,
+        )
+
+    async def DownloadArtifact(
+        self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        async with self._service.download(require_tenant(), request.artifact_id) as download:
+            artifact = download.artifact
+            await context.send_initial_metadata(
+                (
+                    (f"{HTTP_HEADER_PREFIX}content-length", str(artifact.size_bytes)),
+                    (f"{HTTP_HEADER_PREFIX}etag", f'"{artifact.sha256}"'),
+                    (
+                        f"{HTTP_HEADER_PREFIX}content-disposition",
+                        content_disposition(artifact.name),
+                    ),
+                )
+            )
+            # Only the first message names the type; an empty artifact still sends that one.
+            content_type = artifact.media_type
+            async for chunk in download.chunks():
+                yield httpbody_pb2.HttpBody(content_type=content_type, data=chunk)
+                content_type = ""
+            if content_type:
+                yield httpbody_pb2.HttpBody(content_type=content_type)
