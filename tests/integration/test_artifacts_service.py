@@ -1,0 +1,519 @@
+"""The artifacts service over real gRPC, against a real PostgreSQL and a real blob directory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import cast
+
+import grpc
+import pytest
+from google.api import httpbody_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from sqlalchemy import text
+
+from aias.artifacts.v1 import artifacts_service_pb2 as pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
+from aias.core.clients import internal_channel
+from aias.core.db import Database
+from aias.core.localdb import LocalDatabase
+from aias.core.settings import ServerSettings
+from services.artifacts.main import ArtifactsSettings, build_server
+
+TOKEN = "test-token"
+CREDENTIAL = ("authorization", f"Bearer {TOKEN}")
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass
+class Served:
+    stub: pb_grpc.ArtifactsServiceAsyncStub
+    blob_root: Path
+
+
+@pytest.fixture(scope="module")
+async def served(
+    database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Served]:
+    """The real server, built by the production factory, on an ephemeral port."""
+    blob_root = tmp_path_factory.mktemp("artifacts")
+    settings = ArtifactsSettings(
+        server=ServerSettings(
+            service="artifacts",
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            internal_token=TOKEN,
+            log_level="INFO",
+            ready_file=None,
+            grace_seconds=1.0,
+        ),
+        database_url=database.app_url,
+        blob_root=blob_root,
+    )
+    built = await build_server(settings)
+    await built.start()
+    channel = internal_channel(f"127.0.0.1:{built.port}", TOKEN)
+    # The stub's overloads cannot tell an aio channel from a sync one without grpc type stubs.
+    stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
+    yield Served(stub, blob_root)
+    await channel.close()
+    await built.stop(1.0)
+
+
+def as_tenant(tenant_id: uuid.UUID) -> tuple[tuple[str, str], ...]:
+    # internal_channel's interceptor reaches unary-unary calls only (grpc files an interceptor
+    # under the first kind it implements), so streaming calls carry the credential themselves.
+    return (("x-aias-tenant-id", str(tenant_id)), CREDENTIAL)
+
+
+def reason(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    status.details[0].Unpack(info)
+    return str(info.reason)
+
+
+def metadata_message(
+    run_id: uuid.UUID | str,
+    name: str,
+    *,
+    step_id: str = "save",
+    media_type: str = "application/json",
+    retention_days: int = 0,
+) -> pb.UploadArtifactRequest:
+    return pb.UploadArtifactRequest(
+        metadata=pb.UploadArtifactMetadata(
+            run_id=str(run_id),
+            step_id=step_id,
+            name=name,
+            media_type=media_type,
+            retention_days=retention_days,
+        )
+    )
+
+
+async def send(
+    served: Served, tenant_id: uuid.UUID, messages: Sequence[pb.UploadArtifactRequest]
+) -> pb.Artifact:
+    async def stream() -> AsyncIterator[pb.UploadArtifactRequest]:
+        for message in messages:
+            yield message
+
+    response: pb.UploadArtifactResponse = await served.stub.UploadArtifact(
+        stream(), metadata=as_tenant(tenant_id)
+    )
+    return response.artifact
+
+
+async def upload(
+    served: Served,
+    tenant_id: uuid.UUID,
+    run_id: uuid.UUID,
+    name: str,
+    chunks: Sequence[bytes],
+    *,
+    media_type: str = "application/json",
+    retention_days: int = 0,
+) -> pb.Artifact:
+    first = metadata_message(run_id, name, media_type=media_type, retention_days=retention_days)
+    return await send(
+        served, tenant_id, [first, *(pb.UploadArtifactRequest(chunk=c) for c in chunks)]
+    )
+
+
+async def download(
+    served: Served, tenant_id: uuid.UUID, artifact_id: str
+) -> tuple[dict[str, str], list[httpbody_pb2.HttpBody]]:
+    call = served.stub.DownloadArtifact(
+        pb.DownloadArtifactRequest(artifact_id=artifact_id), metadata=as_tenant(tenant_id)
+    )
+    messages = [message async for message in call]
+    headers = dict(await call.initial_metadata())
+    return headers, messages
+
+
+def files_under(path: Path) -> list[Path]:
+    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
+
+
+async def eventually(condition: str, check: Callable[[], bool]) -> None:
+    """Polls for server-side work on disk, which the client cannot observe through the RPC."""
+    for _ in range(250):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"timed out after 5 s waiting for {condition}")
+
+
+async def test_upload_then_download_returns_the_exact_bytes(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+    content = b'{"order":42,"total":17.5}'
+
+    artifact = await upload(
+        served, tenant, run, "summary.json", [content[:5], content[5:12], content[12:]]
+    )
+
+    assert uuid.UUID(artifact.id)
+    assert (artifact.run_id, artifact.step_id, artifact.name) == (str(run), "save", "summary.json")
+    assert artifact.media_type == "application/json"
+    assert artifact.size_bytes == len(content)
+    assert artifact.sha256 == hashlib.sha256(content).hexdigest()
+    assert artifact.HasField("create_time")
+    assert not artifact.HasField("expire_time")
+
+    got: pb.GetArtifactResponse = await served.stub.GetArtifact(
+        pb.GetArtifactRequest(artifact_id=artifact.id), metadata=as_tenant(tenant)
+    )
+    assert got.artifact == artifact
+
+    headers, messages = await download(served, tenant, artifact.id)
+    assert b"".join(m.data for m in messages) == content
+    assert messages[0].content_type == "application/json"
+    assert headers["x-http-header-content-length"] == str(len(content))
+    assert headers["x-http-header-etag"] == f'"{artifact.sha256}"'
+    assert headers["x-http-header-content-disposition"] == 'attachment; filename="summary.json"'
+
+
+async def test_retention_sets_the_expire_time(served: Served) -> None:
+    tenant = uuid.uuid4()
+
+    artifact = await upload(
+        served,
+        tenant,
+        uuid.uuid4(),
+        "out.txt",
+        [b"hi"],
+        media_type="text/plain; charset=utf-8",
+        retention_days=7,
+    )
+
+    lifetime = artifact.expire_time.ToDatetime() - artifact.create_time.ToDatetime()
+    assert lifetime == timedelta(days=7)
+
+
+async def test_empty_artifact_downloads_with_its_content_type(served: Served) -> None:
+    tenant = uuid.uuid4()
+
+    artifact = await upload(
+        served, tenant, uuid.uuid4(), "empty.csv", [], media_type="text/csv; charset=utf-8"
+    )
+
+    assert artifact.size_bytes == 0
+    assert artifact.sha256 == hashlib.sha256(b"").hexdigest()
+    headers, messages = await download(served, tenant, artifact.id)
+    assert [(m.content_type, m.data) for m in messages] == [("text/csv; charset=utf-8", b"")]
+    assert headers["x-http-header-content-length"] == "0"
+
+
+async def test_non_ascii_name_gets_an_encoded_filename(served: Served) -> None:
+    tenant = uuid.uuid4()
+
+    artifact = await upload(
+        served,
+        tenant,
+        uuid.uuid4(),
+        'résumé "v2".txt',
+        [b"x"],
+        media_type="text/plain; charset=utf-8",
+    )
+
+    headers, _ = await download(served, tenant, artifact.id)
+    assert headers["x-http-header-content-disposition"] == (
+        "attachment; filename=\"r_sum_ _v2_.txt\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22v2%22.txt"
+    )
+
+
+async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Served) -> None:
+    tenant = uuid.uuid4()
+    content = os.urandom(5 * MIB + 123)
+    chunks = [content[i : i + 256 * KIB] for i in range(0, len(content), 256 * KIB)]
+
+    artifact = await upload(
+        served, tenant, uuid.uuid4(), "big.bin", chunks, media_type="application/octet-stream"
+    )
+
+    digest = hashlib.sha256(content).hexdigest()
+    assert (artifact.size_bytes, artifact.sha256) == (len(content), digest)
+    headers, messages = await download(served, tenant, artifact.id)
+    assert b"".join(m.data for m in messages) == content
+    assert max(len(m.data) for m in messages) <= 64 * KIB
+    assert len(messages) >= len(content) // (64 * KIB)
+    assert headers["x-http-header-content-length"] == str(len(content))
+    blob = served.blob_root / str(tenant) / "sha256" / digest[:2] / digest
+    assert blob.read_bytes() == content
+
+
+async def test_upload_must_start_with_metadata(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+
+    with pytest.raises(grpc.aio.AioRpcError) as chunk_first:
+        await send(served, tenant, [pb.UploadArtifactRequest(chunk=b"x")])
+    with pytest.raises(grpc.aio.AioRpcError) as nothing:
+        await send(served, tenant, [])
+    with pytest.raises(grpc.aio.AioRpcError) as metadata_twice:
+        await send(served, tenant, [metadata_message(run, "a.json")] * 2)
+
+    for caught in (chunk_first, nothing):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(caught.value) == "UPLOAD_METADATA_FIRST"
+    assert metadata_twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(metadata_twice.value) == "UPLOAD_CHUNK_EXPECTED"
+    assert files_under(served.blob_root / str(tenant)) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected_reason"),
+    [
+        ("run_id", "not-a-uuid", "INVALID_ID"),
+        ("name", "a/b.json", "INVALID_NAME"),
+        ("name", "a\x00b", "INVALID_NAME"),
+        ("name", "", "INVALID_NAME"),
+        ("name", "x" * 256, "INVALID_NAME"),
+        ("media_type", "", "INVALID_MEDIA_TYPE"),
+        ("media_type", "json", "INVALID_MEDIA_TYPE"),
+        ("step_id", "", "INVALID_STEP_ID"),
+        ("retention_days", -1, "INVALID_RETENTION"),
+    ],
+)
+async def test_bad_metadata_is_refused(
+    served: Served, field: str, value: str | int, expected_reason: str
+) -> None:
+    message = metadata_message(uuid.uuid4(), "a.json")
+    setattr(message.metadata, field, value)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(served, uuid.uuid4(), [message, pb.UploadArtifactRequest(chunk=b"{}")])
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == expected_reason
+
+
+async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, tenant, run, "a.bin", [b"a" * 1000, b"b" * (MIB + 1)])
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "CHUNK_TOO_LARGE"
+    assert files_under(served.blob_root / str(tenant)) == []
+    listed: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(), metadata=as_tenant(tenant)
+    )
+    assert list(listed.artifacts) == []
+
+
+async def test_reupload_with_same_content_returns_the_first_artifact(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+
+    first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
+    again = await upload(served, tenant, run, "out.json", [b"[1,", b"2,3]"])
+
+    assert again == first
+    assert len(files_under(served.blob_root / str(tenant) / "sha256")) == 1
+
+
+async def test_identical_content_under_two_names_is_stored_once(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+
+    a = await upload(served, tenant, run, "a.json", [b"{}"])
+    b = await upload(served, tenant, run, "b.json", [b"{}"])
+
+    assert a.id != b.id
+    assert a.sha256 == b.sha256
+    assert len(files_under(served.blob_root / str(tenant) / "sha256")) == 1
+
+
+async def test_reupload_with_different_content_is_refused(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+    first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, tenant, run, "out.json", [b"[4,5,6]"])
+
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert reason(caught.value) == "ARTIFACT_EXISTS"
+    _, messages = await download(served, tenant, first.id)
+    assert b"".join(m.data for m in messages) == b"[1,2,3]"
+
+
+async def test_concurrent_identical_uploads_make_one_artifact(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+
+    results = await asyncio.gather(
+        *(upload(served, tenant, run, "same.json", [b'{"a":1}']) for _ in range(5))
+    )
+
+    assert len({artifact.id for artifact in results}) == 1
+
+
+async def test_list_by_run_pages_newest_first(served: Served) -> None:
+    tenant, run, other_run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    uploaded = [
+        await upload(served, tenant, run, f"part-{i}.json", [str(i).encode()]) for i in range(5)
+    ]
+    other = await upload(served, tenant, other_run, "elsewhere.json", [b"0"])
+
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+            pb.ListArtifactsRequest(run_id=str(run), page_size=2, page_token=token),
+            metadata=as_tenant(tenant),
+        )
+        pages.append([artifact.id for artifact in page.artifacts])
+        token = page.next_page_token
+        if not token:
+            break
+
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert [i for p in pages for i in p] == [a.id for a in reversed(uploaded)]
+    everything: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(), metadata=as_tenant(tenant)
+    )
+    assert [a.id for a in everything.artifacts] == [other.id, *(a.id for a in reversed(uploaded))]
+    assert everything.next_page_token == ""
+
+
+async def test_list_refuses_a_foreign_or_garbled_page_token(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+    for i in range(2):
+        await upload(served, tenant, run, f"{i}.json", [b"1"])
+    first: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=str(run), page_size=1), metadata=as_tenant(tenant)
+    )
+    assert first.next_page_token
+
+    for request in (
+        pb.ListArtifactsRequest(page_token="garbage!"),
+        pb.ListArtifactsRequest(run_id=str(uuid.uuid4()), page_token=first.next_page_token),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub.ListArtifacts(request, metadata=as_tenant(tenant))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(caught.value) == "INVALID_PAGE_TOKEN"
+
+
+async def test_page_size_defaults_caps_and_refuses_negatives(served: Served) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+    for i in range(3):
+        await upload(served, tenant, run, f"{i}.json", [b"1"])
+
+    default: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=str(run)), metadata=as_tenant(tenant)
+    )
+    capped: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=str(run), page_size=1000), metadata=as_tenant(tenant)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as negative:
+        await served.stub.ListArtifacts(
+            pb.ListArtifactsRequest(page_size=-1), metadata=as_tenant(tenant)
+        )
+
+    assert (len(default.artifacts), default.next_page_token) == (3, "")
+    assert (len(capped.artifacts), capped.next_page_token) == (3, "")
+    assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(negative.value) == "INVALID_PAGE_SIZE"
+
+
+async def test_another_tenant_cannot_see_the_artifact(served: Served) -> None:
+    tenant_a, tenant_b, run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    artifact = await upload(served, tenant_a, run, "secret.json", [b'{"k":"v"}'])
+
+    with pytest.raises(grpc.aio.AioRpcError) as got:
+        await served.stub.GetArtifact(
+            pb.GetArtifactRequest(artifact_id=artifact.id), metadata=as_tenant(tenant_b)
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as downloaded:
+        await download(served, tenant_b, artifact.id)
+    by_run: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=str(run)), metadata=as_tenant(tenant_b)
+    )
+    everything: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(), metadata=as_tenant(tenant_b)
+    )
+
+    for caught in (got, downloaded):
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert reason(caught.value) == "ARTIFACT_NOT_FOUND"
+    assert list(by_run.artifacts) == []
+    assert list(everything.artifacts) == []
+    # The same run, step and name is free in another tenant.
+    theirs = await upload(served, tenant_b, run, "secret.json", [b"other"])
+    assert theirs.id != artifact.id
+
+
+async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> None:
+    tenant = uuid.uuid4()
+
+    with pytest.raises(grpc.aio.AioRpcError) as bad_id:
+        await served.stub.GetArtifact(
+            pb.GetArtifactRequest(artifact_id="nope"), metadata=as_tenant(tenant)
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as bad_run:
+        await served.stub.ListArtifacts(
+            pb.ListArtifactsRequest(run_id="nope"), metadata=as_tenant(tenant)
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as no_tenant:
+        await served.stub.GetArtifact(pb.GetArtifactRequest(artifact_id=str(uuid.uuid4())))
+
+    for caught in (bad_id, bad_run):
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason(caught.value) == "INVALID_ID"
+    assert no_tenant.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason(no_tenant.value) == "TENANT_REQUIRED"
+
+
+async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
+    tenant = uuid.uuid4()
+    artifact = await upload(served, tenant, uuid.uuid4(), "gone.json", [b"{}"])
+    blob = served.blob_root / str(tenant) / "sha256" / artifact.sha256[:2] / artifact.sha256
+    blob.unlink()
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await download(served, tenant, artifact.id)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason(caught.value) == "BLOB_MISSING"
+
+
+async def test_cancelled_upload_leaves_no_row_blob_or_temp_file(
+    served: Served, app_db: Database
+) -> None:
+    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant_dir = served.blob_root / str(tenant)
+    release = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[pb.UploadArtifactRequest]:
+        yield metadata_message(run, "partial.bin")
+        for _ in range(4):
+            yield pb.UploadArtifactRequest(chunk=os.urandom(256 * KIB))
+        await release.wait()
+
+    call = served.stub.UploadArtifact(stalled(), metadata=as_tenant(tenant))
+    try:
+        await eventually(
+            "the server to write the temp file",
+            lambda: any(p.stat().st_size > 0 for p in files_under(tenant_dir / "tmp")),
+        )
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        release.set()
+
+    await eventually("the server to discard the upload", lambda: files_under(tenant_dir) == [])
+    async with app_db.tenant(tenant) as session:
+        rows = await session.scalar(
+            text("SELECT count(*) FROM artifacts.artifacts WHERE run_id = :run"), {"run": run}
+        )
+    assert rows == 0
