@@ -15,12 +15,7 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-class _ContextInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
+class _ContextMixin:
     """Adds the bearer token, and the current request id and tenant unless the call sets them."""
 
     def __init__(self, token: str) -> None:
@@ -36,15 +31,31 @@ class _ContextInterceptor(
     async def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
         return await continuation(self._details(details), request)
 
-    intercept_unary_unary = _call
-    intercept_unary_stream = _call
-    intercept_stream_unary = _call
-    intercept_stream_stream = _call
+
+# grpc.aio files each interceptor under the first call kind it implements, so one class per kind.
+class _UnaryUnary(_ContextMixin, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_unary_unary = _ContextMixin._call
+
+
+class _UnaryStream(_ContextMixin, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    intercept_unary_stream = _ContextMixin._call
+
+
+class _StreamUnary(_ContextMixin, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    intercept_stream_unary = _ContextMixin._call
+
+
+class _StreamStream(_ContextMixin, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    intercept_stream_stream = _ContextMixin._call
 
 
 def internal_channel(address: str, token: str) -> grpc.aio.Channel:
     """An insecure channel for the private network; TLS with client certificates is the
     production option and replaces only this function."""
     return grpc.aio.insecure_channel(
-        address, options=_CHANNEL_OPTIONS, interceptors=[_ContextInterceptor(token)]
+        address,
+        options=_CHANNEL_OPTIONS,
+        interceptors=[
+            kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+        ],
     )

@@ -24,11 +24,10 @@ from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database
 from aias.core.localdb import LocalDatabase
-from aias.core.settings import ServerSettings
 from services.artifacts.main import ArtifactsSettings, build_server
+from tests.conftest import INTERNAL_TOKEN
+from tests.integration.servers import server_settings
 
-TOKEN = "test-token"
-CREDENTIAL = ("authorization", f"Bearer {TOKEN}")
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -46,22 +45,13 @@ async def served(
     """The real server, built by the production factory, on an ephemeral port."""
     blob_root = tmp_path_factory.mktemp("artifacts")
     settings = ArtifactsSettings(
-        server=ServerSettings(
-            service="artifacts",
-            host="127.0.0.1",
-            port=0,
-            metrics_port=0,
-            internal_token=TOKEN,
-            log_level="INFO",
-            ready_file=None,
-            grace_seconds=1.0,
-        ),
+        server=server_settings("artifacts"),
         database_url=database.app_url,
         blob_root=blob_root,
     )
     built = await build_server(settings)
     await built.start()
-    channel = internal_channel(f"127.0.0.1:{built.port}", TOKEN)
+    channel = internal_channel(f"127.0.0.1:{built.port}", INTERNAL_TOKEN)
     # The stub's overloads cannot tell an aio channel from a sync one without grpc type stubs.
     stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
     yield Served(stub, blob_root)
@@ -70,9 +60,7 @@ async def served(
 
 
 def as_tenant(tenant_id: uuid.UUID) -> tuple[tuple[str, str], ...]:
-    # internal_channel's interceptor reaches unary-unary calls only (grpc files an interceptor
-    # under the first kind it implements), so streaming calls carry the credential themselves.
-    return (("x-aias-tenant-id", str(tenant_id)), CREDENTIAL)
+    return (("x-aias-tenant-id", str(tenant_id)),)
 
 
 def reason(error: grpc.aio.AioRpcError) -> str:

@@ -1,0 +1,33 @@
+"""Boots real gRPC servers in-process on port 0 with the production factories."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aias.core.grpc_server import BuiltServer
+from aias.core.settings import ServerSettings
+from tests.conftest import INTERNAL_TOKEN
+
+
+def server_settings(service: str) -> ServerSettings:
+    return ServerSettings(
+        service=service,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        internal_token=INTERNAL_TOKEN,
+        log_level="INFO",
+        ready_file=None,
+        grace_seconds=1.0,
+    )
+
+
+@asynccontextmanager
+async def running(built: BuiltServer) -> AsyncIterator[str]:
+    """Starts a built server and yields its address; stops it (gracefully) afterwards."""
+    await built.start()
+    try:
+        yield f"127.0.0.1:{built.port}"
+    finally:
+        await built.stop(1.0)

@@ -1,0 +1,209 @@
+"""Execution over real gRPC and real PostgreSQL: triggering, limits, idempotency, the run queue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from sqlalchemy import text
+
+from aias.core.clients import internal_channel
+from aias.core.context import TENANT_ID
+from aias.core.db import Database, SystemPath
+from aias.core.localdb import LocalDatabase
+from aias.execution.v1 import execution_service_pb2 as pb
+from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
+from services.execution import main as execution_main
+from services.execution.repository import QueueRepository
+from services.tenancy import main as tenancy_main
+from tests.conftest import INTERNAL_TOKEN
+from tests.integration.servers import running, server_settings
+
+WORKFLOW = pb.CreateWorkflowRequest(
+    name="orders",
+    steps=[
+        pb.Step(id="shape", type="transform"),
+    ],
+)
+WORKFLOW.steps[0].config.update({"expression": "id"})
+
+
+@dataclass
+class Env:
+    tenancy: tenancy_grpc.TenancyServiceStub
+    execution: pb_grpc.ExecutionServiceStub
+
+
+@pytest.fixture
+async def env(database: LocalDatabase) -> AsyncIterator[Env]:
+    tenancy_built = await tenancy_main.build_server(
+        tenancy_main.TenancySettings(server_settings("tenancy"), database.app_url)
+    )
+    async with running(tenancy_built) as tenancy_addr:
+        execution_built = await execution_main.build_server(
+            execution_main.ExecutionSettings(
+                server_settings("execution"),
+                database.app_url,
+                tenancy_addr,
+                "http://gateway.test",
+                entitlements_ttl=0.0,
+                max_attempts=2,
+            )
+        )
+        async with running(execution_built) as execution_addr:
+            tenancy_channel = internal_channel(tenancy_addr, INTERNAL_TOKEN)
+            execution_channel = internal_channel(execution_addr, INTERNAL_TOKEN)
+            yield Env(
+                tenancy_grpc.TenancyServiceStub(tenancy_channel),
+                pb_grpc.ExecutionServiceStub(execution_channel),
+            )
+            await tenancy_channel.close()
+            await execution_channel.close()
+
+
+def reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            info = error_details_pb2.ErrorInfo()
+            status.details[0].Unpack(info)
+            return info.reason, dict(info.metadata)
+    raise AssertionError("no error details")
+
+
+async def endpoint(env: Env, plan: str = "free") -> tuple[str, str, list[tuple[str, str]]]:
+    created = await env.tenancy.CreateTenant(tenancy_pb.CreateTenantRequest(name="t", plan=plan))
+    tenant = created.tenant.id
+    meta = [(TENANT_ID, tenant)]
+    workflow = (await env.execution.CreateWorkflow(WORKFLOW, metadata=meta)).workflow
+    made = await env.execution.CreateWebhookEndpoint(
+        pb.CreateWebhookEndpointRequest(workflow_id=workflow.id, name="e"), metadata=meta
+    )
+    return tenant, made.secret, meta
+
+
+def delivery(
+    tenant: str, secret: str, body: bytes = b'{"id": 1}', key: str = ""
+) -> pb.TriggerWebhookRequest:
+    request = pb.TriggerWebhookRequest(tenant_id=tenant, secret=secret, idempotency_key=key)
+    request.http_body.data = body
+    request.http_body.content_type = "application/json"
+    return request
+
+
+async def test_trigger_commits_a_queued_run(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    accepted = await env.execution.TriggerWebhook(delivery(tenant, secret))
+    run = (await env.execution.GetRun(pb.GetRunRequest(run_id=accepted.run_id), metadata=meta)).run
+    assert accepted.status == pb.RUN_STATUS_QUEUED
+    assert run.status == pb.RUN_STATUS_QUEUED
+    assert run.workflow_version == 1
+
+
+async def test_body_over_the_plan_limit_is_refused_and_not_queued(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    huge = b'"' + b"x" * (256 * 1024) + b'"'
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.TriggerWebhook(delivery(tenant, secret, huge))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(caught.value) == ("PAYLOAD_TOO_LARGE", {"http_status": "413"})
+    runs = await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)
+    assert list(runs.runs) == []
+
+
+async def test_invalid_json_body_is_refused(env: Env) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.TriggerWebhook(delivery(tenant, secret, b"{oops"))
+    assert reason(caught.value)[0] == "INVALID_PAYLOAD"
+
+
+async def test_disabled_workflow_answers_409(env: Env, app_db: Database) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    async with app_db.tenant(tenant) as session:
+        await session.execute(text("UPDATE execution.workflows SET enabled = false"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.TriggerWebhook(delivery(tenant, secret))
+    assert reason(caught.value) == ("WORKFLOW_DISABLED", {"http_status": "409"})
+
+
+async def test_concurrent_deliveries_with_one_key_make_one_run(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    replies = await asyncio.gather(
+        *(env.execution.TriggerWebhook(delivery(tenant, secret, key="k")) for _ in range(8))
+    )
+    assert len({reply.run_id for reply in replies}) == 1
+    runs = await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)
+    assert len(runs.runs) == 1
+
+
+async def test_pagination_walks_every_run_once(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    created = {
+        (await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id for _ in range(5)
+    }
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await env.execution.ListRuns(
+            pb.ListRunsRequest(page_size=2, page_token=token), metadata=meta
+        )
+        seen += [run.id for run in page.runs]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(seen) == sorted(created)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.ListRuns(pb.ListRunsRequest(page_token="garbage!"), metadata=meta)
+    assert reason(caught.value)[0] == "INVALID_PAGE_TOKEN"
+
+
+async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
+    env: Env, app_db: Database
+) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    run_id = uuid.UUID((await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id)
+    # Drain whatever other tests left in the shared queue, keeping our run.
+    claimed_by_a = None
+    while claimed_by_a is None or claimed_by_a.id != run_id:
+        async with app_db.system(SystemPath.RUN_QUEUE) as session:
+            claimed_by_a = await QueueRepository(session).claim("worker-a", timedelta(seconds=60))
+        assert claimed_by_a is not None
+    assert claimed_by_a.attempt == 1
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        again = await QueueRepository(session).claim("worker-b", timedelta(seconds=60))
+    assert again is None or again.id != run_id
+    # Worker A dies: its lease runs out, and worker B takes the run over as attempt 2.
+    async with app_db.tenant(tenant) as session:
+        await session.execute(
+            text(
+                "UPDATE execution.runs SET lease_expire_time = now() - "
+                "interval '1 second' WHERE id = :r"
+            ),
+            {"r": run_id},
+        )
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        taken = await QueueRepository(session).claim("worker-b", timedelta(seconds=60))
+    assert taken is not None
+    assert (taken.id, taken.attempt, taken.lease_owner) == (run_id, 2, "worker-b")
+    async with app_db.tenant(tenant) as session:
+        assert not await QueueRepository(session).heartbeat(
+            run_id, "worker-a", timedelta(seconds=60)
+        )
+        assert not await QueueRepository(session).finish(run_id, "worker-a", "succeeded", "")
+        assert await QueueRepository(session).release(run_id, "worker-b")
+    async with app_db.tenant(tenant) as session:
+        status, attempt = (
+            await session.execute(
+                text("SELECT status, attempt FROM execution.runs WHERE id = :r"), {"r": run_id}
+            )
+        ).one()
+    assert (status, attempt) == ("queued", 1)

@@ -1,0 +1,155 @@
+"""The worker against real PostgreSQL: step logs, retries with back-off, release on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
+from aias.core.clients import internal_channel
+from aias.core.db import Database
+from aias.core.localdb import LocalDatabase
+from services.execution.worker import Worker, WorkerConfig, listen_url
+from tests.conftest import INTERNAL_TOKEN
+
+
+def _dead_address() -> str:
+    """An address where nothing listens: the artifacts service is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def _queue_run(
+    db: Database, steps: list[dict[str, Any]], body: bytes
+) -> tuple[uuid.UUID, uuid.UUID]:
+    tenant, workflow, run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with db.tenant(tenant) as session:
+        await session.execute(
+            text(
+                "INSERT INTO execution.workflows (id, tenant_id, name, enabled, "
+                "current_version) VALUES (:w, :t, 'wf', true, 1)"
+            ),
+            {"w": workflow, "t": tenant},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO execution.workflow_versions (workflow_id, version, "
+                "tenant_id, steps) VALUES (:w, 1, :t, CAST(:s AS jsonb))"
+            ),
+            {"w": workflow, "t": tenant, "s": json.dumps(steps)},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, status, "
+                "max_attempts, payload, content_type) VALUES (:r, :t, :w, 1, 'queued', 2, :p, "
+                "'application/json')"
+            ),
+            {"r": run, "t": tenant, "w": workflow, "p": body},
+        )
+    return tenant, run
+
+
+async def _wait_status(db: Database, tenant: uuid.UUID, run: uuid.UUID, wanted: set[str]) -> Any:
+    for _ in range(300):
+        async with db.tenant(tenant) as session:
+            row = (
+                await session.execute(
+                    text("SELECT status, attempt, error FROM execution.runs WHERE id = :r"),
+                    {"r": run},
+                )
+            ).one()
+        if row.status in wanted:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run stayed {row.status}")
+
+
+async def _logs(db: Database, tenant: uuid.UUID, run: uuid.UUID) -> list[Any]:
+    async with db.tenant(tenant) as session:
+        return list(
+            (
+                await session.execute(
+                    text(
+                        "SELECT step_id, status, attempt, error, output_sha256 "
+                        "FROM execution.step_logs "
+                        "WHERE run_id = :r ORDER BY attempt, step_index"
+                    ),
+                    {"r": run},
+                )
+            ).all()
+        )
+
+
+def _worker(db: Database, database: LocalDatabase, artifacts: str, worker_id: str) -> Worker:
+    channel = internal_channel(artifacts, INTERNAL_TOKEN)
+    config = WorkerConfig(
+        worker_id=worker_id,
+        concurrency=2,
+        lease=timedelta(seconds=5),
+        poll_interval=0.2,
+        retry_base=0.05,
+        retry_max=0.1,
+    )
+    return Worker(
+        db, listen_url(database.app_url), artifacts_grpc.ArtifactsServiceStub(channel), config
+    )
+
+
+async def test_failed_step_fails_the_run_with_a_log_row(
+    app_db: Database, database: LocalDatabase
+) -> None:
+    steps = [{"id": "check", "type": "validate", "config": {"schema": {"type": "string"}}}]
+    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, _dead_address(), "w-fail")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "failed"
+    assert "step 'check' failed" in row.error
+    logs = await _logs(app_db, tenant, run)
+    assert [(log.step_id, log.status, log.attempt) for log in logs] == [("check", "failed", 1)]
+    assert "does not match the schema" in logs[0].error
+
+
+async def test_unavailable_artifacts_retry_with_backoff_then_fail(
+    app_db: Database, database: LocalDatabase
+) -> None:
+    steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
+    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, _dead_address(), "w-retry")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
+    finally:
+        await worker.stop(2.0)
+    assert (row.status, row.attempt) == ("failed", 2)
+    assert "after 2 attempts" in row.error
+    logs = await _logs(app_db, tenant, run)
+    assert [(log.status, log.attempt) for log in logs] == [("failed", 1), ("failed", 2)]
+
+
+async def test_filter_false_skips_the_run(app_db: Database, database: LocalDatabase) -> None:
+    steps = [
+        {"id": "big", "type": "filter", "config": {"condition": "total > `100`"}},
+        {"id": "never", "type": "transform", "config": {"expression": "total"}},
+    ]
+    tenant, run = await _queue_run(app_db, steps, b'{"total": 3}')
+    worker = _worker(app_db, database, _dead_address(), "w-skip")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"skipped", "failed", "succeeded"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "skipped"
+    assert [(log.step_id, log.status) for log in await _logs(app_db, tenant, run)] == [
+        ("big", "skipped")
+    ]
