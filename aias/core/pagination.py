@@ -1,8 +1,9 @@
-"""Opaque keyset page tokens (AIP-158): the last row's sort key, base64-encoded."""
+"""Opaque keyset page tokens (AIP-158): the last row's sort key, bound to the list's filter."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import uuid
 from dataclasses import dataclass
@@ -23,26 +24,34 @@ class PageCursor:
 
 
 def page_size(requested: int) -> int:
+    """0 means the default; values above the maximum are lowered to it."""
     if requested < 0:
-        raise InvalidArgument("INVALID_PAGE_SIZE", "page_size must not be negative")
+        raise InvalidArgument(
+            "INVALID_PAGE_SIZE", f"page_size must not be negative, got {requested}"
+        )
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
 
 
-def encode_token(cursor: PageCursor) -> str:
-    raw = json.dumps([cursor.create_time.isoformat(), str(cursor.id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_token(cursor: PageCursor, scope: str = "") -> str:
+    """`scope` names the list's filter, so a token cannot be replayed against another filter."""
+    payload = {"t": cursor.create_time.isoformat(), "i": str(cursor.id), "s": scope}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
 
 
-def decode_token(token: str) -> PageCursor | None:
-    """None for the first page; InvalidArgument for a token this service did not issue."""
+def decode_token(token: str, scope: str = "") -> PageCursor | None:
+    """None for the first page; InvalidArgument for a token this list did not issue."""
     if not token:
         return None
+    invalid = InvalidArgument(
+        "INVALID_PAGE_TOKEN",
+        "page_token is not one this list returned for the same filter; start again without it",
+    )
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, ident = json.loads(raw)
-        return PageCursor(datetime.fromisoformat(when), uuid.UUID(ident))
-    except (ValueError, TypeError):
-        raise InvalidArgument(
-            "INVALID_PAGE_TOKEN",
-            "page_token is not one this service issued; start again without it",
-        ) from None
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        cursor = PageCursor(datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"]))
+        same_scope = payload["s"] == scope
+    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
+        raise invalid from None
+    if not same_scope or cursor.create_time.tzinfo is None:
+        raise invalid
+    return cursor

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -20,8 +17,6 @@ MAX_STEP_ID_CHARS = 64
 MAX_MEDIA_TYPE_CHARS = 255
 # A century: beyond that a retention is "forever" in disguise and risks timestamp overflow.
 MAX_RETENTION_DAYS = 36_500
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 100
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 9110 tokens for type and subtype; parameters only need to be printable ASCII.
@@ -67,14 +62,6 @@ class NewArtifact:
     name: str
     media_type: str
     retention: timedelta | None
-
-
-@dataclass(frozen=True)
-class PageCursor:
-    """The position after the last artifact of a page, in newest-first order."""
-
-    create_time: datetime
-    id: uuid.UUID
 
 
 def validate_name(name: str) -> str:
@@ -138,43 +125,6 @@ def check_chunk(chunk: bytes) -> bytes:
             "CHUNK_TOO_LARGE", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes, got {len(chunk)}"
         )
     return chunk
-
-
-def page_size(requested: int) -> int:
-    """AIP-158: 0 means the default and values above the maximum are lowered to it."""
-    if requested < 0:
-        raise InvalidArgument(
-            "INVALID_PAGE_SIZE", f"page_size must not be negative, got {requested}"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_page_token(cursor: PageCursor, run_id: uuid.UUID | None) -> str:
-    """An opaque token; it names the filter so it cannot be replayed against another one."""
-    payload = {
-        "t": cursor.create_time.isoformat(),
-        "i": str(cursor.id),
-        "r": str(run_id) if run_id else "",
-    }
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
-
-
-def decode_page_token(token: str, run_id: uuid.UUID | None) -> PageCursor | None:
-    """The cursor of a token from `encode_page_token`, None for the first page."""
-    if not token:
-        return None
-    invalid = InvalidArgument(
-        "INVALID_PAGE_TOKEN", "page_token is not one this list returned for the same filter"
-    )
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
-        cursor = PageCursor(datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"]))
-        same_filter = payload["r"] == (str(run_id) if run_id else "")
-    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
-        raise invalid from None
-    if not same_filter or cursor.create_time.tzinfo is None:
-        raise invalid
-    return cursor
 
 
 def content_disposition(name: str) -> str:

@@ -8,8 +8,9 @@ from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aias.core.pagination import PageCursor
 from services.artifacts.blobstore import StoredBlob
-from services.artifacts.domain import Artifact, NewArtifact, PageCursor
+from services.artifacts.domain import Artifact, NewArtifact
 from services.artifacts.models import ArtifactRow
 
 

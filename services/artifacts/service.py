@@ -11,16 +11,13 @@ from dataclasses import dataclass
 from aias.core.context import run_id_var
 from aias.core.db import Database, parse_uuid
 from aias.core.errors import AlreadyExists, NotFound, Unavailable
+from aias.core.pagination import PageCursor, decode_token, encode_token, page_size
 from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
     Artifact,
-    PageCursor,
     UploadSpec,
     check_chunk,
-    decode_page_token,
-    encode_page_token,
-    page_size,
     validate_upload,
 )
 from services.artifacts.repository import ArtifactRepository
@@ -96,7 +93,7 @@ class ArtifactsService:
     ) -> Page:
         run = parse_uuid(run_id, "run_id") if run_id else None
         size = page_size(requested_size)
-        after = decode_page_token(page_token, run)
+        after = decode_token(page_token, str(run or ""))
         async with self._db.tenant(tenant_id) as session:
             # One extra row says whether another page follows without a COUNT.
             found = await ArtifactRepository(session).page(tenant_id, run, after, size + 1)
@@ -104,7 +101,7 @@ class ArtifactsService:
         token = ""
         if len(found) > size:
             last = artifacts[-1]
-            token = encode_page_token(PageCursor(last.create_time, last.id), run)
+            token = encode_token(PageCursor(last.create_time, last.id), str(run or ""))
         return Page(artifacts, token)
 
     @asynccontextmanager

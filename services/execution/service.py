@@ -234,10 +234,10 @@ class ExecutionService:
         self, tenant_id: uuid.UUID, workflow_id: str, size: int, token: str
     ) -> Page[RunRow]:
         wid = parse_uuid(workflow_id, "workflow_id") if workflow_id else None
-        limit, cursor = page_size(size), decode_token(token)
+        limit, cursor = page_size(size), decode_token(token, str(wid or ""))
         async with self._db.tenant(tenant_id) as session:
             rows = await ExecutionRepository(session).runs(wid, cursor, limit + 1)
-        return Page(rows[:limit], _next_token(rows, limit))
+        return Page(rows[:limit], _next_token(rows, limit, str(wid or "")))
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: str) -> list[StepLogRow]:
         rid = parse_uuid(run_id, "run_id")
@@ -248,9 +248,9 @@ class ExecutionService:
             return await repo.step_logs(rid)
 
 
-def _next_token(rows: list[Any], limit: int) -> str:
+def _next_token(rows: list[Any], limit: int, scope: str = "") -> str:
     """A token only when a row beyond the page exists (the query fetched limit + 1)."""
     if len(rows) <= limit:
         return ""
     last = rows[limit - 1]
-    return encode_token(PageCursor(last.create_time, last.id))
+    return encode_token(PageCursor(last.create_time, last.id), scope)
