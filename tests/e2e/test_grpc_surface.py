@@ -17,6 +17,13 @@ SERVICES = {
     "artifacts": "aias.artifacts.v1.ArtifactsService",
     "billing": "aias.billing.v1.BillingService",
 }
+# A unary method of each; an empty message is a valid (all-defaults) request for every one.
+PROBE = {
+    "tenancy": "GetTenant",
+    "execution": "GetRun",
+    "artifacts": "GetArtifact",
+    "billing": "GetBillingStatus",
+}
 AUTH = (("authorization", f"Bearer {INTERNAL_TOKEN}"),)
 
 
@@ -39,9 +46,8 @@ async def test_reflection_health_and_credential(stack: Stack, process: str) -> N
         for name in ("", SERVICES[process]):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        # Any method of the service: the credential check comes before the request is read.
         method = channel.unary_unary(
-            f"/{SERVICES[process]}/GetTenant",
+            f"/{SERVICES[process]}/{PROBE[process]}",
             request_serializer=empty_pb2.Empty.SerializeToString,
             response_deserializer=empty_pb2.Empty.FromString,
         )
