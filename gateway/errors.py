@@ -1,0 +1,133 @@
+"""The one gRPC status -> HTTP table and the one error body every failure is answered with."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.rpc import error_details_pb2, status_pb2
+
+# grpc-gateway's table (runtime.HTTPStatusFromCode).
+HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
+    {
+        grpc.StatusCode.OK: 200,
+        grpc.StatusCode.CANCELLED: 499,
+        grpc.StatusCode.UNKNOWN: 500,
+        grpc.StatusCode.INVALID_ARGUMENT: 400,
+        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+        grpc.StatusCode.NOT_FOUND: 404,
+        grpc.StatusCode.ALREADY_EXISTS: 409,
+        grpc.StatusCode.PERMISSION_DENIED: 403,
+        grpc.StatusCode.UNAUTHENTICATED: 401,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+        grpc.StatusCode.FAILED_PRECONDITION: 400,
+        grpc.StatusCode.ABORTED: 409,
+        grpc.StatusCode.OUT_OF_RANGE: 400,
+        grpc.StatusCode.UNIMPLEMENTED: 501,
+        grpc.StatusCode.INTERNAL: 500,
+        grpc.StatusCode.UNAVAILABLE: 503,
+        grpc.StatusCode.DATA_LOSS: 500,
+    }
+)
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# ErrorInfo metadata a backend sets to refine the HTTP answer (a disabled workflow is 409).
+HTTP_STATUS_OVERRIDE = "http_status"
+RETRY_AFTER = "retry_after_seconds"
+
+
+class GatewayError(Exception):
+    """A failure answered with the error body: HTTP status, gRPC status name, reason, message."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        message: str,
+        *,
+        http_status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.http_status = HTTP_STATUS[code] if http_status is None else http_status
+        self.headers = dict(headers or {})
+
+
+def _error_info(metadata: Any) -> tuple[str, str, dict[str, str]] | None:
+    """The (reason, message, metadata) of the ErrorInfo in a status's trailing metadata."""
+    for key, value in metadata or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason, status.message, dict(info.metadata)
+    return None
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
+    """The HTTP answer to a failed backend call, honouring the backend's ErrorInfo."""
+    code: grpc.StatusCode = error.code()
+    found = _error_info(error.trailing_metadata())
+    if found is None:
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return GatewayError(
+                code, "BACKEND_UNAVAILABLE", f"the {backend} service is unavailable; retry later"
+            )
+        # Without ErrorInfo the status comes from gRPC itself, whose text for server-side
+        # failures can name internal hosts or exceptions; client errors are safe to show.
+        message = error.details() or code.name
+        if HTTP_STATUS[code] >= 500:
+            message = f"the {backend} service failed ({code.name}); quote the request id"
+        return GatewayError(code, code.name, message)
+    reason, message, metadata = found
+    headers = {}
+    if (retry := metadata.get(RETRY_AFTER, "")).isdigit():
+        headers["Retry-After"] = retry
+    override = metadata.get(HTTP_STATUS_OVERRIDE, "")
+    http_status = int(override) if override.isdigit() and 400 <= int(override) <= 599 else None
+    return GatewayError(
+        code,
+        reason or code.name,
+        message or error.details() or code.name,
+        http_status=http_status,
+        headers=headers,
+    )
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """A JSON response; UTF-8 without escaping, as clients expect to read it."""
+    return web.Response(
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    """The one error shape: {"error": {code, status, message, reason, request_id}}."""
+    headers = dict(error.headers)
+    if error.http_status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    body = {
+        "error": {
+            "code": error.http_status,
+            "status": error.code.name,
+            "message": error.message,
+            "reason": error.reason,
+            "request_id": request_id,
+        }
+    }
+    return json_response(body, error.http_status, headers)
