@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import json
 import logging
 import os
@@ -94,10 +95,11 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             behavior = getattr(handler, attr)
             if behavior is None:
                 continue
-            streaming_response = attr.endswith("_stream")
+            # Streaming handlers either yield (async generators) or call context.write and
+            # return; the second kind (e.g. health's Watch) is wrapped like a unary handler.
             wrapped = (
                 self._wrap_stream(method, public, behavior)
-                if streaming_response
+                if inspect.isasyncgenfunction(behavior)
                 else self._wrap_unary(method, public, behavior)
             )
             return make(
