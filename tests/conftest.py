@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,14 +17,19 @@ INTERNAL_TOKEN = "test-internal-token"
 
 
 @pytest.fixture(scope="session")
-def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDatabase]:
-    """A migrated database; its own embedded server so a local suite on 5432/54329 is untouched."""
-    data_dir: Path = tmp_path_factory.mktemp("pg")
+def database() -> Iterator[LocalDatabase]:
+    """A migrated database; its own embedded server so a local suite on 5432/54329 is untouched.
+
+    The data folder is outside pytest's temporary tree: pytest resets that tree to mode 0700
+    whenever another pytest starts, which would lock the server's system account out of it.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="aias-test-pg-"))
     local = prepare(
         data_dir, os.environ.get("AIAS_TEST_DATABASE_URL") or None, None, embedded_port=0
     )
     yield local
     local.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -153,3 +153,34 @@ async def test_filter_false_skips_the_run(app_db: Database, database: LocalDatab
     assert [(log.step_id, log.status) for log in await _logs(app_db, tenant, run)] == [
         ("big", "skipped")
     ]
+
+
+async def test_shutdown_releases_a_run_in_flight(app_db: Database, database: LocalDatabase) -> None:
+    # A listener that accepts connections but never speaks HTTP/2: the upload hangs.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    black_hole = await asyncio.start_server(hold, "127.0.0.1", 0)
+    address = f"127.0.0.1:{black_hole.sockets[0].getsockname()[1]}"
+    steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
+    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, address, "w-release")
+    await worker.start()
+    try:
+        await _wait_status(app_db, tenant, run, {"running"})
+    finally:
+        await worker.stop(0.2)
+        for writer in held:
+            writer.close()
+        black_hole.close()
+        await black_hole.wait_closed()
+    async with app_db.tenant(tenant) as session:
+        row = (
+            await session.execute(
+                text("SELECT status, attempt, lease_owner FROM execution.runs WHERE id = :r"),
+                {"r": run},
+            )
+        ).one()
+    assert (row.status, row.attempt, row.lease_owner) == ("queued", 0, None)
