@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -9,14 +11,27 @@ import aiohttp
 import pytest
 
 from aias.core.launcher import Stack
-from aias.core.localdb import LocalDatabase
+from aias.core.localdb import LocalDatabase, prepare
 from tests.conftest import INTERNAL_TOKEN
 
 ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture(scope="session")
-def stack(database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack_database() -> Iterator[LocalDatabase]:
+    """The suite's own database: its worker must not claim runs that other tests queue."""
+    data_dir = Path(tempfile.mkdtemp(prefix="aias-e2e-pg-"))
+    local = prepare(data_dir, None, None, embedded_port=0)
+    yield local
+    local.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(
+    stack_database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    database = stack_database
     data_dir: Path = tmp_path_factory.mktemp("stack")
     ports = dict.fromkeys(
         ("tenancy", "artifacts", "billing", "execution", "execution-worker", "gateway"), 0
