@@ -51,6 +51,7 @@ class GatewayError(Exception):
         *,
         http_status: int | None = None,
         headers: Mapping[str, str] | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -58,6 +59,8 @@ class GatewayError(Exception):
         self.message = message
         self.http_status = HTTP_STATUS[code] if http_status is None else http_status
         self.headers = dict(headers or {})
+        # What the operator needs in the log but the client must not see (hosts, exceptions).
+        self.detail = detail
 
 
 def _error_info(metadata: Any) -> tuple[str, str, dict[str, str]] | None:
@@ -79,16 +82,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
     code: grpc.StatusCode = error.code()
     found = _error_info(error.trailing_metadata())
     if found is None:
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return GatewayError(
-                code, "BACKEND_UNAVAILABLE", f"the {backend} service is unavailable; retry later"
-            )
         # Without ErrorInfo the status comes from gRPC itself, whose text for server-side
         # failures can name internal hosts or exceptions; client errors are safe to show.
-        message = error.details() or code.name
+        details = error.details() or code.name
+        if code == grpc.StatusCode.UNAVAILABLE:
+            message = f"the {backend} service is unavailable; retry later"
+            return GatewayError(code, "BACKEND_UNAVAILABLE", message, detail=details)
         if HTTP_STATUS[code] >= 500:
             message = f"the {backend} service failed ({code.name}); quote the request id"
-        return GatewayError(code, code.name, message)
+            return GatewayError(code, code.name, message, detail=details)
+        return GatewayError(code, code.name, details)
     reason, message, metadata = found
     headers = {}
     if (retry := metadata.get(RETRY_AFTER, "")).isdigit():

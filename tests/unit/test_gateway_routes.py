@@ -707,6 +707,7 @@ def test_backend_errors_without_error_info() -> None:
 
     assert (down.http_status, down.reason) == (503, "BACKEND_UNAVAILABLE")
     assert "10.0.0.1" not in down.message
+    assert "10.0.0.1" in down.detail, "the operator still gets the cause in the log"
     assert (crash.http_status, crash.reason) == (500, "UNKNOWN")
     assert "secret" not in crash.message
     assert (bad.http_status, bad.reason, bad.message) == (400, "INVALID_ARGUMENT", "bad page")
