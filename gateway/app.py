@@ -1,0 +1,172 @@
+"""The app factory: all routes in one place, backends opened in cleanup_ctx, one error mapper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+import grpc
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from aias.core.context import request_id_var, tenant_id_var
+from gateway.auth import Authenticator
+from gateway.backends import BACKENDS, Backends
+from gateway.errors import GatewayError, error_response, json_response
+from gateway.metrics import HttpMetrics
+from gateway.proxy import RpcProxy
+from gateway.settings import GatewaySettings
+from gateway.template import Router
+from gateway.transcoder import RpcRoute, build_routes
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+ROUTER = web.AppKey("router", Router[Handler])
+METRICS = web.AppKey("metrics", HttpMetrics)
+BACKEND_POOL = web.AppKey("backends", Backends)
+PROXY = web.AppKey("proxy", RpcProxy)
+REQUEST_ID = web.RequestKey("request_id", str)
+ROUTE_LABEL = web.RequestKey("route", str)
+
+# The largest body the gateway reads; the gRPC channels accept 8 MiB messages, and per-plan
+# payload limits below this are the backends' to enforce.
+MAX_BODY_BYTES = 8 * 1024 * 1024 - 64 * 1024
+READINESS_TIMEOUT_SECONDS = 2.0
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+_UNMATCHED = "unmatched"
+
+
+def build_router() -> Router[Handler]:
+    """The fixed routes and one route per google.api.http binding of every backend."""
+    router: Router[Handler] = Router()
+    router.add("GET", "/healthz", _healthz)
+    router.add("GET", "/readyz", _readyz)
+    router.add("GET", "/metrics", _metrics)
+    for route in build_routes(BACKENDS):
+        router.add(route.http_method, route.template, _rpc_handler(route))
+    return router
+
+
+def init_app(settings: GatewaySettings) -> web.Application:
+    """The gateway application; backends are connected when it starts and closed when it stops."""
+    app = web.Application(middlewares=[_observe, _errors], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[ROUTER] = build_router()
+    app[METRICS] = HttpMetrics()
+    app.cleanup_ctx.append(_backends)
+    app.on_response_prepare.append(_echo_request_id)
+    # One catch-all: matching is ours, so a known path with the wrong method can answer 405.
+    app.router.add_route("*", "/{path:.*}", _dispatch)
+    return app
+
+
+async def _backends(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    backends = Backends(settings.backends, settings.internal_token)
+    app[BACKEND_POOL] = backends
+    app[PROXY] = RpcProxy(
+        backends, Authenticator(settings.admin_token, backends.channel("tenancy"))
+    )
+    yield
+    await backends.close()
+
+
+def _rpc_handler(route: RpcRoute) -> Handler:
+    async def handle(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+        return await request.app[PROXY].handle(route, request, params, request[REQUEST_ID])
+
+    return handle
+
+
+async def _dispatch(request: web.Request) -> web.StreamResponse:
+    route, params = request.app[ROUTER].resolve(request.method, request.rel_url.raw_path)
+    request[ROUTE_LABEL] = route.template.source
+    return await route.target(request, params)
+
+
+async def _healthz(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    return json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    backends = await request.app[BACKEND_POOL].health(READINESS_TIMEOUT_SECONDS)
+    ready = all(state == "SERVING" for state in backends.values())
+    body = {"status": "ready" if ready else "not_ready", "backends": backends}
+    return json_response(body, 200 if ready else 503)
+
+
+async def _metrics(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    return web.Response(
+        body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+def _request_id(header: str | None) -> str:
+    """The client's X-Request-ID when it is short and plain, so it is safe in logs and metadata."""
+    if header and _SANE_REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def _observe(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Gives the request its id and context, and measures it by route template."""
+    request_id = _request_id(request.headers.get("X-Request-ID"))
+    request[REQUEST_ID] = request_id
+    request[ROUTE_LABEL] = _UNMATCHED
+    request_id_var.set(request_id)
+    tenant_id_var.set("")
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        request.app[METRICS].observe(
+            request[ROUTE_LABEL], request.method, status, time.perf_counter() - started
+        )
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes the one error body; unexpected ones are logged, never shown."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        if error.http_status >= 500:
+            log.warning(
+                "request failed",
+                extra={
+                    "reason": error.reason,
+                    "status": error.http_status,
+                    "error": error.message,
+                    "detail": error.detail,
+                },
+            )
+        return error_response(error, request[REQUEST_ID])
+    except Exception:
+        log.exception("unhandled error", extra={"method": request.method, "path": request.path})
+        internal = GatewayError(
+            grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; quote the request id"
+        )
+        return error_response(internal, request[REQUEST_ID])
+
+
+async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    if (request_id := request.get(REQUEST_ID)) is not None:
+        response.headers["X-Request-ID"] = request_id

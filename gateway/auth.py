@@ -1,0 +1,91 @@
+"""Who is calling: nobody (public), the operator token, or a tenant API key resolved by tenancy."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import grpc
+
+from aias.api.v1 import annotations_pb2 as access_pb2
+from aias.core.context import REQUEST_ID, Caller
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
+from gateway.errors import GatewayError, from_rpc_error
+from gateway.jsonmap import enum_to_json
+
+OPERATOR = "operator"
+_LOOKUP_TIMEOUT_SECONDS = 5.0
+
+
+def _bearer(authorization: str | None) -> str:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token or token != token.strip() or " " in token:
+        raise GatewayError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "MISSING_CREDENTIALS",
+            "send the header 'Authorization: Bearer <api key>'",
+        )
+    return token
+
+
+class Authenticator:
+    """Enforces a route's access rule; remembers resolved API keys for a few seconds."""
+
+    def __init__(
+        self,
+        admin_token: str,
+        tenancy: grpc.aio.Channel,
+        *,
+        ttl_seconds: float = 10.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._admin_token = admin_token.encode()
+        self._tenancy = tenancy_grpc.TenancyServiceStub(tenancy)
+        self._ttl = ttl_seconds
+        self._max_entries = max_entries
+        self._clock = clock
+        # Keyed by the key's SHA-256 so the cache never holds a usable secret.
+        self._cache: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
+
+    async def authenticate(self, access: int, authorization: str | None, request_id: str) -> Caller:
+        """The caller the backend is told about, or a 401 GatewayError."""
+        if access == access_pb2.ACCESS_PUBLIC:
+            return Caller(request_id, "", "", "")
+        token = _bearer(authorization)
+        if access == access_pb2.ACCESS_OPERATOR:
+            if not hmac.compare_digest(token.encode(), self._admin_token):
+                raise GatewayError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "INVALID_OPERATOR_TOKEN",
+                    "this route needs the operator token (AIAS_ADMIN_TOKEN)",
+                )
+            return Caller(request_id, "", OPERATOR, OPERATOR)
+        return await self._api_key(token, request_id)
+
+    async def _api_key(self, token: str, request_id: str) -> Caller:
+        digest = hashlib.sha256(token.encode()).digest()
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            found = cached[1]
+            return Caller(request_id, found.tenant_id, found.principal, found.role)
+        try:
+            reply = await self._tenancy.AuthenticateApiKey(
+                tenancy_pb.AuthenticateApiKeyRequest(api_key=token),
+                metadata=((REQUEST_ID, request_id),),
+                timeout=_LOOKUP_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "tenancy") from None
+        role = enum_to_json(tenancy_pb.Role.DESCRIPTOR, reply.role)
+        caller = Caller(request_id, reply.tenant_id, reply.principal, str(role))
+        self._cache[digest] = (now + self._ttl, caller)
+        self._cache.move_to_end(digest)
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+        return caller

@@ -1,0 +1,146 @@
+"""Serves one HTTP request with one RPC: authenticate, map the request, call, map the answer."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from aias.core.context import FORWARDED_HEADER_PREFIX, tenant_id_var
+from gateway.auth import Authenticator
+from gateway.backends import Backends
+from gateway.errors import GatewayError, from_rpc_error
+from gateway.transcoder import (
+    DEFAULT_CONTENT_TYPE,
+    RpcRoute,
+    build_request,
+    render_unary,
+    response_head,
+)
+
+log = logging.getLogger(__name__)
+
+# Request headers the backends may act on, forwarded as `grpcgateway-<name>` metadata.
+FORWARDED_HEADERS = (
+    "Idempotency-Key",
+    "Webhook-Id",
+    "Stripe-Signature",
+    "Content-Type",
+    "User-Agent",
+    "Range",
+)
+# gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
+# Unary RPCs answer within this; downloads stream for as long as the bytes keep coming.
+UNARY_TIMEOUT_SECONDS = 30.0
+
+
+class RpcProxy:
+    """Turns a matched route and its HTTP request into a backend call and back."""
+
+    def __init__(self, backends: Backends, authenticator: Authenticator) -> None:
+        self._backends = backends
+        self._auth = authenticator
+
+    async def handle(
+        self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
+    ) -> web.StreamResponse:
+        caller = await self._auth.authenticate(
+            route.access, request.headers.get("Authorization"), request_id
+        )
+        tenant_id_var.set(caller.tenant_id)
+        body = await _read_body(request) if route.body else b""
+        message = build_request(route, path_params, request.query, request.headers, body)
+        metadata = [*caller.metadata(), *_forwarded(request.headers)]
+        channel = self._backends.channel(route.backend)
+        serializers: dict[str, Any] = {
+            "request_serializer": route.request_class.SerializeToString,
+            "response_deserializer": route.response_class.FromString,
+        }
+        if route.server_streaming:
+            stream = channel.unary_stream(route.rpc, **serializers)(message, metadata=metadata)
+            return await _stream(route, request, stream)
+        call = channel.unary_unary(route.rpc, **serializers)(
+            message, metadata=metadata, timeout=UNARY_TIMEOUT_SECONDS
+        )
+        try:
+            response = await call
+            initial = await call.initial_metadata()
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, route.backend) from None
+        return render_unary(route, response, initial)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as error:
+        raise GatewayError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "PAYLOAD_TOO_LARGE",
+            f"the body is larger than the gateway accepts ({error.text})",
+            http_status=413,
+        ) from None
+
+
+def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    return [
+        (FORWARDED_HEADER_PREFIX + name.lower(), value)
+        for name in FORWARDED_HEADERS
+        if (value := headers.get(name)) is not None and _METADATA_VALUE.fullmatch(value)
+    ]
+
+
+async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.StreamResponse:
+    """Raw bytes as they arrive; errors before the first chunk still get the error body."""
+    chunks = call.__aiter__()
+    try:
+        first = await anext(chunks, None)
+        initial = await call.initial_metadata()
+    except grpc.aio.AioRpcError as error:
+        raise from_rpc_error(error, route.backend) from None
+    status, headers = response_head(initial, keep_length=True)
+    headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
+    response = web.StreamResponse(status=status, headers=headers)
+    declared = response.content_length
+    await response.prepare(request)
+    written = 0
+    try:
+        if first is not None:
+            await response.write(first.data)
+            written += len(first.data)
+            async for chunk in chunks:
+                await response.write(chunk.data)
+                written += len(chunk.data)
+    except grpc.aio.AioRpcError as error:
+        log.error(
+            "download failed after the response started",
+            extra={"rpc": route.rpc, "code": error.code().name, "bytes_sent": written},
+        )
+        _abort(request)
+        return response
+    except ConnectionError:
+        log.info("client closed the connection during a download", extra={"rpc": route.rpc})
+        return response
+    finally:
+        # A no-op once the stream ended; otherwise it stops the backend producing unread chunks.
+        call.cancel()
+    if declared is not None and written != declared:
+        log.error(
+            "download length differs from its Content-Length",
+            extra={"rpc": route.rpc, "declared": declared, "bytes_sent": written},
+        )
+        _abort(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def _abort(request: web.Request) -> None:
+    """Closing without the final chunk is how HTTP/1.1 tells a client the body is incomplete."""
+    if request.transport is not None:
+        request.transport.abort()

@@ -1,0 +1,574 @@
+"""The gateway app over HTTP against fake gRPC backends served in-process on ephemeral ports."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp import ClientPayloadError, ClientSession
+from aiohttp.test_utils import TestClient
+from aiohttp.web import Application, Request
+from google.api import httpbody_pb2
+from pytest_aiohttp import AiohttpClient
+
+from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
+from aias.core.errors import (
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server
+from aias.core.settings import ServerSettings
+from aias.execution.v1 import execution_service_pb2 as execution_pb
+from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
+from gateway.app import init_app
+from gateway.settings import GatewaySettings
+from tests.conftest import INTERNAL_TOKEN
+
+ADMIN_TOKEN = "operator-token-for-tests"
+API_KEY = "aias_test_key"
+TENANT_ID = "7d0c5f8e-3b1a-4c7e-9a51-2f4f8e0d6b11"
+CONTENT = os.urandom(200_000)
+Metadata = dict[str, str]
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> Metadata:
+    return {
+        key: value for key, value in context.invocation_metadata() or () if isinstance(value, str)
+    }
+
+
+class FakeTenancy(tenancy_grpc.TenancyServiceServicer):
+    def __init__(self) -> None:
+        self.seen: list[Metadata] = []
+        self.key_lookups = 0
+
+    async def AuthenticateApiKey(
+        self, request: tenancy_pb.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> tenancy_pb.AuthenticateApiKeyResponse:
+        self.key_lookups += 1
+        if request.api_key != API_KEY:
+            raise Unauthenticated("INVALID_API_KEY", "the API key is not valid")
+        return tenancy_pb.AuthenticateApiKeyResponse(
+            tenant_id=TENANT_ID, principal="key:k1", role=tenancy_pb.ROLE_ADMIN
+        )
+
+    async def CreateTenant(
+        self, request: tenancy_pb.CreateTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenancy_pb.CreateTenantResponse:
+        self.seen.append(_metadata(context))
+        await context.send_initial_metadata((("x-http-code", "201"),))
+        tenant = tenancy_pb.Tenant(
+            id=TENANT_ID,
+            name=request.name,
+            plan=request.plan or "free",
+            status=tenancy_pb.TENANT_STATUS_ACTIVE,
+        )
+        tenant.create_time.FromSeconds(1714557600)
+        return tenancy_pb.CreateTenantResponse(tenant=tenant, admin_key="aias_new_key")
+
+    async def GetCurrentTenant(
+        self, request: tenancy_pb.GetCurrentTenantRequest, context: grpc.aio.ServicerContext
+    ) -> tenancy_pb.GetCurrentTenantResponse:
+        self.seen.append(_metadata(context))
+        return tenancy_pb.GetCurrentTenantResponse(
+            tenant=tenancy_pb.Tenant(id=TENANT_ID, name="Acme", plan="free"),
+            entitlements=tenancy_pb.Entitlements(plan="free", runs_per_month=1000),
+        )
+
+
+class FakeExecution(execution_grpc.ExecutionServiceServicer):
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.seen: list[Metadata] = []
+
+    async def CreateWorkflow(
+        self, request: execution_pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.CreateWorkflowResponse:
+        self.requests.append(request)
+        await context.send_initial_metadata((("x-http-code", "201"),))
+        workflow = execution_pb.Workflow(
+            id="wf-1", name=request.name, version=1, enabled=True, steps=request.steps
+        )
+        workflow.create_time.FromSeconds(1714557600)
+        workflow.update_time.FromSeconds(1714557600)
+        return execution_pb.CreateWorkflowResponse(workflow=workflow)
+
+    async def TriggerWebhook(
+        self, request: execution_pb.TriggerWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.TriggerWebhookResponse:
+        self.requests.append(request)
+        self.seen.append(_metadata(context))
+        if request.secret == "disabled":
+            raise FailedPrecondition(
+                "WORKFLOW_DISABLED", "the workflow is disabled", {"http_status": "409"}
+            )
+        if request.secret == "busy":
+            raise ResourceExhausted(
+                "QUOTA_EXCEEDED", "the monthly run quota is used up", {"retry_after_seconds": "60"}
+            )
+        await context.send_initial_metadata((("x-http-code", "202"),))
+        return execution_pb.TriggerWebhookResponse(
+            run_id="run-1", status=execution_pb.RUN_STATUS_QUEUED
+        )
+
+    async def GetRun(
+        self, request: execution_pb.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.GetRunResponse:
+        run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_QUEUED)
+        run.create_time.FromSeconds(1714557600)
+        return execution_pb.GetRunResponse(run=run)
+
+
+class FakeArtifacts(artifacts_grpc.ArtifactsServiceServicer):
+    async def GetArtifact(
+        self, request: artifacts_pb.GetArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> artifacts_pb.GetArtifactResponse:
+        raise NotFound("ARTIFACT_NOT_FOUND", f"artifact {request.artifact_id} does not exist")
+
+    async def DownloadArtifact(
+        self, request: artifacts_pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        if request.artifact_id not in ("a1", "broken"):
+            raise NotFound("ARTIFACT_NOT_FOUND", "no such artifact")
+        await context.send_initial_metadata(
+            (
+                ("x-http-header-content-length", str(len(CONTENT))),
+                ("x-http-header-etag", f'"{hashlib.sha256(CONTENT).hexdigest()}"'),
+            )
+        )
+        for start in range(0, len(CONTENT), 65536):
+            if request.artifact_id == "broken" and start > 0:
+                raise Unavailable("BLOB_STORE_UNAVAILABLE", "the blob store went away")
+            yield httpbody_pb2.HttpBody(
+                content_type="text/csv", data=CONTENT[start : start + 65536]
+            )
+
+
+@dataclass
+class Fakes:
+    tenancy: FakeTenancy = field(default_factory=FakeTenancy)
+    execution: FakeExecution = field(default_factory=FakeExecution)
+    artifacts: FakeArtifacts = field(default_factory=FakeArtifacts)
+    servers: dict[str, BuiltServer] = field(default_factory=dict)
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {name: f"127.0.0.1:{server.port}" for name, server in self.servers.items()}
+
+
+def _server_settings(name: str) -> ServerSettings:
+    return ServerSettings(
+        service=name,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        internal_token=INTERNAL_TOKEN,
+        log_level="INFO",
+        ready_file=None,
+        grace_seconds=0.0,
+    )
+
+
+def _server(name: str, service: str, add: Any) -> BuiltServer:
+    return build_grpc_server(_server_settings(name), [Registration(service, add)])
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    """Four fake backends behind the real server factory (internal credential checked)."""
+    fakes = Fakes()
+    fakes.servers = {
+        "tenancy": _server(
+            "tenancy",
+            "aias.tenancy.v1.TenancyService",
+            lambda s: tenancy_grpc.add_TenancyServiceServicer_to_server(fakes.tenancy, s),
+        ),
+        "execution": _server(
+            "execution",
+            "aias.execution.v1.ExecutionService",
+            lambda s: execution_grpc.add_ExecutionServiceServicer_to_server(fakes.execution, s),
+        ),
+        "artifacts": _server(
+            "artifacts",
+            "aias.artifacts.v1.ArtifactsService",
+            lambda s: artifacts_grpc.add_ArtifactsServiceServicer_to_server(fakes.artifacts, s),
+        ),
+        # Serves health only, so its routes meet a server that lacks the method.
+        "billing": build_grpc_server(_server_settings("billing"), []),
+    }
+    for server in fakes.servers.values():
+        await server.start()
+    yield fakes
+    for server in fakes.servers.values():
+        await server.stop(0)
+
+
+def _settings(addresses: dict[str, str]) -> GatewaySettings:
+    return GatewaySettings(
+        host="127.0.0.1",
+        port=0,
+        internal_token=INTERNAL_TOKEN,
+        admin_token=ADMIN_TOKEN,
+        backends=addresses,
+        log_level="INFO",
+        ready_file=None,
+        grace_seconds=1.0,
+    )
+
+
+Client = TestClient[Request, Application]
+
+
+@pytest.fixture
+async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
+    return await aiohttp_client(init_app(_settings(fakes.addresses)))
+
+
+def _key(token: str = API_KEY) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _error(response: Any, status: int, reason: str) -> dict[str, Any]:
+    assert response.status == status
+    body = await response.json()
+    error: dict[str, Any] = body["error"]
+    assert error["code"] == status
+    assert error["reason"] == reason
+    assert error["request_id"] == response.headers["X-Request-ID"]
+    return error
+
+
+# --- authentication -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", [None, "Basic abc", "Bearer", "Bearer a b"])
+async def test_tenant_route_without_a_bearer_key_is_401(client: Client, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    response = await client.get("/api/tenants/me", headers=headers)
+
+    error = await _error(response, 401, "MISSING_CREDENTIALS")
+    assert error["status"] == "UNAUTHENTICATED"
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_unknown_api_key_is_401_with_tenancy_reason(client: Client, fakes: Fakes) -> None:
+    response = await client.get("/api/tenants/me", headers=_key("aias_wrong"))
+
+    await _error(response, 401, "INVALID_API_KEY")
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert fakes.tenancy.seen == []
+
+
+async def test_api_key_caller_reaches_the_backend_as_its_tenant(
+    client: Client, fakes: Fakes
+) -> None:
+    headers = {**_key(), "X-Request-ID": "req-from-client-1"}
+    first = await client.get("/api/tenants/me", headers=headers)
+    second = await client.get("/api/tenants/me", headers=_key())
+
+    assert first.status == 200
+    assert first.headers["X-Request-ID"] == "req-from-client-1"
+    assert (await first.json())["tenant"]["id"] == TENANT_ID
+    assert (await first.json())["entitlements"]["runs_per_month"] == 1000
+    seen = fakes.tenancy.seen[0]
+    assert seen["x-aias-tenant-id"] == TENANT_ID
+    assert seen["x-aias-principal"] == "key:k1"
+    assert seen["x-aias-role"] == "admin"
+    assert seen["x-request-id"] == "req-from-client-1"
+    assert seen["authorization"] == f"Bearer {INTERNAL_TOKEN}"
+    assert second.status == 200
+    assert (
+        fakes.tenancy.seen[1]["x-request-id"]
+        == second.headers["X-Request-ID"]
+        != "req-from-client-1"
+    )
+    assert fakes.tenancy.key_lookups == 1, "a resolved key is cached for a few seconds"
+
+
+async def test_operator_route_needs_the_admin_token(client: Client, fakes: Fakes) -> None:
+    refused = await client.post("/api/tenants", json={"name": "Acme"}, headers=_key())
+    created = await client.post(
+        "/api/tenants", json={"name": "Acme", "plan": "pro"}, headers=_key(ADMIN_TOKEN)
+    )
+
+    await _error(refused, 401, "INVALID_OPERATOR_TOKEN")
+    assert created.status == 201
+    assert await created.json() == {
+        "tenant": {
+            "id": TENANT_ID,
+            "name": "Acme",
+            "plan": "pro",
+            "status": "active",
+            "create_time": "2024-05-01T10:00:00Z",
+        },
+        "admin_key": "aias_new_key",
+    }
+    assert fakes.tenancy.seen[-1]["x-aias-principal"] == "operator"
+    assert fakes.tenancy.seen[-1]["x-aias-role"] == "operator"
+    assert fakes.tenancy.key_lookups == 0
+
+
+# --- request and response mapping ---------------------------------------------------------
+
+
+async def test_post_with_body_star_answers_201_from_metadata(client: Client, fakes: Fakes) -> None:
+    steps = [
+        {"id": "shape", "type": "transform", "config": {"expression": "{order: id}"}},
+        {"id": "save", "type": "artifact", "config": {"name": "s.json", "format": "json"}},
+    ]
+    response = await client.post(
+        "/api/workflows", json={"name": "orders", "steps": steps}, headers=_key()
+    )
+
+    assert response.status == 201
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert await response.json() == {
+        "workflow": {
+            "id": "wf-1",
+            "name": "orders",
+            "version": 1,
+            "enabled": True,
+            "steps": steps,
+            "create_time": "2024-05-01T10:00:00Z",
+            "update_time": "2024-05-01T10:00:00Z",
+        }
+    }
+    received = fakes.execution.requests[0]
+    assert received.steps[1].config["format"] == "json"
+    assert not received.HasField("enabled")
+
+
+async def test_invalid_json_and_unknown_fields_are_400(client: Client) -> None:
+    broken = await client.post(
+        "/api/workflows", data=b'{"name": ', headers={**_key(), "Content-Type": "application/json"}
+    )
+    unknown = await client.post("/api/workflows", json={"name": "x", "stepz": []}, headers=_key())
+    query = await client.get("/api/runs?colour=red", headers=_key())
+
+    await _error(broken, 400, "INVALID_JSON")
+    assert "stepz" in (await _error(unknown, 400, "UNKNOWN_FIELD"))["message"]
+    assert (await _error(query, 400, "UNKNOWN_QUERY_PARAMETER"))["status"] == "INVALID_ARGUMENT"
+
+
+async def test_webhook_hands_the_raw_body_and_headers_to_execution(
+    client: Client, fakes: Fakes
+) -> None:
+    raw = b"id,total\n1,9.5\n"
+    response = await client.post(
+        f"/api/webhooks/{TENANT_ID}/s3cret",
+        data=raw,
+        headers={"Content-Type": "text/csv", "Idempotency-Key": "idem-1", "User-Agent": "shop/1"},
+    )
+
+    assert response.status == 202
+    assert await response.json() == {"run_id": "run-1", "status": "queued"}
+    request = fakes.execution.requests[0]
+    assert (request.tenant_id, request.secret) == (TENANT_ID, "s3cret")
+    assert (request.http_body.data, request.http_body.content_type) == (raw, "text/csv")
+    assert request.idempotency_key == "idem-1"
+    seen = fakes.execution.seen[0]
+    assert seen["grpcgateway-idempotency-key"] == "idem-1"
+    assert seen["grpcgateway-content-type"] == "text/csv"
+    assert seen["grpcgateway-user-agent"] == "shop/1"
+    assert "x-aias-tenant-id" not in seen
+
+
+async def test_backend_error_info_decides_status_reason_and_headers(client: Client) -> None:
+    disabled = await client.post(f"/api/webhooks/{TENANT_ID}/disabled", data=b"{}")
+    busy = await client.post(f"/api/webhooks/{TENANT_ID}/busy", data=b"{}")
+    missing = await client.get("/api/artifacts/a9", headers=_key())
+
+    error = await _error(disabled, 409, "WORKFLOW_DISABLED")
+    assert (error["status"], error["message"]) == (
+        "FAILED_PRECONDITION",
+        "the workflow is disabled",
+    )
+    await _error(busy, 429, "QUOTA_EXCEEDED")
+    assert busy.headers["Retry-After"] == "60"
+    error = await _error(missing, 404, "ARTIFACT_NOT_FOUND")
+    assert error == {
+        "code": 404,
+        "status": "NOT_FOUND",
+        "message": "artifact a9 does not exist",
+        "reason": "ARTIFACT_NOT_FOUND",
+        "request_id": missing.headers["X-Request-ID"],
+    }
+
+
+async def test_method_the_backend_lacks_is_501(client: Client) -> None:
+    response = await client.post("/api/stripe/webhook", data=b"{}")
+
+    assert (await _error(response, 501, "UNIMPLEMENTED"))["status"] == "UNIMPLEMENTED"
+
+
+async def test_download_streams_the_exact_bytes_with_headers_from_metadata(client: Client) -> None:
+    response = await client.get("/api/artifacts/a1/download", headers=_key())
+
+    assert response.status == 200
+    assert await response.read() == CONTENT
+    assert response.headers["Content-Type"] == "text/csv"
+    assert response.headers["Content-Length"] == str(len(CONTENT))
+    assert response.headers["ETag"] == f'"{hashlib.sha256(CONTENT).hexdigest()}"'
+
+
+async def test_download_failing_midway_is_never_a_complete_response(client: Client) -> None:
+    response = await client.get("/api/artifacts/broken/download", headers=_key())
+
+    assert response.status == 200
+    # The client must learn the body is incomplete, not wait for bytes that never come.
+    async with asyncio.timeout(5):
+        with pytest.raises(ClientPayloadError):
+            await response.read()
+
+
+async def test_download_error_before_the_first_chunk_gets_the_error_body(client: Client) -> None:
+    response = await client.get("/api/artifacts/zz/download", headers=_key())
+
+    await _error(response, 404, "ARTIFACT_NOT_FOUND")
+
+
+async def test_unset_message_fields_are_null(client: Client) -> None:
+    response = await client.get("/api/runs/r1", headers=_key())
+
+    run = (await response.json())["run"]
+    assert (run["status"], run["start_time"], run["end_time"], run["error"]) == (
+        "queued",
+        None,
+        None,
+        "",
+    )
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+async def test_known_path_with_wrong_method_is_405_with_allow(client: Client) -> None:
+    response = await client.delete("/api/workflows", headers=_key())
+    health = await client.post("/healthz")
+
+    await _error(response, 405, "METHOD_NOT_ALLOWED")
+    assert response.headers["Allow"] == "GET, POST"
+    await _error(health, 405, "METHOD_NOT_ALLOWED")
+    assert health.headers["Allow"] == "GET"
+
+
+async def test_unknown_path_is_404_in_the_error_shape(client: Client) -> None:
+    response = await client.get("/api/nothing-here")
+
+    assert (await _error(response, 404, "ROUTE_NOT_FOUND"))["status"] == "NOT_FOUND"
+
+
+async def test_a_down_backend_is_503(fakes: Fakes, aiohttp_client: AiohttpClient) -> None:
+    await fakes.servers["execution"].stop(0)
+    client = await aiohttp_client(init_app(_settings(fakes.addresses)))
+
+    response = await client.get("/api/runs/r1", headers=_key())
+
+    error = await _error(response, 503, "BACKEND_UNAVAILABLE")
+    assert "execution" in error["message"]
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+async def test_healthz_and_readyz_when_every_backend_serves(client: Client) -> None:
+    health = await client.get("/healthz")
+    ready = await client.get("/readyz")
+
+    assert (health.status, await health.json()) == (200, {"status": "ok"})
+    assert ready.status == 200
+    assert await ready.json() == {
+        "status": "ready",
+        "backends": dict.fromkeys(("tenancy", "execution", "artifacts", "billing"), "SERVING"),
+    }
+
+
+async def test_readyz_is_503_when_a_backend_is_down(client: Client, fakes: Fakes) -> None:
+    await fakes.servers["billing"].stop(0)
+
+    response = await client.get("/readyz")
+
+    assert response.status == 503
+    body = await response.json()
+    assert body["status"] == "not_ready"
+    assert body["backends"]["billing"] == "UNAVAILABLE"
+    assert body["backends"]["tenancy"] == "SERVING"
+
+
+async def test_metrics_count_requests_by_route_template(client: Client) -> None:
+    await client.get("/api/runs/r1", headers=_key())
+    await client.get("/api/runs/r2", headers=_key())
+    await client.get("/api/nothing")
+
+    text = await (await client.get("/metrics")).text()
+
+    assert 'http_requests_total{method="GET",route="/api/runs/{run_id}",status="200"} 2.0' in text
+    assert 'http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert (
+        'http_request_duration_seconds_count{method="GET",route="/api/runs/{run_id}"} 2.0' in text
+    )
+
+
+async def test_main_reports_the_bound_port_and_stops_on_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    env = {
+        **os.environ,
+        "AIAS_GATEWAY_HOST": "127.0.0.1",
+        "AIAS_GATEWAY_PORT": "0",
+        "AIAS_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "AIAS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIAS_READY_FILE": str(ready),
+        **{
+            f"AIAS_{name}_ADDR": "127.0.0.1:9"
+            for name in ("TENANCY", "EXECUTION", "ARTIFACTS", "BILLING")
+        },
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.main", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.05)
+        port = json.loads(ready.read_text())["port"]
+        assert port > 0
+        async with ClientSession() as session, session.get(f"http://127.0.0.1:{port}/healthz") as r:
+            assert r.status == 200
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    messages = [json.loads(line)["message"] for line in stderr.decode().splitlines()]
+    assert messages[-1] == "stopped"
+
+
+async def test_main_fails_fast_on_missing_settings() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIAS_")}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway.main", env=env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 10)
+
+    assert process.returncode == 1
+    assert "AIAS_ADMIN_TOKEN is required" in stderr.decode()
+    assert "AIAS_TENANCY_ADDR is required" in stderr.decode()
