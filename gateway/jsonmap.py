@@ -36,6 +36,11 @@ _WELL_KNOWN = frozenset(
         "Value",
     )
 )
+_STRUCT_TYPES = frozenset(
+    {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+)
+# The largest integer a double holds exactly.
+_EXACT_INTEGER = 2**53
 _INTEGERS = frozenset(
     {
         FieldDescriptor.TYPE_INT32,
@@ -111,9 +116,22 @@ def field_by_json_name(message: Descriptor, name: str) -> FieldDescriptor | None
 def message_to_json(message: Message) -> Any:
     """Every field by its proto name: defaults printed, unset message fields as null."""
     descriptor = descriptor_of(message)
+    if descriptor.full_name in _STRUCT_TYPES:
+        return _whole_numbers(json_format.MessageToDict(message))
     if descriptor.full_name in _WELL_KNOWN:
         return json_format.MessageToDict(message)
     return {field.name: field_to_json(message, field) for field in descriptor.fields}
+
+
+def _whole_numbers(value: Any) -> Any:
+    """Struct numbers are doubles; whole ones print as `1`, not `1.0`, as protojson prints them."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_INTEGER:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def field_to_json(message: Message, field: FieldDescriptor) -> Any:
@@ -179,7 +197,7 @@ def json_to_message(data: Any, message: Message, path: str = "") -> None:
                 if field.type == FieldDescriptor.TYPE_MESSAGE:
                     json_to_message(item, target.add(), item_path)
                 else:
-                    _append(target, scalar_from_json(field, item, item_path), item_path)
+                    append_scalar(target, scalar_from_json(field, item, item_path), item_path)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             child = getattr(message, field.name)
             child.SetInParent()
@@ -212,7 +230,8 @@ def _map_from_json(value: Any, target: Any, entry: Descriptor, path: str) -> Non
                 raise _invalid(item_path, str(error)) from None
 
 
-def _append(target: Any, value: Any, path: str) -> None:
+def append_scalar(target: Any, value: Any, path: str) -> None:
+    """Appends to a repeated scalar field, turning range and type errors into JsonMappingError."""
     try:
         target.append(value)
     except (TypeError, ValueError) as error:

@@ -22,6 +22,7 @@ from gateway.backends import BackendSpec
 from gateway.errors import GatewayError, json_response
 from gateway.jsonmap import (
     JsonMappingError,
+    append_scalar,
     descriptor_of,
     field_by_json_name,
     field_to_json,
@@ -215,12 +216,11 @@ def _set_path(message: Message, field_path: str, text: str) -> None:
 def _apply_query(
     route: RpcRoute, message: Message, query: MultiMapping[str], bound: set[str]
 ) -> None:
+    if route.body == "*" and query:
+        name = next(iter(query))
+        raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{name}: this route takes no query parameters")
     seen: set[str] = set()
     for name, text in query.items():
-        if route.body == "*":
-            raise _invalid(
-                "UNKNOWN_QUERY_PARAMETER", f"{name}: this route takes no query parameters"
-            )
         target, proto_path = message, []
         parts = name.split(".")
         for depth, part in enumerate(parts):
@@ -247,7 +247,7 @@ def _set_query_leaf(
         raise _invalid("INVALID_FIELD_VALUE", f"{name}: a message cannot be a query parameter")
     value = scalar_from_text(field, text, name)
     if field.is_repeated:
-        getattr(target, field.name).append(value)
+        append_scalar(getattr(target, field.name), value, name)
         return
     if name in seen:
         raise _invalid("INVALID_FIELD_VALUE", f"{name}: given more than once")
