@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Mapping
@@ -35,8 +36,9 @@ FORWARDED_HEADERS = (
 )
 # gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
 _METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
-# Unary RPCs answer within this; downloads stream for as long as the bytes keep coming.
-UNARY_TIMEOUT_SECONDS = 30.0
+# A unary RPC, and a download's first chunk, must arrive within this; after the first
+# chunk a download streams for as long as the bytes keep coming.
+CALL_TIMEOUT_SECONDS = 30.0
 
 
 class RpcProxy:
@@ -65,7 +67,7 @@ class RpcProxy:
             stream = channel.unary_stream(route.rpc, **serializers)(message, metadata=metadata)
             return await _stream(route, request, stream)
         call = channel.unary_unary(route.rpc, **serializers)(
-            message, metadata=metadata, timeout=UNARY_TIMEOUT_SECONDS
+            message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
         )
         try:
             response = await call
@@ -99,10 +101,18 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     """Raw bytes as they arrive; errors before the first chunk still get the error body."""
     chunks = call.__aiter__()
     try:
-        first = await anext(chunks, None)
-        initial = await call.initial_metadata()
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            first = await anext(chunks, None)
+            initial = await call.initial_metadata()
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error, route.backend) from None
+    except TimeoutError:
+        call.cancel()
+        raise GatewayError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "DEADLINE_EXCEEDED",
+            f"the {route.backend} service did not start the download in time",
+        ) from None
     status, headers = response_head(initial, keep_length=True)
     headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
     response = web.StreamResponse(status=status, headers=headers)

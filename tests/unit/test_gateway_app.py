@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import signal
@@ -387,6 +388,15 @@ async def test_webhook_hands_the_raw_body_and_headers_to_execution(
     assert seen["grpcgateway-content-type"] == "text/csv"
     assert seen["grpcgateway-user-agent"] == "shop/1"
     assert "x-aias-tenant-id" not in seen
+
+
+async def test_body_over_the_gateway_limit_is_413(client: Client, fakes: Fakes) -> None:
+    response = await client.post(
+        f"/api/webhooks/{TENANT_ID}/s", data=io.BytesIO(b"x" * (9 * 1024 * 1024))
+    )
+
+    assert (await _error(response, 413, "PAYLOAD_TOO_LARGE"))["status"] == "RESOURCE_EXHAUSTED"
+    assert fakes.execution.requests == []
 
 
 async def test_backend_error_info_decides_status_reason_and_headers(client: Client) -> None:
