@@ -257,20 +257,25 @@ class Stack:
                 return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM in reverse start order, so front doors close before their backends."""
+    def stop(self, grace: float = 15.0) -> dict[str, int]:
+        """SIGTERM in reverse start order, so front doors close before their backends.
+
+        Returns each process's exit code; a process still running after `grace` is killed.
+        """
         for child in reversed(list(self.children.values())):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for child in self.children.values():
+        codes: dict[str, int] = {}
+        for name, child in self.children.items():
             try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
+                codes[name] = child.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("killing %s: it did not stop within %ss", child.spec.name, grace)
+                log.warning("killing %s: it did not stop within %ss", name, grace)
                 child.process.kill()
-                child.process.wait()
+                codes[name] = child.process.wait()
         self.children.clear()
+        return codes
 
 
 def launch(

@@ -128,14 +128,15 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     async def TriggerWebhook(
         self, request: pb.TriggerWebhookRequest, context: grpc.aio.ServicerContext
     ) -> pb.TriggerWebhookResponse:
-        run, _created = await self._service.trigger(
+        run, created = await self._service.trigger(
             request.tenant_id,
             request.secret,
             request.http_body.data,
             request.http_body.content_type,
             request.idempotency_key,
         )
-        await context.send_initial_metadata(((HTTP_CODE, "202"),))
+        # 202: the run is queued; a repeated idempotency key gets 200 and the first run.
+        await context.send_initial_metadata(((HTTP_CODE, "202" if created else "200"),))
         return pb.TriggerWebhookResponse(
             run_id=str(run.id), status=RUN_STATUS[RunStatus(run.status)]
         )

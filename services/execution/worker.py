@@ -76,10 +76,11 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._listener: asyncio.Task[None] | None = None
         self.processed = 0
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._listen(), name="listen"))
+        self._listener = asyncio.create_task(self._listen(), name="listen")
         self._tasks += [
             asyncio.create_task(self._loop(i), name=f"slot-{i}")
             for i in range(self._config.concurrency)
@@ -89,10 +90,14 @@ class Worker:
         """Stops claiming; runs in flight get `grace` seconds, then are released to the queue."""
         self._stopping.set()
         self._wake.set()
-        _done, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
+        listener = [self._listener] if self._listener is not None else []
+        for task in listener:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*self._tasks, *listener, return_exceptions=True)
 
     async def _listen(self) -> None:
         """Sets the wake event on every NOTIFY; reconnects if the database goes away."""
