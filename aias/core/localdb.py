@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from aias.core.embedded_pg import EmbeddedPostgres
-from aias.core.migrate import DEFAULT_APP_ROLE, migrate
+from aias.core.migrate import DEFAULT_APP_ROLE, migrate, sql_literal
 
 OWNER_ROLE = "aias_owner"
 DATABASE = "aias"
@@ -39,6 +39,11 @@ def _secret(data_dir: Path, name: str) -> str:
     return path.read_text().strip()
 
 
+def _psycopg(url: str) -> str:
+    """The URL with SQLAlchemy's psycopg 3 driver, whatever scheme it was given with."""
+    return make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
 def _with_user(url: str, user: str, password: str, database: str | None = None) -> str:
     parsed = make_url(url).set(drivername="postgresql+psycopg", username=user, password=password)
     if database is not None:
@@ -48,12 +53,9 @@ def _with_user(url: str, user: str, password: str, database: str | None = None) 
 
 def _bootstrap(superuser_url: str, owner_password: str) -> None:
     """Creates the owner role and the database on a fresh embedded server; idempotent."""
-    engine = create_engine(
-        _with_user(superuser_url, *_user_and_password(superuser_url)), isolation_level="AUTOCOMMIT"
-    )
+    engine = create_engine(_psycopg(superuser_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            literal = "'" + owner_password.replace("'", "''") + "'"
             if (
                 connection.execute(
                     text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": OWNER_ROLE}
@@ -61,7 +63,9 @@ def _bootstrap(superuser_url: str, owner_password: str) -> None:
                 is None
             ):
                 connection.execute(
-                    text(f"CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE PASSWORD {literal}")
+                    text(
+                        f"CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE PASSWORD {sql_literal(owner_password)}"
+                    )
                 )
             if (
                 connection.execute(
@@ -74,9 +78,19 @@ def _bootstrap(superuser_url: str, owner_password: str) -> None:
         engine.dispose()
 
 
-def _user_and_password(url: str) -> tuple[str, str]:
+def _ensure_database(url: str) -> None:
+    """Creates the database named in `url` when it is missing (and the role may create one)."""
     parsed = make_url(url)
-    return parsed.username or "", parsed.password or ""
+    maintenance = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :d"), {"d": parsed.database}
+            ).first()
+            if exists is None:
+                connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+    finally:
+        maintenance.dispose()
 
 
 def prepare(
@@ -89,7 +103,8 @@ def prepare(
     app_password = app_password or _secret(data_dir, "app-db-password")
     embedded: EmbeddedPostgres | None = None
     if database_url:
-        owner_url = _with_user(database_url, *_user_and_password(database_url))
+        owner_url = _psycopg(database_url)
+        _ensure_database(owner_url)
     else:
         embedded = EmbeddedPostgres(
             data_dir, **({"preferred_port": embedded_port} if embedded_port is not None else {})

@@ -60,6 +60,11 @@ def _quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+def sql_literal(value: str) -> str:
+    """A quoted SQL string; utility statements (CREATE ROLE ...) take no bind parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def ensure_app_role(connection: Connection, role: str, password: str | None) -> None:
     """Creates the application role when missing, and refuses one that would bypass RLS."""
     row = connection.execute(
@@ -72,11 +77,10 @@ def ensure_app_role(connection: Connection, role: str, password: str | None) -> 
                 "migration can create it, or create it yourself (LOGIN, "
                 "NOSUPERUSER, NOBYPASSRLS)"
             )
-        # Utility statements take no bind parameters, so the literal is quoted here.
-        literal = "'" + password.replace("'", "''") + "'"
         connection.execute(
             text(
-                f"CREATE ROLE {_quote_ident(role)} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {literal}"
+                f"CREATE ROLE {_quote_ident(role)} LOGIN NOSUPERUSER NOBYPASSRLS "
+                f"PASSWORD {sql_literal(password)}"
             )
         )
         return
@@ -84,6 +88,11 @@ def ensure_app_role(connection: Connection, role: str, password: str | None) -> 
         raise MigrationError(
             f"role {role!r} is a superuser or has BYPASSRLS; row-level security "
             "would not apply to it. Use an ordinary role for the services."
+        )
+    if password:
+        # The configured password is the source of truth, so rotating it is a redeploy.
+        connection.execute(
+            text(f"ALTER ROLE {_quote_ident(role)} PASSWORD {sql_literal(password)}")
         )
 
 
