@@ -12,8 +12,23 @@ import pytest
 
 from aias.core.db import Database, create_engine
 from aias.core.localdb import LocalDatabase, prepare
+from aias.core.settings import ServerSettings
 
 INTERNAL_TOKEN = "test-internal-token"
+
+
+def server_settings(service: str, grace_seconds: float = 1.0) -> ServerSettings:
+    """Settings for a real server on an ephemeral port, as tests boot them."""
+    return ServerSettings(
+        service=service,
+        host="127.0.0.1",
+        port=0,
+        metrics_port=0,
+        internal_token=INTERNAL_TOKEN,
+        log_level="INFO",
+        ready_file=None,
+        grace_seconds=grace_seconds,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import ctypes
 import json
 import logging
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aias.core.localdb import LocalDatabase, prepare
+from aias.core.localdb import LocalDatabase, kept_secret, prepare
 from aias.core.settings import Env
 
 log = logging.getLogger(__name__)
@@ -102,15 +101,6 @@ ADDRESS_ENV = {
     "billing": "AIAS_BILLING_ADDR",
 }
 WAVES = (("tenancy", "artifacts"), ("billing", "execution", "execution-worker"), ("gateway",))
-
-
-def _kept_secret(data_dir: Path, name: str) -> str:
-    path = data_dir / name
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def _free_port() -> int:
@@ -289,8 +279,8 @@ def launch(
     env = Env(environ)
     database_url = env.text("AIAS_DATABASE_URL", "") or None
     app_password = env.text("AIAS_APP_DB_PASSWORD", "") or None
-    internal = env.text("AIAS_INTERNAL_TOKEN", "") or _kept_secret(data_dir, "internal-token")
-    admin = env.text("AIAS_ADMIN_TOKEN", "") or _kept_secret(data_dir, "admin-token")
+    internal = env.text("AIAS_INTERNAL_TOKEN", "") or kept_secret(data_dir, "internal-token")
+    admin = env.text("AIAS_ADMIN_TOKEN", "") or kept_secret(data_dir, "admin-token")
     ports = {
         spec.name: 0 if any_port else env.integer(spec.port_env, spec.default_port, maximum=65535)
         for spec in PROCESSES

@@ -29,7 +29,7 @@ class LocalDatabase:
             self.embedded.stop()
 
 
-def _secret(data_dir: Path, name: str) -> str:
+def kept_secret(data_dir: Path, name: str) -> str:
     """A generated secret kept in the data folder, so restarts reuse it."""
     path = data_dir / name
     if not path.exists():
@@ -100,7 +100,7 @@ def prepare(
     embedded_port: int | None = None,
 ) -> LocalDatabase:
     """Starts embedded PostgreSQL unless `database_url` is given, migrates, returns the URLs."""
-    app_password = app_password or _secret(data_dir, "app-db-password")
+    app_password = app_password or kept_secret(data_dir, "app-db-password")
     embedded: EmbeddedPostgres | None = None
     if database_url:
         owner_url = _psycopg(database_url)
@@ -110,7 +110,7 @@ def prepare(
             data_dir, **({"preferred_port": embedded_port} if embedded_port is not None else {})
         )
         superuser_url = embedded.start()
-        owner_password = _secret(data_dir, "owner-db-password")
+        owner_password = kept_secret(data_dir, "owner-db-password")
         _bootstrap(superuser_url, owner_password)
         owner_url = _with_user(superuser_url, OWNER_ROLE, owner_password, DATABASE)
     migrate(owner_url, DEFAULT_APP_ROLE, app_password)

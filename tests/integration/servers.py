@@ -6,21 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aias.core.grpc_server import BuiltServer
-from aias.core.settings import ServerSettings
-from tests.conftest import INTERNAL_TOKEN
-
-
-def server_settings(service: str) -> ServerSettings:
-    return ServerSettings(
-        service=service,
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        internal_token=INTERNAL_TOKEN,
-        log_level="INFO",
-        ready_file=None,
-        grace_seconds=1.0,
-    )
 
 
 @asynccontextmanager

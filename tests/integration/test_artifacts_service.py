@@ -25,8 +25,7 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database
 from aias.core.localdb import LocalDatabase
 from services.artifacts.main import ArtifactsSettings, build_server
-from tests.conftest import INTERNAL_TOKEN
-from tests.integration.servers import server_settings
+from tests.conftest import INTERNAL_TOKEN, server_settings
 
 KIB = 1024
 MIB = 1024 * KIB

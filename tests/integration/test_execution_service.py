@@ -24,8 +24,8 @@ from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from services.execution import main as execution_main
 from services.execution.repository import QueueRepository
 from services.tenancy import main as tenancy_main
-from tests.conftest import INTERNAL_TOKEN
-from tests.integration.servers import running, server_settings
+from tests.conftest import INTERNAL_TOKEN, server_settings
+from tests.integration.servers import running
 
 WORKFLOW = pb.CreateWorkflowRequest(
     name="orders",

@@ -32,14 +32,13 @@ from aias.core.errors import (
     Unavailable,
 )
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server
-from aias.core.settings import ServerSettings
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.app import init_app
 from gateway.settings import GatewaySettings
-from tests.conftest import INTERNAL_TOKEN
+from tests.conftest import INTERNAL_TOKEN, server_settings
 
 ADMIN_TOKEN = "operator-token-for-tests"
 API_KEY = "aias_test_key"
@@ -173,21 +172,8 @@ class Fakes:
         return {name: f"127.0.0.1:{server.port}" for name, server in self.servers.items()}
 
 
-def _server_settings(name: str) -> ServerSettings:
-    return ServerSettings(
-        service=name,
-        host="127.0.0.1",
-        port=0,
-        metrics_port=0,
-        internal_token=INTERNAL_TOKEN,
-        log_level="INFO",
-        ready_file=None,
-        grace_seconds=0.0,
-    )
-
-
 def _server(name: str, service: str, add: Any) -> BuiltServer:
-    return build_grpc_server(_server_settings(name), [Registration(service, add)])
+    return build_grpc_server(server_settings(name, grace_seconds=0.0), [Registration(service, add)])
 
 
 @pytest.fixture
@@ -211,7 +197,7 @@ async def fakes() -> AsyncIterator[Fakes]:
             lambda s: artifacts_grpc.add_ArtifactsServiceServicer_to_server(fakes.artifacts, s),
         ),
         # Serves health only, so its routes meet a server that lacks the method.
-        "billing": build_grpc_server(_server_settings("billing"), []),
+        "billing": build_grpc_server(server_settings("billing", grace_seconds=0.0), []),
     }
     for server in fakes.servers.values():
         await server.start()
