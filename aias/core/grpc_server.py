@@ -68,6 +68,15 @@ class RpcMetrics:
         service, _, name = method.lstrip("/").partition("/")
         self.handled.labels(service, name, code.name).inc()
         self.latency.labels(service, name).observe(seconds)
+        if not method.startswith(HEALTH_PREFIX):  # probes would drown the access log
+            log.info(
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )
 
 
 class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import empty_pb2
@@ -61,3 +62,25 @@ async def test_worker_serves_health(stack: Stack) -> None:
     async with grpc.aio.insecure_channel(stack.address("execution-worker")) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_each_process_exports_rpc_metrics(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.address("tenancy")) as channel:
+        method = channel.unary_unary(
+            "/aias.tenancy.v1.TenancyService/GetTenant",
+            request_serializer=empty_pb2.Empty.SerializeToString,
+            response_deserializer=empty_pb2.Empty.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            await method(empty_pb2.Empty(), metadata=AUTH)  # an empty tenant id is refused
+    texts = {}
+    async with aiohttp.ClientSession() as http:
+        for name, child in stack.children.items():
+            if name != "gateway":
+                async with http.get(f"http://127.0.0.1:{child.metrics_port}/metrics") as reply:
+                    texts[name] = await reply.text()
+    assert all("grpc_server_handling_seconds_bucket" in text for text in texts.values())
+    assert (
+        'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT",grpc_method="GetTenant",'
+        'grpc_service="aias.tenancy.v1.TenancyService"}' in texts["tenancy"]
+    )
