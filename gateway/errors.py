@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
+
+log = logging.getLogger(__name__)
 
 # grpc-gateway's table (runtime.HTTPStatusFromCode).
 HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
@@ -37,6 +40,8 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # ErrorInfo metadata a backend sets to refine the HTTP answer (a disabled workflow is 409).
 HTTP_STATUS_OVERRIDE = "http_status"
+# The reason a backend gives when the caller's internal credential is missing or wrong.
+MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
 
 
@@ -93,6 +98,16 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
             return GatewayError(code, code.name, message, detail=details)
         return GatewayError(code, code.name, details)
     reason, message, metadata = found
+    if reason == MISSING_INTERNAL_CREDENTIAL:
+        # The gateway's own AIAS_INTERNAL_TOKEN is wrong: an operator's problem, not the client's.
+        log.error("the %s service refused the gateway's internal credential", backend)
+        return GatewayError(
+            grpc.StatusCode.INTERNAL,
+            "GATEWAY_MISCONFIGURED",
+            "the gateway cannot reach its backends; quote the request id",
+            http_status=500,
+            detail=message,
+        )
     headers = {}
     if (retry := metadata.get(RETRY_AFTER, "")).isdigit():
         headers["Retry-After"] = retry

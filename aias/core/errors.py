@@ -62,7 +62,12 @@ class ResourceExhausted(DomainError):
 
 
 class PayloadTooLarge(ResourceExhausted):
-    """A body exceeds the plan's limit; the gateway answers 413."""
+    """A body exceeds the plan's limit; `http_status` makes the gateway answer 413."""
+
+    def __init__(
+        self, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(reason, message, {"http_status": "413", **(metadata or {})})
 
 
 class Unavailable(DomainError):

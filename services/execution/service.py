@@ -194,7 +194,6 @@ class ExecutionService:
                     "PAYLOAD_TOO_LARGE",
                     f"the body is {len(body)} bytes; your plan accepts at most "
                     f"{limits.max_payload_bytes}",
-                    {"http_status": "413"},
                 )
             decode_payload(body, content_type)
             key = idempotency_key.strip()[:255]

@@ -206,11 +206,11 @@ async def fakes() -> AsyncIterator[Fakes]:
         await server.stop(0)
 
 
-def _settings(addresses: dict[str, str]) -> GatewaySettings:
+def _settings(addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN) -> GatewaySettings:
     return GatewaySettings(
         host="127.0.0.1",
         port=0,
-        internal_token=INTERNAL_TOKEN,
+        internal_token=internal_token,
         admin_token=ADMIN_TOKEN,
         backends=addresses,
         log_level="INFO",
@@ -252,6 +252,16 @@ async def test_tenant_route_without_a_bearer_key_is_401(client: Client, header: 
     error = await _error(response, 401, "MISSING_CREDENTIALS")
     assert error["status"] == "UNAUTHENTICATED"
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_a_wrong_internal_token_is_a_500_not_the_clients_401(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(init_app(_settings(fakes.addresses, internal_token="stale")))
+    response = await client.get("/api/tenants/me", headers=_key())
+
+    error = await _error(response, 500, "GATEWAY_MISCONFIGURED")
+    assert "token" not in error["message"]
 
 
 async def test_unknown_api_key_is_401_with_tenancy_reason(client: Client, fakes: Fakes) -> None:
