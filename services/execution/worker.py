@@ -127,7 +127,12 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
                 continue
-            await self._process(run)
+            try:
+                await self._process(run)
+            except Exception:
+                # Recording the outcome failed (e.g. the database went away); the lease will
+                # expire and another claim retries the run, so this slot carries on.
+                log.exception("could not record the outcome of a run")
 
     async def _claim(self) -> RunRow | None:
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
