@@ -24,9 +24,9 @@ $(STAMP): pyproject.toml
 
 # One command regenerates every stub and the descriptor image from protos/.
 $(STUBS): $(STAMP) $(PROTOS)
-	$(PY) -m aias.core.protogen 2>/dev/null
+	$(PY) -m aias.core.protogen
 protos: $(STAMP)
-	$(PY) -m aias.core.protogen 2>/dev/null
+	$(PY) -m aias.core.protogen
 
 $(BUF): tools/package.json tools/package-lock.json
 	mkdir -p .tools

@@ -50,8 +50,8 @@ def generate(out_dir: Path, image: Path | None) -> None:
         *(f"-I{d}" for d in _include_dirs()),
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
-        f"--mypy_out={out_dir}",
-        f"--mypy_grpc_out={out_dir}",
+        f"--mypy_out=quiet:{out_dir}",
+        f"--mypy_grpc_out=quiet:{out_dir}",
     ]
     if image is not None:
         image.parent.mkdir(parents=True, exist_ok=True)
