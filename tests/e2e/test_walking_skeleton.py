@@ -146,6 +146,29 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
         assert response.headers["ETag"] == f'"{artifact["sha256"]}"'
 
 
+async def test_body_over_the_plan_limit_is_413_and_queues_nothing(
+    http: aiohttp.ClientSession,
+) -> None:
+    tenant = await new_tenant(http)
+    _endpoint, secret = await new_endpoint(http, tenant)
+    big = {"id": "x", "items": [], "note": "x" * (300 * 1024)}
+    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=big) as response:
+        assert (await _json(response, 413))["error"]["reason"] == "PAYLOAD_TOO_LARGE"
+    async with http.get("/api/runs", headers=tenant.auth) as response:
+        assert (await _json(response, 200))["runs"] == []
+
+
+async def test_tenant_sees_itself_with_its_plan(http: aiohttp.ClientSession) -> None:
+    tenant = await new_tenant(http)
+    async with http.get("/api/tenants/me", headers=tenant.auth) as response:
+        body = await _json(response, 200)
+    assert body["tenant"]["id"] == tenant.id
+    assert (body["tenant"]["plan"], body["tenant"]["status"]) == ("free", "active")
+    assert body["entitlements"]["plan"] == "free"
+    assert body["entitlements"]["max_payload_bytes"] > 0
+    assert "admin_key" not in body
+
+
 async def test_same_input_gives_byte_equal_artifacts(http: aiohttp.ClientSession) -> None:
     tenant = await new_tenant(http)
     _endpoint, secret = await new_endpoint(http, tenant)
