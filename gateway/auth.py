@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import grpc
 
 from aias.api.v1 import annotations_pb2 as access_pb2
+from aias.core.cache import TtlCache
 from aias.core.context import REQUEST_ID, Caller
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
@@ -46,11 +46,8 @@ class Authenticator:
     ) -> None:
         self._admin_token = admin_token.encode()
         self._tenancy = tenancy_grpc.TenancyServiceStub(tenancy)
-        self._ttl = ttl_seconds
-        self._max_entries = max_entries
-        self._clock = clock
         # Keyed by the key's SHA-256 so the cache never holds a usable secret.
-        self._cache: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
+        self._cache: TtlCache[bytes, Caller] = TtlCache(ttl_seconds, max_entries, clock)
 
     async def authenticate(self, access: int, authorization: str | None, request_id: str) -> Caller:
         """The caller the backend is told about, or a 401 GatewayError."""
@@ -69,10 +66,7 @@ class Authenticator:
 
     async def _api_key(self, token: str, request_id: str) -> Caller:
         digest = hashlib.sha256(token.encode()).digest()
-        now = self._clock()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            found = cached[1]
+        if (found := self._cache.get(digest)) is not None:
             return Caller(request_id, found.tenant_id, found.principal, found.role)
         try:
             reply = await self._tenancy.AuthenticateApiKey(
@@ -84,8 +78,5 @@ class Authenticator:
             raise from_rpc_error(error, "tenancy") from None
         role = enum_to_json(tenancy_pb.Role.DESCRIPTOR, reply.role)
         caller = Caller(request_id, reply.tenant_id, reply.principal, str(role))
-        self._cache[digest] = (now + self._ttl, caller)
-        self._cache.move_to_end(digest)
-        while len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
+        self._cache.put(digest, caller)
         return caller

@@ -27,7 +27,6 @@ class GatewaySettings:
 def load_settings(env: Env | None = None) -> GatewaySettings:
     """Reads every variable and raises one SettingsError listing all that are missing or bad."""
     env = env or Env()
-    ready = env.text("AIAS_READY_FILE", "-")
     settings = GatewaySettings(
         host=env.text("AIAS_GATEWAY_HOST", "0.0.0.0"),
         port=env.integer("AIAS_GATEWAY_PORT", 8080, maximum=65535),
@@ -35,7 +34,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         admin_token=env.text("AIAS_ADMIN_TOKEN"),
         backends={spec.name: env.address(spec.address_variable) for spec in BACKENDS},
         log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
-        ready_file=None if ready == "-" else Path(ready),
+        ready_file=env.optional_path("AIAS_READY_FILE"),
         grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
     )
     env.check()

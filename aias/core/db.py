@@ -62,9 +62,5 @@ class Database:
             await session.execute(_SET_SYSTEM_PATH, {"path": path.value})
             yield session
 
-    async def ping(self) -> None:
-        async with self.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-
     async def close(self) -> None:
         await self.engine.dispose()

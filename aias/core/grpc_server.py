@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -138,48 +139,44 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         log.exception("unhandled error")
         await context.abort_with_status(status_for(_INTERNAL))
 
+    @asynccontextmanager
+    async def _serving(
+        self, method: str, public: bool, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        """Around one handler: credential and context first, errors mapped, then measured."""
+        started = time.perf_counter()
+        fallback = grpc.StatusCode.OK
+        try:
+            await self._enter(public, context)
+            try:
+                yield
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await self._fail(error, context)
+        except grpc.aio.AbortError:
+            fallback = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            code = context.code()
+            self._metrics.observe(
+                method,
+                code if isinstance(code, grpc.StatusCode) else fallback,
+                time.perf_counter() - started,
+            )
+
     def _wrap_unary(self, method: str, public: bool, behavior: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                await self._enter(public, context)
-                try:
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._fail(error, context)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self._metrics.observe(
-                    method, _final_code(context, code), time.perf_counter() - started
-                )
+            async with self._serving(method, public, context):
+                return await behavior(request, context)
 
         return wrapper
 
     def _wrap_stream(self, method: str, public: bool, behavior: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                await self._enter(public, context)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._fail(error, context)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self._metrics.observe(
-                    method, _final_code(context, code), time.perf_counter() - started
-                )
+            async with self._serving(method, public, context):
+                async for item in behavior(request, context):
+                    yield item
 
         return wrapper
 
@@ -190,13 +187,6 @@ _MISSING_CREDENTIAL = Unauthenticated(
     "(authorization: Bearer <AIAS_INTERNAL_TOKEN>)",
 )
 _INTERNAL = DomainError("INTERNAL", "an internal error occurred; the request id is in the logs")
-
-
-def _final_code(context: grpc.aio.ServicerContext, fallback: grpc.StatusCode) -> grpc.StatusCode:
-    code = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    return fallback
 
 
 @dataclass

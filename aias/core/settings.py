@@ -55,6 +55,11 @@ class Env:
             self._problems.append(f"{name} must be at least {minimum}, got {value}")
         return value
 
+    def optional_path(self, name: str) -> Path | None:
+        """A path, or None when unset or "-"."""
+        value = self.text(name, "-")
+        return None if value == "-" else Path(value)
+
     def address(self, name: str, default: str | None = None) -> str:
         """A `host:port` address of a backend."""
         value = self.text(name, default)
@@ -97,7 +102,6 @@ class ServerSettings:
         cls, env: Env, service: str, default_port: int, default_metrics: int
     ) -> ServerSettings:
         prefix = f"AIAS_{service.upper().replace('-', '_')}"
-        ready = env.text("AIAS_READY_FILE", "-")
         return cls(
             service=service,
             host=env.text(f"{prefix}_HOST", "0.0.0.0"),
@@ -105,6 +109,6 @@ class ServerSettings:
             metrics_port=env.integer(f"{prefix}_METRICS_PORT", default_metrics, maximum=65535),
             internal_token=env.text("AIAS_INTERNAL_TOKEN"),
             log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
-            ready_file=None if ready == "-" else Path(ready),
+            ready_file=env.optional_path("AIAS_READY_FILE"),
             grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
         )

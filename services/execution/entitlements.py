@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
 import grpc
 
+from aias.core.cache import TtlCache
 from aias.core.errors import NotFound, Unavailable
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
@@ -28,15 +28,11 @@ class EntitlementsClient:
         self, channel: grpc.aio.Channel, ttl: float = 30.0, max_entries: int = 10_000
     ) -> None:
         self._stub = tenancy_grpc.TenancyServiceStub(channel)
-        self._ttl = ttl
-        self._max_entries = max_entries
-        self._cache: dict[uuid.UUID, tuple[float, TenantLimits]] = {}
+        self._cache: TtlCache[uuid.UUID, TenantLimits] = TtlCache(ttl, max_entries)
 
     async def limits(self, tenant_id: uuid.UUID) -> TenantLimits:
-        now = time.monotonic()
-        cached = self._cache.get(tenant_id)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if (cached := self._cache.get(tenant_id)) is not None:
+            return cached
         try:
             response = await self._stub.GetEntitlements(
                 tenancy_pb.GetEntitlementsRequest(tenant_id=str(tenant_id)), timeout=5
@@ -54,7 +50,5 @@ class EntitlementsClient:
             runs_per_month=found.runs_per_month,
             max_concurrent_runs=found.max_concurrent_runs,
         )
-        if len(self._cache) >= self._max_entries:
-            self._cache.clear()
-        self._cache[tenant_id] = (now + self._ttl, limits)
+        self._cache.put(tenant_id, limits)
         return limits

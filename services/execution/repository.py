@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text, tuple_, update
@@ -41,11 +41,13 @@ class ExecutionRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def add(self, *rows: object) -> None:
+    async def add(self, *rows: object, refresh: bool = True) -> None:
+        """Inserts the rows; `refresh` reads back server defaults (a round trip per row)."""
         self._session.add_all(rows)
         await self._session.flush()
-        for row in rows:
-            await self._session.refresh(row)
+        if refresh:
+            for row in rows:
+                await self._session.refresh(row)
 
     async def workflow(self, workflow_id: uuid.UUID) -> WorkflowRow | None:
         return await self._session.get(WorkflowRow, workflow_id)
@@ -54,6 +56,18 @@ class ExecutionRepository:
         self, workflow_id: uuid.UUID, version: int
     ) -> WorkflowVersionRow | None:
         return await self._session.get(WorkflowVersionRow, (workflow_id, version))
+
+    async def current_versions(
+        self, workflows: list[WorkflowRow]
+    ) -> dict[uuid.UUID, WorkflowVersionRow]:
+        """The current version of each workflow, in one query."""
+        if not workflows:
+            return {}
+        keys = [(w.id, w.current_version) for w in workflows]
+        query = select(WorkflowVersionRow).where(
+            tuple_(WorkflowVersionRow.workflow_id, WorkflowVersionRow.version).in_(keys)
+        )
+        return {row.workflow_id: row for row in (await self._session.execute(query)).scalars()}
 
     async def workflows(self, cursor: PageCursor | None, limit: int) -> list[WorkflowRow]:
         query = _newest_first(select(WorkflowRow), WorkflowRow, cursor, limit)
@@ -215,6 +229,3 @@ class QueueRepository:
     async def add_log(self, row: StepLogRow) -> None:
         self._session.add(row)
         await self._session.flush()
-
-    async def now(self) -> datetime:
-        return (await self._session.execute(select(func.now()))).scalar_one()

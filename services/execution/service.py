@@ -98,7 +98,8 @@ class ExecutionService:
                     version=1,
                     tenant_id=tenant_id,
                     steps=[s.as_json() for s in steps],
-                )
+                ),
+                refresh=False,
             )
         return WorkflowView(row, steps)
 
@@ -120,10 +121,8 @@ class ExecutionService:
         async with self._db.tenant(tenant_id) as session:
             repo = ExecutionRepository(session)
             rows = await repo.workflows(cursor, limit + 1)
-            views = []
-            for row in rows[:limit]:
-                version = await repo.workflow_version(row.id, row.current_version)
-                views.append(WorkflowView(row, _steps(version.steps if version else [])))
+            versions = await repo.current_versions(rows[:limit])
+        views = [WorkflowView(row, _steps(versions[row.id].steps)) for row in rows[:limit]]
         return Page(views, _next_token(rows, limit))
 
     # -- webhook endpoints -------------------------------------------------------------------
@@ -216,7 +215,8 @@ class ExecutionService:
                 idempotency_key=key or None,
                 error="",
             )
-            await repo.add(run)
+            # Only the id and status go back to the caller: no read-back on the hot path.
+            await repo.add(run, refresh=False)
         return run, True
 
     # -- runs --------------------------------------------------------------------------------

@@ -77,7 +77,6 @@ class Worker:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._listener: asyncio.Task[None] | None = None
-        self.processed = 0
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="listen")
@@ -162,7 +161,6 @@ class Worker:
             await self._finish(run, RunStatus.FAILED, f"internal error: {failure}")
         finally:
             heartbeat.cancel()
-            self.processed += 1
 
     async def _heartbeat(self, run: RunRow) -> None:
         interval = self._config.lease.total_seconds() / 3

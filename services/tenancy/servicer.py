@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from aias.core.context import require_tenant
+from aias.core.context import HTTP_CODE, require_tenant
 from aias.core.protoconv import timestamp
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
@@ -49,7 +49,7 @@ class TenancyServicer(pb_grpc.TenancyServiceServicer):
         self, request: pb.CreateTenantRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateTenantResponse:
         tenant, key = await self._service.create_tenant(request.name, request.plan)
-        await context.send_initial_metadata((("x-http-code", "201"),))
+        await context.send_initial_metadata(((HTTP_CODE, "201"),))
         return pb.CreateTenantResponse(tenant=tenant_pb(tenant), admin_key=key)
 
     async def GetCurrentTenant(
