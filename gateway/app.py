@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aias.core.context import request_id_var, tenant_id_var
+from aias.core.entitlements import EntitlementsCache
 from gateway.auth import Authenticator
 from gateway.backends import BACKENDS, Backends
 from gateway.errors import GatewayError, error_response, json_response
@@ -71,10 +72,14 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     backends = Backends(settings.backends, settings.internal_token)
     app[BACKEND_POOL] = backends
-    app[PROXY] = RpcProxy(
-        backends, Authenticator(settings.admin_token, backends.channel("tenancy"))
-    )
+    authenticator = Authenticator(settings.admin_token, backends.channel("tenancy"))
+    # Tenancy's change notices evict the keys of a tenant whose keys or status changed.
+    changes = EntitlementsCache(backends.channel("tenancy"))
+    changes.add_listener(authenticator.forget)
+    app[PROXY] = RpcProxy(backends, authenticator)
+    await changes.start()
     yield
+    await changes.stop()
     await backends.close()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import grpc
 
 from aias.api.v1 import annotations_pb2 as access_pb2
+from aias.core.authz import OPERATOR_ROLE, PUBLIC_ROLE
 from aias.core.cache import TtlCache
 from aias.core.context import REQUEST_ID, Caller
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
@@ -17,7 +18,6 @@ from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.errors import GatewayError, from_rpc_error
 from gateway.jsonmap import enum_to_json
 
-OPERATOR = "operator"
 _LOOKUP_TIMEOUT_SECONDS = 5.0
 
 
@@ -33,7 +33,11 @@ def _bearer(authorization: str | None) -> str:
 
 
 class Authenticator:
-    """Enforces a route's access rule; remembers resolved API keys for a few seconds."""
+    """Enforces a route's access rule; remembers resolved API keys for a few seconds.
+
+    Tenancy pushes every revocation, role or tenant-status change (see `forget`), so a revoked
+    key stops working at once; `ttl_seconds` bounds it if that push is interrupted.
+    """
 
     def __init__(
         self,
@@ -49,10 +53,17 @@ class Authenticator:
         # Keyed by the key's SHA-256 so the cache never holds a usable secret.
         self._cache: TtlCache[bytes, Caller] = TtlCache(ttl_seconds, max_entries, clock)
 
+    def forget(self, tenant_id: str) -> None:
+        """Drops the resolved keys of one tenant ("" drops every tenant's)."""
+        if tenant_id:
+            self._cache.discard_where(lambda caller: caller.tenant_id == tenant_id)
+        else:
+            self._cache.clear()
+
     async def authenticate(self, access: int, authorization: str | None, request_id: str) -> Caller:
         """The caller the backend is told about, or a 401 GatewayError."""
         if access == access_pb2.ACCESS_PUBLIC:
-            return Caller(request_id, "", "", "")
+            return Caller(request_id, "", "", PUBLIC_ROLE)
         token = _bearer(authorization)
         if access == access_pb2.ACCESS_OPERATOR:
             if not hmac.compare_digest(token.encode(), self._admin_token):
@@ -61,7 +72,7 @@ class Authenticator:
                     "INVALID_OPERATOR_TOKEN",
                     "this route needs the operator token (AIAS_ADMIN_TOKEN)",
                 )
-            return Caller(request_id, "", OPERATOR, OPERATOR)
+            return Caller(request_id, "", OPERATOR_ROLE, OPERATOR_ROLE)
         return await self._api_key(token, request_id)
 
     async def _api_key(self, token: str, request_id: str) -> Caller:

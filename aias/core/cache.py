@@ -33,3 +33,14 @@ class TtlCache(Generic[_K, _V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    def discard(self, key: _K) -> None:
+        self._entries.pop(key, None)
+
+    def discard_where(self, predicate: Callable[[_V], bool]) -> None:
+        """Drops every entry whose value matches."""
+        for key in [k for k, (_, value) in self._entries.items() if predicate(value)]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -20,9 +20,13 @@ HTTP_HEADER_PREFIX = "x-http-header-"
 # Request headers the gateway forwards to backends carry this prefix (grpc-gateway's).
 FORWARDED_HEADER_PREFIX = "grpcgateway-"
 
+_IDENTITY_KEYS = frozenset({TENANT_ID, PRINCIPAL, ROLE})
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 tenant_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("tenant_id", default="")
 run_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("run_id", default="")
+principal_var: contextvars.ContextVar[str] = contextvars.ContextVar("principal", default="")
+role_var: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,14 @@ class Caller:
 
     @classmethod
     def from_metadata(cls, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
-        values = {key: value for key, value in metadata if isinstance(value, str)}
+        values: dict[str, str] = {}
+        for key, value in metadata:
+            if not isinstance(value, str):
+                continue
+            if key in _IDENTITY_KEYS and key in values and values[key] != value:
+                # Two different claims of who is acting: trust neither.
+                raise ValueError(f"{key} was sent more than once")
+            values[key] = value
         return cls(
             request_id=values.get(REQUEST_ID) or uuid.uuid4().hex,
             tenant_id=values.get(TENANT_ID, ""),

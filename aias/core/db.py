@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
+import psycopg
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,6 +21,8 @@ from sqlalchemy.ext.asyncio import (
 
 from aias.core.errors import InvalidArgument
 
+log = logging.getLogger(__name__)
+
 _SET_TENANT = text("SELECT set_config('aias.tenant_id', :tenant_id, true)")
 _SET_SYSTEM_PATH = text("SELECT set_config('aias.system_path', :path, true)")
 
@@ -25,6 +31,7 @@ class SystemPath(StrEnum):
     """The few cross-tenant paths. Each is named in an RLS policy on the tables it may touch."""
 
     RUN_QUEUE = "run_queue"
+    TENANT_DIRECTORY = "tenant_directory"
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:
@@ -64,3 +71,35 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def libpq_url(database_url: str) -> str:
+    """The libpq form of an SQLAlchemy URL, for psycopg's own connections (LISTEN)."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def follow_notifications(
+    url: str,
+    channel: str,
+    on_notify: Callable[[str], None],
+    on_connect: Callable[[], None],
+    retry_seconds: float = 1.0,
+) -> None:
+    """LISTENs on `channel` until cancelled, reconnecting whenever the connection drops.
+
+    `on_connect` runs after every (re)connection: notices sent while nobody listened are
+    lost, so the caller must assume it missed some.
+    """
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {channel}")
+                on_connect()
+                async for notice in conn.notifies():
+                    on_notify(notice.payload)
+        except (psycopg.Error, OSError) as error:
+            log.warning(
+                "lost the notification connection; reconnecting",
+                extra={"channel": channel, "error": type(error).__name__},
+            )
+            await asyncio.sleep(retry_seconds)

@@ -24,8 +24,17 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from aias.core.context import AUTHORIZATION, Caller, request_id_var, run_id_var, tenant_id_var
-from aias.core.errors import DomainError, Unauthenticated
+from aias.core import authz
+from aias.core.context import (
+    AUTHORIZATION,
+    Caller,
+    principal_var,
+    request_id_var,
+    role_var,
+    run_id_var,
+    tenant_id_var,
+)
+from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
 from aias.core.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -125,13 +134,22 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return hmac.compare_digest(value.encode(), self._expected)
         return False
 
-    async def _enter(self, public: bool, context: grpc.aio.ServicerContext) -> None:
-        caller = Caller.from_metadata(context.invocation_metadata() or ())
-        request_id_var.set(caller.request_id)
-        tenant_id_var.set(caller.tenant_id)
-        run_id_var.set("")
+    async def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> None:
         if not public and not self._authorized(context):
             await context.abort_with_status(status_for(_MISSING_CREDENTIAL))
+        try:
+            caller = Caller.from_metadata(context.invocation_metadata() or ())
+        except ValueError as error:
+            await context.abort_with_status(
+                status_for(InvalidArgument("AMBIGUOUS_CALLER", str(error)))
+            )
+        request_id_var.set(caller.request_id)
+        tenant_id_var.set(caller.tenant_id)
+        principal_var.set(caller.principal)
+        role_var.set(caller.role)
+        run_id_var.set("")
+        if not public and (denied := authz.denial(method, caller.role)) is not None:
+            await context.abort_with_status(status_for(denied))
 
     async def _fail(self, error: Exception, context: grpc.aio.ServicerContext) -> None:
         if isinstance(error, DomainError):
@@ -147,7 +165,7 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         started = time.perf_counter()
         fallback = grpc.StatusCode.OK
         try:
-            await self._enter(public, context)
+            await self._enter(method, public, context)
             try:
                 yield
             except grpc.aio.AbortError:
@@ -207,6 +225,8 @@ class BuiltServer:
     service_names: list[str]
     metrics: RpcMetrics
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run when shutdown begins, before in-flight RPCs are awaited (e.g. to end watch streams).
+    on_draining: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -220,6 +240,8 @@ class BuiltServer:
     async def stop(self, grace: float) -> None:
         """Marks NOT_SERVING, lets in-flight RPCs finish within `grace`, then runs cleanups."""
         await self.health.enter_graceful_shutdown()
+        for drain in self.on_draining:
+            await drain()
         await self.server.stop(grace)
         for cleanup in reversed(self.on_stop):
             await cleanup()

@@ -56,6 +56,7 @@ PROCESSES = (
         "AIAS_ARTIFACTS_METRICS_PORT",
         50053,
         9103,
+        needs=("tenancy",),
     ),
     ProcessSpec(
         "billing",
@@ -82,7 +83,7 @@ PROCESSES = (
         "AIAS_EXECUTION_WORKER_METRICS_PORT",
         50055,
         9105,
-        needs=("artifacts",),
+        needs=("artifacts", "tenancy"),
     ),
     ProcessSpec(
         "gateway",
@@ -100,7 +101,12 @@ ADDRESS_ENV = {
     "artifacts": "AIAS_ARTIFACTS_ADDR",
     "billing": "AIAS_BILLING_ADDR",
 }
-WAVES = (("tenancy", "artifacts"), ("billing", "execution", "execution-worker"), ("gateway",))
+WAVES = (
+    ("tenancy",),
+    ("artifacts", "billing", "execution"),
+    ("execution-worker",),
+    ("gateway",),
+)
 
 
 def _free_port() -> int:

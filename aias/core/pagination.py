@@ -6,8 +6,12 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Select, tuple_
 
 from aias.core.errors import InvalidArgument
 
@@ -55,3 +59,31 @@ def decode_token(token: str, scope: str = "") -> PageCursor | None:
     if not same_scope or cursor.create_time.tzinfo is None:
         raise invalid
     return cursor
+
+
+class _Keyed(Protocol):
+    @property
+    def create_time(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+_Query = TypeVar("_Query", bound=Select[Any])
+
+
+def newest_first(query: _Query, model: Any, cursor: PageCursor | None, limit: int) -> _Query:
+    """A page of `query` ordered by (create_time DESC, id DESC), after `cursor`."""
+    if cursor is not None:
+        query = query.where(
+            tuple_(model.create_time, model.id) < tuple_(cursor.create_time, cursor.id)
+        )
+    return query.order_by(model.create_time.desc(), model.id.desc()).limit(limit)
+
+
+def next_page_token(rows: Sequence[_Keyed], limit: int, scope: str = "") -> str:
+    """A token only when a row beyond the page exists (the query fetched limit + 1)."""
+    if len(rows) <= limit:
+        return ""
+    last = rows[limit - 1]
+    return encode_token(PageCursor(last.create_time, last.id), scope)

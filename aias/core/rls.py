@@ -21,10 +21,15 @@ def enable_tenant_rls(table: str, column: str = "tenant_id") -> None:
     )
 
 
-def allow_system_path(table: str, path: str) -> None:
-    """A narrow, named cross-tenant policy: rows are visible only inside `Database.system(path)`."""
+def allow_system_path(table: str, path: str, *, read_only: bool = False) -> None:
+    """A narrow, named cross-tenant policy: rows are visible only inside `Database.system(path)`.
+
+    `read_only` lets the path read every tenant's rows but write none.
+    """
+    condition = f"current_setting('aias.system_path', true) = '{path}'"
+    if read_only:
+        op.execute(f"CREATE POLICY system_{path} ON {table} FOR SELECT USING ({condition})")
+        return
     op.execute(
-        f"CREATE POLICY system_{path} ON {table} "
-        f"USING (current_setting('aias.system_path', true) = '{path}') "
-        f"WITH CHECK (current_setting('aias.system_path', true) = '{path}')"
+        f"CREATE POLICY system_{path} ON {table} USING ({condition}) WITH CHECK ({condition})"
     )

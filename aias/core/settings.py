@@ -78,6 +78,13 @@ class Env:
         self._problems.append(f"{name} must be a postgresql:// URL, got scheme {scheme!r}")
         return value
 
+    def redis_url(self, name: str) -> str:
+        """A redis:// or rediss:// URL, or "" when unset."""
+        value = self.text(name, "")
+        if value and urlsplit(value).scheme not in ("redis", "rediss"):
+            self._problems.append(f"{name} must be a redis:// or rediss:// URL")
+        return value
+
     def check(self) -> None:
         """Raises one SettingsError that lists every problem found so far."""
         if self._problems:

@@ -32,6 +32,10 @@ class BlobWriter(Protocol):
 
     async def write(self, chunk: bytes) -> None: ...
 
+    def written(self) -> StoredBlob:
+        """The digest and size of what was written so far."""
+        ...
+
     async def commit(self) -> StoredBlob: ...
 
 
@@ -58,6 +62,10 @@ class BlobStore(Protocol):
         """Opens a blob, or raises BlobMissing."""
         ...
 
+    async def exists(self, tenant_id: uuid.UUID, blob: StoredBlob) -> bool:
+        """Whether this exact content is already stored for the tenant."""
+        ...
+
 
 class _FileWriter:
     """Hashes and writes to a temporary file next to the blobs, so the final rename is atomic."""
@@ -78,8 +86,11 @@ class _FileWriter:
         self._file.write(chunk)
         self._size += len(chunk)
 
+    def written(self) -> StoredBlob:
+        return StoredBlob(self._hash.hexdigest(), self._size)
+
     async def commit(self) -> StoredBlob:
-        blob = StoredBlob(self._hash.hexdigest(), self._size)
+        blob = self.written()
         await asyncio.to_thread(self._commit, blob)
         self.committed = True
         return blob
@@ -160,6 +171,10 @@ class FilesystemBlobStore:
         temp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=temp_dir, prefix="upload-", suffix=".part")
         return _FileWriter(os.fdopen(fd, "wb"), Path(name), self.tenant_dir(tenant_id) / "sha256")
+
+    async def exists(self, tenant_id: uuid.UUID, blob: StoredBlob) -> bool:
+        path = self.blob_path(tenant_id, blob.sha256)
+        return await asyncio.to_thread(lambda: path.is_file() and path.stat().st_size == blob.size)
 
     @asynccontextmanager
     async def reader(self, tenant_id: uuid.UUID, sha256: str) -> AsyncIterator[BlobReader]:

@@ -105,6 +105,14 @@ def retention_period(days: int) -> timedelta | None:
     return timedelta(days=days) if days else None
 
 
+def kept_for(requested: timedelta | None, plan_days: int | None) -> timedelta | None:
+    """The retention an artifact gets: what the upload asks for, at most the plan's."""
+    if plan_days is None:
+        return requested
+    allowed = timedelta(days=plan_days)
+    return allowed if requested is None else min(requested, allowed)
+
+
 def validate_upload(spec: UploadSpec) -> NewArtifact:
     try:
         run_id = uuid.UUID(spec.run_id)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
+from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
+from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
 from services.artifacts.blobstore import FilesystemBlobStore
@@ -22,6 +24,8 @@ class ArtifactsSettings:
     server: ServerSettings
     database_url: str
     blob_root: Path
+    tenancy_addr: str
+    entitlements_ttl: float = 30.0
 
 
 def load_settings(env: Env | None = None) -> ArtifactsSettings:
@@ -31,17 +35,21 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         server=ServerSettings.from_env(env, "artifacts", 50053, 9103),
         database_url=env.database_url("AIAS_APP_DATABASE_URL"),
         blob_root=Path(env.text("AIAS_ARTIFACTS_DIR", str(data_dir / "artifacts"))).absolute(),
+        tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
+        entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
     )
     env.check()
     return settings
 
 
 async def build_server(settings: ArtifactsSettings) -> BuiltServer:
-    """The composition root: engine, blob store, use cases, servicer, gRPC server."""
+    """The composition root: engine, blob store, tenancy channel, use cases, servicer, server."""
     blobs = FilesystemBlobStore(settings.blob_root)
     await blobs.prepare()
     db = Database(create_engine(settings.database_url))
-    servicer = ArtifactsServicer(ArtifactsService(db, blobs))
+    tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
+    servicer = ArtifactsServicer(ArtifactsService(db, blobs, entitlements, UsageClient(tenancy)))
     built = build_grpc_server(
         settings.server,
         [
@@ -51,7 +59,8 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_stop.append(db.close)
+    built.on_start.append(entitlements.start)
+    built.on_stop += [db.close, tenancy.close, entitlements.stop]
     return built
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aias.core.pagination import PageCursor
+from aias.core.pagination import PageCursor, newest_first
 from services.artifacts.blobstore import StoredBlob
 from services.artifacts.domain import Artifact, NewArtifact
 from services.artifacts.models import ArtifactRow
@@ -85,10 +85,5 @@ class ArtifactRepository:
         statement = select(ArtifactRow).where(ArtifactRow.tenant_id == tenant_id)
         if run_id is not None:
             statement = statement.where(ArtifactRow.run_id == run_id)
-        if after is not None:
-            statement = statement.where(
-                tuple_(ArtifactRow.create_time, ArtifactRow.id) < (after.create_time, after.id)
-            )
-        statement = statement.order_by(ArtifactRow.create_time.desc(), ArtifactRow.id.desc())
-        rows = await self._session.scalars(statement.limit(limit))
+        rows = await self._session.scalars(newest_first(statement, ArtifactRow, after, limit))
         return [_artifact(row) for row in rows]

@@ -6,18 +6,26 @@ import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aias.core.context import run_id_var
 from aias.core.db import Database, parse_uuid
+from aias.core.entitlements import (
+    EntitlementsCache,
+    TenantEntitlements,
+    UsageClient,
+    quota_exceeded,
+)
 from aias.core.errors import AlreadyExists, NotFound, Unavailable
-from aias.core.pagination import PageCursor, decode_token, encode_token, page_size
+from aias.core.pagination import decode_token, next_page_token, page_size
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
     Artifact,
     UploadSpec,
     check_chunk,
+    kept_for,
     validate_upload,
 )
 from services.artifacts.repository import ArtifactRepository
@@ -43,20 +51,46 @@ class Download:
 
 
 class ArtifactsService:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        entitlements: EntitlementsCache,
+        usage: UsageClient,
+    ) -> None:
         self._db = db
         self._blobs = blobs
+        self._entitlements = entitlements
+        self._usage = usage
 
     async def upload(
         self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterable[bytes]
     ) -> Artifact:
-        """Stores the content, then records it; a retry with the same content returns the first."""
+        """Stores the content, then records it; a retry with the same content returns the first.
+
+        New content is counted against the plan's storage quota before it becomes visible, so
+        an upload over the quota stores nothing; content the tenant already has costs nothing.
+        """
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
+        entitlements = await self._entitlements.get(tenant_id)
+        new = replace(
+            new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)
+        )
+        reserved = 0
         async with self._blobs.writer(tenant_id) as writer:
             async for chunk in chunks:
                 await writer.write(check_chunk(chunk))
-            blob = await writer.commit()
+            written = writer.written()
+            if written.size and not await self._blobs.exists(tenant_id, written):
+                reserved = await self._reserve_storage(entitlements, written.size)
+            try:
+                blob = await writer.commit()
+            except BaseException:
+                await self._usage.release(
+                    tenant_id, tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES, reserved
+                )
+                raise
         # The blob is committed before the row, so a row never names a missing blob; a failure
         # in between leaves an unreferenced blob that the same upload's retry reuses.
         async with self._db.tenant(tenant_id) as session:
@@ -80,6 +114,24 @@ class ArtifactsService:
         )
         return stored
 
+    async def _reserve_storage(self, entitlements: TenantEntitlements, size: int) -> int:
+        reply = await self._usage.reserve(
+            entitlements.tenant_id,
+            tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES,
+            size,
+            partial=False,
+        )
+        if reply.granted == 0:
+            raise quota_exceeded(
+                "artifact_storage_bytes",
+                reply.limit,
+                entitlements.plan,
+                f"storing {size} more bytes would exceed the storage quota "
+                f"({reply.used} bytes used)",
+                None,
+            )
+        return int(reply.granted)
+
     async def get_artifact(self, tenant_id: uuid.UUID, artifact_id: str) -> Artifact:
         aid = parse_uuid(artifact_id, "artifact_id")
         async with self._db.tenant(tenant_id) as session:
@@ -97,12 +149,7 @@ class ArtifactsService:
         async with self._db.tenant(tenant_id) as session:
             # One extra row says whether another page follows without a COUNT.
             found = await ArtifactRepository(session).page(tenant_id, run, after, size + 1)
-        artifacts = found[:size]
-        token = ""
-        if len(found) > size:
-            last = artifacts[-1]
-            token = encode_token(PageCursor(last.create_time, last.id), str(run or ""))
-        return Page(artifacts, token)
+        return Page(found[:size], next_page_token(found, size, str(run or "")))
 
     @asynccontextmanager
     async def download(self, tenant_id: uuid.UUID, artifact_id: str) -> AsyncIterator[Download]:

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
+from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
+from aias.core.ratelimit import RateLimiter, storage_uri
 from aias.core.settings import Env, ServerSettings
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
-from services.execution.entitlements import EntitlementsClient
+from services.execution.quota import DEFAULT_BLOCK, RunQuota
 from services.execution.service import ExecutionService
 from services.execution.servicer import ExecutionServicer
 
@@ -26,6 +28,8 @@ class ExecutionSettings:
     public_url: str
     entitlements_ttl: float
     max_attempts: int
+    redis_url: str = ""
+    quota_block: int = DEFAULT_BLOCK
 
 
 def load_settings(env: Env | None = None) -> ExecutionSettings:
@@ -39,18 +43,24 @@ def load_settings(env: Env | None = None) -> ExecutionSettings:
         max_attempts=env.integer(
             "AIAS_RUN_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=20
         ),
+        redis_url=env.redis_url("AIAS_REDIS_URL"),
+        quota_block=env.integer("AIAS_RUN_QUOTA_BLOCK", DEFAULT_BLOCK, minimum=1, maximum=10_000),
     )
     env.check()
     return settings
 
 
 async def build_server(settings: ExecutionSettings) -> BuiltServer:
-    """The composition root: engine, tenancy channel, use cases, servicer, gRPC server."""
+    """The composition root: engine, tenancy channel, caches, use cases, servicer, server."""
     db = Database(create_engine(settings.database_url))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
+    quota = RunQuota(tenancy, settings.quota_block)
     service = ExecutionService(
         db,
-        EntitlementsClient(tenancy, settings.entitlements_ttl),
+        entitlements,
+        quota,
+        RateLimiter(storage_uri(settings.redis_url)),
         settings.public_url,
         settings.max_attempts,
     )
@@ -63,7 +73,9 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_stop += [tenancy.close, db.close]
+    built.on_start += [entitlements.start, quota.start]
+    # Cleanups run last-registered first: the quota gives runs back before the channel closes.
+    built.on_stop += [db.close, tenancy.close, entitlements.stop, quota.close]
     return built
 
 

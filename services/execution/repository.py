@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, func, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from aias.core.pagination import PageCursor
+from aias.core.pagination import PageCursor, newest_first
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -18,23 +19,20 @@ from services.execution.models import (
     WorkflowVersionRow,
 )
 
-_Listed = TypeVar("_Listed", RunRow, WorkflowRow, WebhookEndpointRow)
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    endpoint_id: uuid.UUID
+    endpoint_enabled: bool
+    workflow_id: uuid.UUID
+    workflow_version: int
+    workflow_enabled: bool
 
 
-def _after(model: type[_Listed], cursor: PageCursor | None) -> ColumnElement[bool]:
-    if cursor is None:
-        return and_(True)
-    return tuple_(model.create_time, model.id) < tuple_(cursor.create_time, cursor.id)
-
-
-def _newest_first(
-    query: Select[_Listed], model: type[_Listed], cursor: PageCursor | None, limit: int
-) -> Select[_Listed]:
-    return (
-        query.where(_after(model, cursor))
-        .order_by(model.create_time.desc(), model.id.desc())
-        .limit(limit)
-    )
+@dataclass(frozen=True)
+class ClaimCandidate:
+    run_id: uuid.UUID
+    tenant_id: uuid.UUID
 
 
 class ExecutionRepository:
@@ -70,16 +68,47 @@ class ExecutionRepository:
         return {row.workflow_id: row for row in (await self._session.execute(query)).scalars()}
 
     async def workflows(self, cursor: PageCursor | None, limit: int) -> list[WorkflowRow]:
-        query = _newest_first(select(WorkflowRow), WorkflowRow, cursor, limit)
+        query = newest_first(select(WorkflowRow), WorkflowRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 
     async def endpoints(self, cursor: PageCursor | None, limit: int) -> list[WebhookEndpointRow]:
-        query = _newest_first(select(WebhookEndpointRow), WebhookEndpointRow, cursor, limit)
+        query = newest_first(select(WebhookEndpointRow), WebhookEndpointRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 
-    async def endpoint_by_secret(self, secret_hash: bytes) -> WebhookEndpointRow | None:
-        query = select(WebhookEndpointRow).where(WebhookEndpointRow.secret_hash == secret_hash)
-        return (await self._session.execute(query)).scalar_one_or_none()
+    async def webhook_target(self, secret_hash: bytes) -> WebhookTarget | None:
+        """The endpoint a secret opens and the workflow it triggers, in one query."""
+        query = (
+            select(
+                WebhookEndpointRow.id,
+                WebhookEndpointRow.enabled,
+                WorkflowRow.id,
+                WorkflowRow.current_version,
+                WorkflowRow.enabled,
+            )
+            .join(WorkflowRow, WorkflowRow.id == WebhookEndpointRow.workflow_id)
+            .where(WebhookEndpointRow.secret_hash == secret_hash)
+        )
+        row = (await self._session.execute(query)).one_or_none()
+        return WebhookTarget(*row) if row is not None else None
+
+    async def _lock_count(self, tenant_id: uuid.UUID, kind: str) -> None:
+        """Serialises one tenant's creations of one kind, so a count check cannot be raced."""
+        await self._session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"count:{kind}:{tenant_id}"},
+        )
+
+    async def count_workflows(self, tenant_id: uuid.UUID) -> int:
+        """How many workflows the tenant has, locked against concurrent creation."""
+        await self._lock_count(tenant_id, "workflows")
+        query = select(func.count()).select_from(WorkflowRow)
+        return int((await self._session.execute(query)).scalar_one())
+
+    async def count_endpoints(self, tenant_id: uuid.UUID) -> int:
+        """How many webhook endpoints the tenant has, locked against concurrent creation."""
+        await self._lock_count(tenant_id, "endpoints")
+        query = select(func.count()).select_from(WebhookEndpointRow)
+        return int((await self._session.execute(query)).scalar_one())
 
     async def lock_idempotency_key(self, endpoint_id: uuid.UUID, key: str) -> None:
         """Serialises concurrent deliveries with one key until this transaction ends."""
@@ -112,7 +141,7 @@ class ExecutionRepository:
         query = select(RunRow)
         if workflow_id is not None:
             query = query.where(RunRow.workflow_id == workflow_id)
-        query = _newest_first(query, RunRow, cursor, limit)
+        query = newest_first(query, RunRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 
     async def step_logs(self, run_id: uuid.UUID) -> list[StepLogRow]:
@@ -130,15 +159,18 @@ class QueueRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def claim(self, worker: str, lease: timedelta) -> RunRow | None:
-        """Takes the oldest claimable run; SKIP LOCKED lets many workers claim without waiting.
+    async def next_claimable(
+        self, skip_tenants: Collection[uuid.UUID], only: uuid.UUID | None = None
+    ) -> ClaimCandidate | None:
+        """Locks the oldest claimable run of a tenant not in `skip_tenants` (or run `only`).
 
-        Claimable: queued and due, or running with an expired lease (its worker died).
-        Runs inside `Database.system(RUN_QUEUE)`, the only cross-tenant path here.
+        Claimable: queued and due, or running with an expired lease (its worker died). SKIP
+        LOCKED lets many workers look at once without waiting for each other. Runs inside
+        `Database.system(RUN_QUEUE)`, the only cross-tenant path here.
         """
         now = func.now()
-        candidate = (
-            select(RunRow.id)
+        query = (
+            select(RunRow.id, RunRow.tenant_id)
             .where(
                 or_(
                     and_(RunRow.status == "queued", RunRow.available_time <= now),
@@ -148,11 +180,38 @@ class QueueRepository:
             .order_by(RunRow.available_time)
             .limit(1)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
         )
-        row = await self._session.execute(
+        if skip_tenants:
+            query = query.where(RunRow.tenant_id.not_in(list(skip_tenants)))
+        if only is not None:
+            query = query.where(RunRow.id == only)
+        row = (await self._session.execute(query)).one_or_none()
+        return ClaimCandidate(*row) if row is not None else None
+
+    async def running_count(self, tenant_id: uuid.UUID, besides: uuid.UUID) -> int:
+        """The tenant's runs held under a live lease, after waiting for other claims of it.
+
+        The advisory lock serialises claims of one tenant until this transaction ends, so two
+        workers cannot both take the tenant's last free slot.
+        """
+        await self._session.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"running:{tenant_id}"},
+        )
+        query = select(func.count()).where(
+            RunRow.tenant_id == tenant_id,
+            RunRow.status == "running",
+            RunRow.lease_expire_time >= func.now(),
+            RunRow.id != besides,
+        )
+        return int((await self._session.execute(query)).scalar_one())
+
+    async def start(self, run_id: uuid.UUID, worker: str, lease: timedelta) -> RunRow:
+        """Marks a locked candidate as running under `worker`'s lease."""
+        now = func.now()
+        await self._session.execute(
             update(RunRow)
-            .where(RunRow.id == candidate)
+            .where(RunRow.id == run_id)
             .values(
                 status="running",
                 attempt=RunRow.attempt + 1,
@@ -161,12 +220,10 @@ class QueueRepository:
                 start_time=now,
                 error="",
             )
-            .returning(RunRow.id)
         )
-        run_id = row.scalar_one_or_none()
-        if run_id is None:
-            return None
-        return await self._session.get(RunRow, run_id, populate_existing=True)
+        row = await self._session.get(RunRow, run_id, populate_existing=True)
+        assert row is not None, "the candidate is locked by this transaction"
+        return row
 
     async def heartbeat(self, run_id: uuid.UUID, worker: str, lease: timedelta) -> bool:
         """Extends the lease; False means another worker took the run over."""

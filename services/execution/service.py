@@ -10,13 +10,21 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from aias.core.db import Database, parse_uuid
+from aias.core.entitlements import (
+    EntitlementsCache,
+    TenantEntitlements,
+    plan_limit,
+    quota_exceeded,
+)
 from aias.core.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
 )
-from aias.core.pagination import PageCursor, decode_token, encode_token, page_size
+from aias.core.pagination import decode_token, next_page_token, page_size
+from aias.core.ratelimit import RateLimiter
 from services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
     RunStatus,
@@ -25,7 +33,6 @@ from services.execution.domain import (
     validate_name,
     validate_steps,
 )
-from services.execution.entitlements import EntitlementsClient
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -33,9 +40,12 @@ from services.execution.models import (
     WorkflowRow,
     WorkflowVersionRow,
 )
+from services.execution.quota import RunQuota
 from services.execution.repository import ExecutionRepository
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+MAX_CONTENT_TYPE_CHARS = 255
 _ENDPOINT_NOT_FOUND = NotFound(
     "WEBHOOK_ENDPOINT_NOT_FOUND",
     "no webhook endpoint matches this URL; check the tenant id and secret",
@@ -69,12 +79,16 @@ class ExecutionService:
     def __init__(
         self,
         db: Database,
-        entitlements: EntitlementsClient,
+        entitlements: EntitlementsCache,
+        quota: RunQuota,
+        rates: RateLimiter,
         public_url: str,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self._db = db
         self._entitlements = entitlements
+        self._quota = quota
+        self._rates = rates
         self._public_url = public_url.rstrip("/")
         self._max_attempts = max_attempts
 
@@ -85,9 +99,14 @@ class ExecutionService:
     ) -> WorkflowView:
         name = validate_name(name, "workflow name")
         steps = validate_steps(steps)
+        entitlements = await self._active(tenant_id)
+        _check_step_types(steps, entitlements)
         workflow_id = uuid.uuid4()
         async with self._db.tenant(tenant_id) as session:
             repo = ExecutionRepository(session)
+            _check_count(
+                entitlements, "workflows", "workflows", await repo.count_workflows(tenant_id)
+            )
             row = WorkflowRow(
                 id=workflow_id, tenant_id=tenant_id, name=name, enabled=enabled, current_version=1
             )
@@ -123,7 +142,7 @@ class ExecutionService:
             rows = await repo.workflows(cursor, limit + 1)
             versions = await repo.current_versions(rows[:limit])
         views = [WorkflowView(row, _steps(versions[row.id].steps)) for row in rows[:limit]]
-        return Page(views, _next_token(rows, limit))
+        return Page(views, next_page_token(rows, limit))
 
     # -- webhook endpoints -------------------------------------------------------------------
 
@@ -134,10 +153,17 @@ class ExecutionService:
         wid = parse_uuid(workflow_id, "workflow_id")
         name = validate_name(name, "endpoint name")
         secret = secrets.token_urlsafe(32)
+        entitlements = await self._active(tenant_id)
         async with self._db.tenant(tenant_id) as session:
             repo = ExecutionRepository(session)
             if await repo.workflow(wid) is None:
                 raise NotFound("WORKFLOW_NOT_FOUND", f"workflow {wid} does not exist")
+            _check_count(
+                entitlements,
+                "webhook_endpoints",
+                "webhook endpoints",
+                await repo.count_endpoints(tenant_id),
+            )
             row = WebhookEndpointRow(
                 id=uuid.uuid4(),
                 tenant_id=tenant_id,
@@ -159,65 +185,110 @@ class ExecutionService:
         limit, cursor = page_size(size), decode_token(token)
         async with self._db.tenant(tenant_id) as session:
             rows = await ExecutionRepository(session).endpoints(cursor, limit + 1)
-        return Page(rows[:limit], _next_token(rows, limit))
+        return Page(rows[:limit], next_page_token(rows, limit))
 
     # -- the webhook hot path ----------------------------------------------------------------
 
     async def trigger(
         self, tenant: str, secret: str, body: bytes, content_type: str, idempotency_key: str
     ) -> tuple[RunRow, bool]:
-        """Queues a run and returns it once committed; True when it is a new run."""
+        """Queues a run and returns it once committed; True when it is a new run.
+
+        The checks run cheapest first, and every refusal happens before anything is written.
+        """
         try:
             tenant_id = uuid.UUID(tenant)
         except ValueError:
             raise _ENDPOINT_NOT_FOUND from None
         async with self._db.tenant(tenant_id) as session:
-            repo = ExecutionRepository(session)
-            endpoint = await repo.endpoint_by_secret(_hash_secret(secret))
-            if endpoint is None or not endpoint.enabled:
-                raise _ENDPOINT_NOT_FOUND
-            workflow = await repo.workflow(endpoint.workflow_id)
-            if workflow is None:
-                raise _ENDPOINT_NOT_FOUND
-            if not workflow.enabled:
-                raise FailedPrecondition(
-                    "WORKFLOW_DISABLED",
-                    f"workflow {workflow.id} is disabled; enable it to accept deliveries",
-                    {"http_status": "409"},
-                )
-            limits = await self._entitlements.limits(tenant_id)
-            if not limits.active:
-                raise PermissionDenied("TENANT_SUSPENDED", "the tenant is suspended")
-            if len(body) > limits.max_payload_bytes:
-                raise PayloadTooLarge(
-                    "PAYLOAD_TOO_LARGE",
-                    f"the body is {len(body)} bytes; your plan accepts at most "
-                    f"{limits.max_payload_bytes}",
-                )
-            decode_payload(body, content_type)
-            key = idempotency_key.strip()[:255]
-            if key:
-                await repo.lock_idempotency_key(endpoint.id, key)
-                existing = await repo.run_by_idempotency_key(endpoint.id, key, IDEMPOTENCY_WINDOW)
-                if existing is not None:
-                    return existing, False
-            run = RunRow(
-                id=uuid.uuid4(),
-                tenant_id=tenant_id,
-                workflow_id=workflow.id,
-                workflow_version=workflow.current_version,
-                endpoint_id=endpoint.id,
-                status=RunStatus.QUEUED.value,
-                attempt=0,
-                max_attempts=self._max_attempts,
-                payload=body,
-                content_type=content_type or "application/json",
-                idempotency_key=key or None,
-                error="",
+            target = await ExecutionRepository(session).webhook_target(_hash_secret(secret))
+        if target is None or not target.endpoint_enabled:
+            raise _ENDPOINT_NOT_FOUND
+        if not target.workflow_enabled:
+            raise FailedPrecondition(
+                "WORKFLOW_DISABLED",
+                f"workflow {target.workflow_id} is disabled; enable it to accept deliveries",
+                {"http_status": "409"},
             )
-            # Only the id and status go back to the caller: no read-back on the hot path.
-            await repo.add(run, refresh=False)
+        entitlements = await self._active(tenant_id)
+        limits = entitlements.limits
+        if limits.webhook_payload_bytes is not None and len(body) > limits.webhook_payload_bytes:
+            raise PayloadTooLarge(
+                "PAYLOAD_TOO_LARGE",
+                f"the body is {len(body)} bytes; the {entitlements.plan} plan accepts at most "
+                f"{limits.webhook_payload_bytes}",
+                {"limit": "webhook_payload_bytes", "plan": entitlements.plan},
+            )
+        await self._check_rate(target.endpoint_id, entitlements)
+        if len(content_type) > MAX_CONTENT_TYPE_CHARS:
+            raise InvalidArgument(
+                "INVALID_CONTENT_TYPE",
+                f"the Content-Type header is longer than {MAX_CONTENT_TYPE_CHARS} characters",
+            )
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+            raise InvalidArgument(
+                "INVALID_IDEMPOTENCY_KEY",
+                f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            )
+        decode_payload(body, content_type)
+        key = idempotency_key.strip()
+        ticket = None
+        try:
+            async with self._db.tenant(tenant_id) as session:
+                repo = ExecutionRepository(session)
+                if key:
+                    await repo.lock_idempotency_key(target.endpoint_id, key)
+                    existing = await repo.run_by_idempotency_key(
+                        target.endpoint_id, key, IDEMPOTENCY_WINDOW
+                    )
+                    if existing is not None:
+                        return existing, False
+                ticket = await self._quota.take(entitlements)
+                run = RunRow(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant_id,
+                    workflow_id=target.workflow_id,
+                    workflow_version=target.workflow_version,
+                    endpoint_id=target.endpoint_id,
+                    status=RunStatus.QUEUED.value,
+                    attempt=0,
+                    max_attempts=self._max_attempts,
+                    payload=body,
+                    content_type=content_type or "application/json",
+                    idempotency_key=key or None,
+                    error="",
+                )
+                # Only the id and status go back to the caller: no read-back on the hot path.
+                await repo.add(run, refresh=False)
+        except BaseException:
+            # Not committed: the reserved run was not used.
+            if ticket is not None:
+                self._quota.give_back(ticket)
+            raise
         return run, True
+
+    async def _active(self, tenant_id: uuid.UUID) -> TenantEntitlements:
+        entitlements = await self._entitlements.get(tenant_id)
+        if not entitlements.active:
+            raise PermissionDenied(
+                "TENANT_SUSPENDED", "the tenant is suspended; contact the operator"
+            )
+        return entitlements
+
+    async def _check_rate(self, endpoint_id: uuid.UUID, entitlements: TenantEntitlements) -> None:
+        rate = entitlements.limits.webhook_requests_per_second
+        if rate is None:
+            return
+        burst = entitlements.limits.webhook_burst or rate
+        wait = await self._rates.hit(f"webhook:{endpoint_id}", rate, burst)
+        if wait is not None:
+            raise quota_exceeded(
+                "webhook_requests_per_second",
+                rate,
+                entitlements.plan,
+                f"this endpoint accepts {rate} requests per second with bursts of {burst}",
+                wait,
+            )
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -236,7 +307,7 @@ class ExecutionService:
         limit, cursor = page_size(size), decode_token(token, str(wid or ""))
         async with self._db.tenant(tenant_id) as session:
             rows = await ExecutionRepository(session).runs(wid, cursor, limit + 1)
-        return Page(rows[:limit], _next_token(rows, limit, str(wid or "")))
+        return Page(rows[:limit], next_page_token(rows, limit, str(wid or "")))
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: str) -> list[StepLogRow]:
         rid = parse_uuid(run_id, "run_id")
@@ -247,9 +318,24 @@ class ExecutionService:
             return await repo.step_logs(rid)
 
 
-def _next_token(rows: list[Any], limit: int, scope: str = "") -> str:
-    """A token only when a row beyond the page exists (the query fetched limit + 1)."""
-    if len(rows) <= limit:
-        return ""
-    last = rows[limit - 1]
-    return encode_token(PageCursor(last.create_time, last.id), scope)
+def _check_step_types(steps: list[StepDefinition], entitlements: TenantEntitlements) -> None:
+    allowed = entitlements.limits.allowed_step_types
+    if allowed is None:
+        return
+    for index, step in enumerate(steps):
+        if step.type not in allowed:
+            raise plan_limit(
+                "allowed_step_types",
+                len(allowed),
+                entitlements.plan,
+                f"steps[{index}].type {step.type!r} is not one of the plan's step types "
+                f"({', '.join(sorted(allowed))})",
+            )
+
+
+def _check_count(
+    entitlements: TenantEntitlements, limit_name: str, what: str, current: int
+) -> None:
+    limit: int | None = getattr(entitlements.limits, limit_name)
+    if limit is not None and current >= limit:
+        raise plan_limit(limit_name, limit, entitlements.plan, f"the tenant has {current} {what}")

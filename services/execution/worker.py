@@ -13,14 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
-import psycopg
-from sqlalchemy.engine import make_url
 
 from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.context import run_id_var, tenant_id_var
-from aias.core.db import Database, SystemPath
-from aias.core.errors import DomainError
+from aias.core.db import Database, SystemPath, follow_notifications
+from aias.core.entitlements import EntitlementsCache
+from aias.core.errors import DomainError, NotFound
 from services.execution.domain import RunStatus, StepDefinition, StepStatus, decode_payload
 from services.execution.models import RunRow, StepLogRow
 from services.execution.repository import ExecutionRepository, QueueRepository
@@ -34,6 +33,9 @@ from services.execution.steps import (
 )
 
 log = logging.getLogger(__name__)
+
+# Claim attempts in one go: each skips a tenant found at its limit or fetches one's limits.
+_MAX_CLAIM_ATTEMPTS = 16
 
 NOTIFY_CHANNEL = "aias_run_queue"
 UPLOAD_CHUNK = 256 * 1024
@@ -67,9 +69,11 @@ class Worker:
         db: Database,
         listen_url: str,
         artifacts: artifacts_grpc.ArtifactsServiceStub,
+        entitlements: EntitlementsCache,
         config: WorkerConfig,
     ) -> None:
         self._db = db
+        self._entitlements = entitlements
         self._listen_url = listen_url
         self._artifacts = artifacts
         self._config = config
@@ -99,19 +103,14 @@ class Worker:
         await asyncio.gather(*self._tasks, *listener, return_exceptions=True)
 
     async def _listen(self) -> None:
-        """Sets the wake event on every NOTIFY; reconnects if the database goes away."""
-        while not self._stopping.is_set():
-            try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._listen_url, autocommit=True
-                ) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._wake.set()  # runs queued while we were not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
-            except (psycopg.Error, OSError) as error:
-                log.warning("queue listener lost its connection", extra={"error": str(error)})
-                await asyncio.sleep(1.0)
+        """Wakes a claim loop on every NOTIFY, and on every reconnection (runs queued while
+        nobody listened)."""
+        await follow_notifications(
+            self._listen_url,
+            NOTIFY_CHANNEL,
+            on_notify=lambda _payload: self._wake.set(),
+            on_connect=self._wake.set,
+        )
 
     async def _loop(self, slot: int) -> None:
         while not self._stopping.is_set():
@@ -134,8 +133,45 @@ class Worker:
                 log.exception("could not record the outcome of a run")
 
     async def _claim(self) -> RunRow | None:
+        """The oldest claimable run of a tenant below its concurrent-runs limit.
+
+        A tenant at its limit is skipped: its runs wait queued, and other tenants' runs go on.
+        """
+        full: set[uuid.UUID] = set()
+        for _ in range(_MAX_CLAIM_ATTEMPTS):
+            async with self._db.system(SystemPath.RUN_QUEUE) as session:
+                queue = QueueRepository(session)
+                candidate = await queue.next_claimable(full)
+                if candidate is None:
+                    return None
+                entitlements = self._entitlements.peek(candidate.tenant_id)
+                if entitlements is not None:
+                    cap = entitlements.limits.concurrent_runs
+                    running = (
+                        await queue.running_count(candidate.tenant_id, candidate.run_id)
+                        if cap is not None
+                        else 0
+                    )
+                    if cap is None or running < cap:
+                        return await queue.start(
+                            candidate.run_id, self._config.worker_id, self._config.lease
+                        )
+                    full.add(candidate.tenant_id)
+                    continue
+            # Not cached: look the limit up outside the transaction, then look again.
+            try:
+                await self._entitlements.get(candidate.tenant_id)
+            except NotFound:
+                # The tenant is gone; its leftover runs are not held back by any limit.
+                return await self._claim_unlimited(candidate.run_id)
+        return None
+
+    async def _claim_unlimited(self, run_id: uuid.UUID) -> RunRow | None:
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
-            return await QueueRepository(session).claim(self._config.worker_id, self._config.lease)
+            queue = QueueRepository(session)
+            if await queue.next_claimable((), only=run_id) is None:
+                return None
+            return await queue.start(run_id, self._config.worker_id, self._config.lease)
 
     async def _process(self, run: RunRow) -> None:
         tenant_id_var.set(str(run.tenant_id))
@@ -302,11 +338,6 @@ class Worker:
         async with self._db.tenant(run.tenant_id) as session:
             await QueueRepository(session).release(run.id, self._config.worker_id)
         log.info("run released to the queue on shutdown")
-
-
-def listen_url(database_url: str) -> str:
-    """The libpq form of an SQLAlchemy URL, for the LISTEN connection."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def new_worker_id() -> str:

@@ -7,10 +7,11 @@ from datetime import timedelta
 
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.clients import internal_channel
-from aias.core.db import Database, create_engine
+from aias.core.db import Database, create_engine, libpq_url
+from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
-from services.execution.worker import Worker, WorkerConfig, listen_url, new_worker_id
+from services.execution.worker import Worker, WorkerConfig, new_worker_id
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class WorkerSettings:
     server: ServerSettings
     database_url: str
     artifacts_addr: str
+    tenancy_addr: str
     worker: WorkerConfig
+    entitlements_ttl: float = 30.0
 
 
 def load_settings(env: Env | None = None) -> WorkerSettings:
@@ -27,6 +30,7 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
         server=ServerSettings.from_env(env, "execution-worker", 50055, 9105),
         database_url=env.database_url("AIAS_APP_DATABASE_URL"),
         artifacts_addr=env.address("AIAS_ARTIFACTS_ADDR"),
+        tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
         worker=WorkerConfig(
             worker_id=env.text("AIAS_WORKER_ID", new_worker_id()),
             concurrency=env.integer("AIAS_WORKER_CONCURRENCY", 4, minimum=1, maximum=256),
@@ -35,28 +39,33 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
             retry_base=env.number("AIAS_RETRY_BASE_SECONDS", 2.0),
             retry_max=env.number("AIAS_RETRY_MAX_SECONDS", 300.0),
         ),
+        entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
     )
     env.check()
     return settings
 
 
 async def build_server(settings: WorkerSettings) -> BuiltServer:
-    """The composition root: engine, artifacts channel, the worker, and a health-only server."""
+    """The composition root: engine, channels, entitlements, the worker, a health-only server."""
     db = Database(create_engine(settings.database_url, pool_size=settings.worker.concurrency + 2))
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
+    tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     worker = Worker(
         db,
-        listen_url(settings.database_url),
+        libpq_url(settings.database_url),
         artifacts_grpc.ArtifactsServiceStub(artifacts),
+        entitlements,
         settings.worker,
     )
     built = build_grpc_server(settings.server, [])
-    built.on_start.append(worker.start)
+    built.on_start += [entitlements.start, worker.start]
 
     async def stop_worker() -> None:
         await worker.stop(settings.server.grace_seconds)
 
-    built.on_stop += [stop_worker, artifacts.close, db.close]
+    # Cleanups run last-registered first: the worker releases its runs before anything closes.
+    built.on_stop += [db.close, artifacts.close, tenancy.close, entitlements.stop, stop_worker]
     return built
 
 

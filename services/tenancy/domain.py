@@ -1,17 +1,28 @@
-"""Tenancy rules: plans and their entitlements, API key format and hashing, name validation."""
+"""Tenancy rules: roles, API key format and hashing, members, billing periods, name validation."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
-from aias.core.errors import InvalidArgument, Unauthenticated
+from aias.core import authz
+from aias.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
 KEY_PREFIX = "aias"
+# Shown in key listings: the key's start up to 8 characters of its id; never the secret.
+PREFIX_KEY_ID_CHARS = 8
+MAX_EMAIL_CHARS = 254
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Control characters and bidirectional overrides make a name display as something it is not.
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+# Usage that is not per period (storage) is kept under this fixed period start.
+NO_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class TenantStatus(StrEnum):
@@ -20,50 +31,105 @@ class TenantStatus(StrEnum):
 
 
 class Role(StrEnum):
+    OWNER = "owner"
     ADMIN = "admin"
     MEMBER = "member"
 
-
-@dataclass(frozen=True)
-class Entitlements:
-    """The limits a plan grants; every service enforces the ones it owns."""
-
-    plan: str
-    runs_per_month: int
-    max_concurrent_runs: int
-    max_payload_bytes: int
-    webhook_requests_per_minute: int
-    artifact_storage_bytes: int
-    artifact_retention_days: int
+    @property
+    def manages_people(self) -> bool:
+        """Owner and admin principals may be created, changed or removed by owners only."""
+        return self in (Role.OWNER, Role.ADMIN)
 
 
-PLANS: dict[str, Entitlements] = {
-    "free": Entitlements("free", 1_000, 2, 256 * 1024, 60, 100 * 1024**2, 7),
-    "starter": Entitlements("starter", 20_000, 5, 1024**2, 300, 5 * 1024**3, 30),
-    "pro": Entitlements("pro", 250_000, 20, 5 * 1024**2, 1_200, 50 * 1024**3, 90),
-}
-DEFAULT_PLAN = "free"
+class Metric(StrEnum):
+    RUNS = "runs"
+    ARTIFACT_STORAGE_BYTES = "artifact_storage_bytes"
+
+    @property
+    def per_period(self) -> bool:
+        return self == Metric.RUNS
+
+    @property
+    def limit_name(self) -> str:
+        return "runs_per_month" if self == Metric.RUNS else "artifact_storage_bytes"
 
 
-def entitlements_for(plan: str) -> Entitlements:
-    try:
-        return PLANS[plan]
-    except KeyError:
+def lower_role(a: Role, b: Role) -> Role:
+    return a if authz.ROLE_RANK[a.value] <= authz.ROLE_RANK[b.value] else b
+
+
+def require_owner_for(target: Role, acting_role: str, what: str) -> None:
+    """Owners alone manage owners and admins; internal callers (no role) act for the system."""
+    if target.manages_people and acting_role and not authz.at_least(acting_role, "owner"):
+        raise PermissionDenied(
+            "OWNER_REQUIRED",
+            f"only an owner may {what} with the {target.value} role",
+            {"required_role": "owner"},
+        )
+
+
+def validate_text(value: str, what: str, max_chars: int = 200) -> str:
+    cleaned = value.strip()
+    if not 1 <= len(cleaned) <= max_chars:
+        raise InvalidArgument("INVALID_NAME", f"{what} must be 1 to {max_chars} characters")
+    if _UNSAFE_TEXT.search(cleaned):
         raise InvalidArgument(
-            "UNKNOWN_PLAN", f"plan {plan!r} does not exist; choose one of {sorted(PLANS)}"
-        ) from None
+            "INVALID_NAME", f"{what} must not contain control characters or bidi overrides"
+        )
+    return cleaned
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    cleaned = name.strip()
-    if not 1 <= len(cleaned) <= 200:
-        raise InvalidArgument("INVALID_NAME", f"{what} must be 1 to 200 characters")
-    return cleaned
+    return validate_text(name, what)
+
+
+def validate_email(email: str) -> str:
+    cleaned = email.strip().lower()
+    if len(cleaned) > MAX_EMAIL_CHARS or not _EMAIL.fullmatch(cleaned):
+        raise InvalidArgument(
+            "INVALID_EMAIL",
+            f"email must be an address like name@example.com (at most {MAX_EMAIL_CHARS} characters)",
+        )
+    return validate_text(cleaned, "email", MAX_EMAIL_CHARS)
+
+
+def period_bounds(now: datetime) -> tuple[datetime, datetime]:
+    """The billing period containing `now`: a calendar month in UTC."""
+    start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+def block_grant(requested: int, used: int, limit: int | None) -> int:
+    """How much of a partial reservation to grant.
+
+    Blocks shrink as the limit nears (a quarter of what is left, at least one), so the units
+    that processes hold unused stay few, and the last ones go to whoever asks first.
+    """
+    if limit is None:
+        return requested
+    remaining = limit - used
+    if remaining <= 0:
+        return 0
+    return min(requested, max(1, remaining // 4))
+
+
+def whole_grant(requested: int, used: int, limit: int | None) -> int:
+    """All of a reservation or nothing."""
+    return requested if limit is None or used + requested <= limit else 0
 
 
 def hash_secret(secret: str) -> bytes:
     """SHA-256 suffices: secrets are 256 random bits, so there is nothing to brute-force."""
     return hashlib.sha256(secret.encode()).digest()
+
+
+def key_prefix(tenant_id: uuid.UUID, key_id: uuid.UUID) -> str:
+    return f"{KEY_PREFIX}_{tenant_id.hex}_{key_id.hex[:PREFIX_KEY_ID_CHARS]}"
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aias.core.db import Database, create_engine
+from aias.core.db import Database, create_engine, libpq_url
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
+from services.tenancy.changes import ChangeHub
 from services.tenancy.service import TenancyService
 from services.tenancy.servicer import TenancyServicer
 
@@ -32,9 +33,10 @@ def load_settings(env: Env | None = None) -> TenancySettings:
 
 
 async def build_server(settings: TenancySettings) -> BuiltServer:
-    """The composition root: engine, use cases, servicer, gRPC server."""
+    """The composition root: engine, change hub, use cases, servicer, gRPC server."""
     db = Database(create_engine(settings.database_url))
-    servicer = TenancyServicer(TenancyService(db))
+    changes = ChangeHub(libpq_url(settings.database_url))
+    servicer = TenancyServicer(TenancyService(db), changes)
     built = build_grpc_server(
         settings.server,
         [
@@ -43,6 +45,8 @@ async def build_server(settings: TenancySettings) -> BuiltServer:
             ),
         ],
     )
+    built.on_start.append(changes.start)
+    built.on_draining.append(changes.close)
     built.on_stop.append(db.close)
     return built
 

@@ -164,8 +164,11 @@ async def test_tenant_sees_itself_with_its_plan(http: aiohttp.ClientSession) -> 
         body = await _json(response, 200)
     assert body["tenant"]["id"] == tenant.id
     assert (body["tenant"]["plan"], body["tenant"]["status"]) == ("free", "active")
-    assert body["entitlements"]["plan"] == "free"
-    assert body["entitlements"]["max_payload_bytes"] > 0
+    assert body["limits"]["webhook_payload_bytes"] == 256 * 1024
+    assert body["limits"]["allowed_step_types"] == {
+        "types": ["artifact", "filter", "template", "transform", "validate"]
+    }
+    assert (body["usage"]["runs"], body["role"]) == (0, "owner")
     assert "admin_key" not in body
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from aias.core.grpc_server import BuiltServer
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 
 
 @asynccontextmanager
@@ -16,3 +20,20 @@ async def running(built: BuiltServer) -> AsyncIterator[str]:
         yield f"127.0.0.1:{built.port}"
     finally:
         await built.stop(1.0)
+
+
+@dataclass
+class Tenancy:
+    """A running tenancy server and a stub to it, for tests that need real tenants."""
+
+    address: str
+    stub: tenancy_grpc.TenancyServiceStub
+
+    async def new_tenant(self, plan: str = "free") -> uuid.UUID:
+        reply = await self.stub.CreateTenant(tenancy_pb.CreateTenantRequest(name="t", plan=plan))
+        return uuid.UUID(reply.tenant.id)
+
+    async def set_limits(self, tenant_id: uuid.UUID, **limits: int) -> None:
+        await self.stub.UpdateTenant(
+            tenancy_pb.UpdateTenantRequest(tenant_id=str(tenant_id), limit_overrides=limits)
+        )

@@ -26,6 +26,7 @@ from aias.core.db import Database
 from aias.core.localdb import LocalDatabase
 from services.artifacts.main import ArtifactsSettings, build_server
 from tests.conftest import INTERNAL_TOKEN, server_settings
+from tests.integration.servers import Tenancy
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -35,11 +36,15 @@ MIB = 1024 * KIB
 class Served:
     stub: pb_grpc.ArtifactsServiceAsyncStub
     blob_root: Path
+    tenancy: Tenancy
+
+    async def new_tenant(self, plan: str = "free") -> uuid.UUID:
+        return await self.tenancy.new_tenant(plan)
 
 
 @pytest.fixture(scope="module")
 async def served(
-    database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory
+    database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory, tenancy: Tenancy
 ) -> AsyncIterator[Served]:
     """The real server, built by the production factory, on an ephemeral port."""
     blob_root = tmp_path_factory.mktemp("artifacts")
@@ -47,13 +52,15 @@ async def served(
         server=server_settings("artifacts"),
         database_url=database.app_url,
         blob_root=blob_root,
+        tenancy_addr=tenancy.address,
+        entitlements_ttl=0.0,
     )
     built = await build_server(settings)
     await built.start()
     channel = internal_channel(f"127.0.0.1:{built.port}", INTERNAL_TOKEN)
     # The stub's overloads cannot tell an aio channel from a sync one without grpc type stubs.
     stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-    yield Served(stub, blob_root)
+    yield Served(stub, blob_root, tenancy)
     await channel.close()
     await built.stop(1.0)
 
@@ -142,7 +149,7 @@ async def eventually(condition: str, check: Callable[[], bool]) -> None:
 
 
 async def test_upload_then_download_returns_the_exact_bytes(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
     content = b'{"order":42,"total":17.5}'
 
     artifact = await upload(
@@ -155,7 +162,9 @@ async def test_upload_then_download_returns_the_exact_bytes(served: Served) -> N
     assert artifact.size_bytes == len(content)
     assert artifact.sha256 == hashlib.sha256(content).hexdigest()
     assert artifact.HasField("create_time")
-    assert not artifact.HasField("expire_time")
+    # The free plan keeps artifacts 7 days.
+    lifetime = artifact.expire_time.ToDatetime() - artifact.create_time.ToDatetime()
+    assert lifetime == timedelta(days=7)
 
     got: pb.GetArtifactResponse = await served.stub.GetArtifact(
         pb.GetArtifactRequest(artifact_id=artifact.id), metadata=as_tenant(tenant)
@@ -170,8 +179,20 @@ async def test_upload_then_download_returns_the_exact_bytes(served: Served) -> N
     assert headers["x-http-header-content-disposition"] == 'attachment; filename="summary.json"'
 
 
-async def test_retention_sets_the_expire_time(served: Served) -> None:
-    tenant = uuid.uuid4()
+@pytest.mark.parametrize(
+    ("plan", "requested", "kept"),
+    [
+        ("enterprise", 3, timedelta(days=3)),
+        ("enterprise", 0, None),
+        ("free", 3, timedelta(days=3)),
+        ("free", 30, timedelta(days=7)),
+        ("pro", 0, timedelta(days=90)),
+    ],
+)
+async def test_retention_is_what_the_upload_asks_at_most_the_plans(
+    served: Served, plan: str, requested: int, kept: timedelta | None
+) -> None:
+    tenant = await served.new_tenant(plan)
 
     artifact = await upload(
         served,
@@ -180,15 +201,18 @@ async def test_retention_sets_the_expire_time(served: Served) -> None:
         "out.txt",
         [b"hi"],
         media_type="text/plain; charset=utf-8",
-        retention_days=7,
+        retention_days=requested,
     )
 
-    lifetime = artifact.expire_time.ToDatetime() - artifact.create_time.ToDatetime()
-    assert lifetime == timedelta(days=7)
+    if kept is None:
+        assert not artifact.HasField("expire_time")
+    else:
+        lifetime = artifact.expire_time.ToDatetime() - artifact.create_time.ToDatetime()
+        assert lifetime == kept
 
 
 async def test_empty_artifact_downloads_with_its_content_type(served: Served) -> None:
-    tenant = uuid.uuid4()
+    tenant = await served.new_tenant()
 
     artifact = await upload(
         served, tenant, uuid.uuid4(), "empty.csv", [], media_type="text/csv; charset=utf-8"
@@ -202,7 +226,7 @@ async def test_empty_artifact_downloads_with_its_content_type(served: Served) ->
 
 
 async def test_non_ascii_name_gets_an_encoded_filename(served: Served) -> None:
-    tenant = uuid.uuid4()
+    tenant = await served.new_tenant()
 
     artifact = await upload(
         served,
@@ -220,7 +244,7 @@ async def test_non_ascii_name_gets_an_encoded_filename(served: Served) -> None:
 
 
 async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Served) -> None:
-    tenant = uuid.uuid4()
+    tenant = await served.new_tenant()
     content = os.urandom(5 * MIB + 123)
     chunks = [content[i : i + 256 * KIB] for i in range(0, len(content), 256 * KIB)]
 
@@ -240,7 +264,7 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
 
 
 async def test_upload_must_start_with_metadata(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
 
     with pytest.raises(grpc.aio.AioRpcError) as chunk_first:
         await send(served, tenant, [pb.UploadArtifactRequest(chunk=b"x")])
@@ -285,7 +309,7 @@ async def test_bad_metadata_is_refused(
 
 
 async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await upload(served, tenant, run, "a.bin", [b"a" * 1000, b"b" * (MIB + 1)])
@@ -300,7 +324,7 @@ async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> 
 
 
 async def test_reupload_with_same_content_returns_the_first_artifact(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
 
     first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
     again = await upload(served, tenant, run, "out.json", [b"[1,", b"2,3]"])
@@ -310,7 +334,7 @@ async def test_reupload_with_same_content_returns_the_first_artifact(served: Ser
 
 
 async def test_identical_content_under_two_names_is_stored_once(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
 
     a = await upload(served, tenant, run, "a.json", [b"{}"])
     b = await upload(served, tenant, run, "b.json", [b"{}"])
@@ -321,7 +345,7 @@ async def test_identical_content_under_two_names_is_stored_once(served: Served) 
 
 
 async def test_reupload_with_different_content_is_refused(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
     first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -334,7 +358,7 @@ async def test_reupload_with_different_content_is_refused(served: Served) -> Non
 
 
 async def test_concurrent_identical_uploads_make_one_artifact(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
 
     results = await asyncio.gather(
         *(upload(served, tenant, run, "same.json", [b'{"a":1}']) for _ in range(5))
@@ -344,7 +368,7 @@ async def test_concurrent_identical_uploads_make_one_artifact(served: Served) ->
 
 
 async def test_list_by_run_pages_newest_first(served: Served) -> None:
-    tenant, run, other_run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    tenant, run, other_run = await served.new_tenant(), uuid.uuid4(), uuid.uuid4()
     uploaded = [
         await upload(served, tenant, run, f"part-{i}.json", [str(i).encode()]) for i in range(5)
     ]
@@ -372,7 +396,7 @@ async def test_list_by_run_pages_newest_first(served: Served) -> None:
 
 
 async def test_list_refuses_a_foreign_or_garbled_page_token(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
     for i in range(2):
         await upload(served, tenant, run, f"{i}.json", [b"1"])
     first: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
@@ -391,7 +415,7 @@ async def test_list_refuses_a_foreign_or_garbled_page_token(served: Served) -> N
 
 
 async def test_page_size_defaults_caps_and_refuses_negatives(served: Served) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
     for i in range(3):
         await upload(served, tenant, run, f"{i}.json", [b"1"])
 
@@ -413,7 +437,7 @@ async def test_page_size_defaults_caps_and_refuses_negatives(served: Served) -> 
 
 
 async def test_another_tenant_cannot_see_the_artifact(served: Served) -> None:
-    tenant_a, tenant_b, run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    tenant_a, tenant_b, run = await served.new_tenant(), await served.new_tenant(), uuid.uuid4()
     artifact = await upload(served, tenant_a, run, "secret.json", [b'{"k":"v"}'])
 
     with pytest.raises(grpc.aio.AioRpcError) as got:
@@ -440,7 +464,7 @@ async def test_another_tenant_cannot_see_the_artifact(served: Served) -> None:
 
 
 async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> None:
-    tenant = uuid.uuid4()
+    tenant = await served.new_tenant()
 
     with pytest.raises(grpc.aio.AioRpcError) as bad_id:
         await served.stub.GetArtifact(
@@ -461,7 +485,7 @@ async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> N
 
 
 async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
-    tenant = uuid.uuid4()
+    tenant = await served.new_tenant()
     artifact = await upload(served, tenant, uuid.uuid4(), "gone.json", [b"{}"])
     blob = served.blob_root / str(tenant) / "sha256" / artifact.sha256[:2] / artifact.sha256
     blob.unlink()
@@ -476,7 +500,7 @@ async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
 async def test_cancelled_upload_leaves_no_row_blob_or_temp_file(
     served: Served, app_db: Database
 ) -> None:
-    tenant, run = uuid.uuid4(), uuid.uuid4()
+    tenant, run = await served.new_tenant(), uuid.uuid4()
     tenant_dir = served.blob_root / str(tenant)
     release = asyncio.Event()
 

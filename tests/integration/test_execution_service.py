@@ -22,6 +22,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from services.execution import main as execution_main
+from services.execution.models import RunRow
 from services.execution.repository import QueueRepository
 from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
@@ -114,7 +115,10 @@ async def test_body_over_the_plan_limit_is_refused_and_not_queued(env: Env) -> N
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await env.execution.TriggerWebhook(delivery(tenant, secret, huge))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert reason(caught.value) == ("PAYLOAD_TOO_LARGE", {"http_status": "413"})
+    assert reason(caught.value) == (
+        "PAYLOAD_TOO_LARGE",
+        {"http_status": "413", "limit": "webhook_payload_bytes", "plan": "free"},
+    )
     runs = await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)
     assert list(runs.runs) == []
 
@@ -166,6 +170,16 @@ async def test_pagination_walks_every_run_once(env: Env) -> None:
     assert reason(caught.value)[0] == "INVALID_PAGE_TOKEN"
 
 
+async def claim(db: Database, worker: str) -> RunRow | None:
+    """The next claimable run, taken under `worker`'s lease (concurrency limits aside)."""
+    async with db.system(SystemPath.RUN_QUEUE) as session:
+        queue = QueueRepository(session)
+        candidate = await queue.next_claimable(())
+        if candidate is None:
+            return None
+        return await queue.start(candidate.run_id, worker, timedelta(seconds=60))
+
+
 async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
     env: Env, app_db: Database
 ) -> None:
@@ -174,12 +188,10 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
     # Drain whatever other tests left in the shared queue, keeping our run.
     claimed_by_a = None
     while claimed_by_a is None or claimed_by_a.id != run_id:
-        async with app_db.system(SystemPath.RUN_QUEUE) as session:
-            claimed_by_a = await QueueRepository(session).claim("worker-a", timedelta(seconds=60))
+        claimed_by_a = await claim(app_db, "worker-a")
         assert claimed_by_a is not None
     assert claimed_by_a.attempt == 1
-    async with app_db.system(SystemPath.RUN_QUEUE) as session:
-        again = await QueueRepository(session).claim("worker-b", timedelta(seconds=60))
+    again = await claim(app_db, "worker-b")
     assert again is None or again.id != run_id
     # Worker A dies: its lease runs out, and worker B takes the run over as attempt 2.
     async with app_db.tenant(tenant) as session:
@@ -190,8 +202,7 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
             ),
             {"r": run_id},
         )
-    async with app_db.system(SystemPath.RUN_QUEUE) as session:
-        taken = await QueueRepository(session).claim("worker-b", timedelta(seconds=60))
+    taken = await claim(app_db, "worker-b")
     assert taken is not None
     assert (taken.id, taken.attempt, taken.lease_owner) == (run_id, 2, "worker-b")
     async with app_db.tenant(tenant) as session:

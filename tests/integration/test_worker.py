@@ -13,10 +13,12 @@ from sqlalchemy import text
 
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.clients import internal_channel
-from aias.core.db import Database
+from aias.core.db import Database, libpq_url
+from aias.core.entitlements import EntitlementsCache
 from aias.core.localdb import LocalDatabase
-from services.execution.worker import Worker, WorkerConfig, listen_url
+from services.execution.worker import Worker, WorkerConfig
 from tests.conftest import INTERNAL_TOKEN
+from tests.integration.servers import Tenancy
 
 
 def _dead_address() -> str:
@@ -27,9 +29,15 @@ def _dead_address() -> str:
 
 
 async def _queue_run(
-    db: Database, steps: list[dict[str, Any]], body: bytes
-) -> tuple[uuid.UUID, uuid.UUID]:
-    tenant, workflow, run = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    db: Database,
+    tenant: uuid.UUID,
+    steps: list[dict[str, Any]],
+    body: bytes,
+    runs: int = 1,
+) -> uuid.UUID:
+    """Queues `runs` runs of a new workflow for `tenant`; returns the first run's id."""
+    workflow = uuid.uuid4()
+    run_ids = [uuid.uuid4() for _ in range(runs)]
     async with db.tenant(tenant) as session:
         await session.execute(
             text(
@@ -45,15 +53,16 @@ async def _queue_run(
             ),
             {"w": workflow, "t": tenant, "s": json.dumps(steps)},
         )
-        await session.execute(
-            text(
-                "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, status, "
-                "max_attempts, payload, content_type) VALUES (:r, :t, :w, 1, 'queued', 2, :p, "
-                "'application/json')"
-            ),
-            {"r": run, "t": tenant, "w": workflow, "p": body},
-        )
-    return tenant, run
+        for run in run_ids:
+            await session.execute(
+                text(
+                    "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                    "status, max_attempts, payload, content_type) VALUES (:r, :t, :w, 1, "
+                    "'queued', 2, :p, 'application/json')"
+                ),
+                {"r": run, "t": tenant, "w": workflow, "p": body},
+            )
+    return run_ids[0]
 
 
 async def _wait_status(db: Database, tenant: uuid.UUID, run: uuid.UUID, wanted: set[str]) -> Any:
@@ -87,27 +96,40 @@ async def _logs(db: Database, tenant: uuid.UUID, run: uuid.UUID) -> list[Any]:
         )
 
 
-def _worker(db: Database, database: LocalDatabase, artifacts: str, worker_id: str) -> Worker:
+def _worker(
+    db: Database,
+    database: LocalDatabase,
+    artifacts: str,
+    tenancy: Tenancy,
+    worker_id: str,
+    concurrency: int = 2,
+) -> Worker:
     channel = internal_channel(artifacts, INTERNAL_TOKEN)
+    entitlements = EntitlementsCache(internal_channel(tenancy.address, INTERNAL_TOKEN))
     config = WorkerConfig(
         worker_id=worker_id,
-        concurrency=2,
+        concurrency=concurrency,
         lease=timedelta(seconds=5),
         poll_interval=0.2,
         retry_base=0.05,
         retry_max=0.1,
     )
     return Worker(
-        db, listen_url(database.app_url), artifacts_grpc.ArtifactsServiceStub(channel), config
+        db,
+        libpq_url(database.app_url),
+        artifacts_grpc.ArtifactsServiceStub(channel),
+        entitlements,
+        config,
     )
 
 
 async def test_failed_step_fails_the_run_with_a_log_row(
-    app_db: Database, database: LocalDatabase
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy
 ) -> None:
     steps = [{"id": "check", "type": "validate", "config": {"schema": {"type": "string"}}}]
-    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), "w-fail")
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, _dead_address(), tenancy, "w-fail")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
@@ -121,11 +143,12 @@ async def test_failed_step_fails_the_run_with_a_log_row(
 
 
 async def test_unavailable_artifacts_retry_with_backoff_then_fail(
-    app_db: Database, database: LocalDatabase
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy
 ) -> None:
     steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
-    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), "w-retry")
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, _dead_address(), tenancy, "w-retry")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
@@ -137,13 +160,16 @@ async def test_unavailable_artifacts_retry_with_backoff_then_fail(
     assert [(log.status, log.attempt) for log in logs] == [("failed", 1), ("failed", 2)]
 
 
-async def test_filter_false_skips_the_run(app_db: Database, database: LocalDatabase) -> None:
+async def test_filter_false_skips_the_run(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+) -> None:
     steps = [
         {"id": "big", "type": "filter", "config": {"condition": "total > `100`"}},
         {"id": "never", "type": "transform", "config": {"expression": "total"}},
     ]
-    tenant, run = await _queue_run(app_db, steps, b'{"total": 3}')
-    worker = _worker(app_db, database, _dead_address(), "w-skip")
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b'{"total": 3}')
+    worker = _worker(app_db, database, _dead_address(), tenancy, "w-skip")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"skipped", "failed", "succeeded"})
@@ -155,7 +181,9 @@ async def test_filter_false_skips_the_run(app_db: Database, database: LocalDatab
     ]
 
 
-async def test_shutdown_releases_a_run_in_flight(app_db: Database, database: LocalDatabase) -> None:
+async def test_shutdown_releases_a_run_in_flight(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+) -> None:
     # A listener that accepts connections but never speaks HTTP/2: the upload hangs.
     held: list[asyncio.StreamWriter] = []
 
@@ -165,8 +193,9 @@ async def test_shutdown_releases_a_run_in_flight(app_db: Database, database: Loc
     black_hole = await asyncio.start_server(hold, "127.0.0.1", 0)
     address = f"127.0.0.1:{black_hole.sockets[0].getsockname()[1]}"
     steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
-    tenant, run = await _queue_run(app_db, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, address, "w-release")
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
+    worker = _worker(app_db, database, address, tenancy, "w-release")
     await worker.start()
     try:
         await _wait_status(app_db, tenant, run, {"running"})

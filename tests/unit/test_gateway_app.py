@@ -88,7 +88,7 @@ class FakeTenancy(tenancy_grpc.TenancyServiceServicer):
         self.seen.append(_metadata(context))
         return tenancy_pb.GetCurrentTenantResponse(
             tenant=tenancy_pb.Tenant(id=TENANT_ID, name="Acme", plan="free"),
-            entitlements=tenancy_pb.Entitlements(plan="free", runs_per_month=1000),
+            limits=tenancy_pb.Limits(runs_per_month=1000),
         )
 
 
@@ -282,7 +282,7 @@ async def test_api_key_caller_reaches_the_backend_as_its_tenant(
     assert first.status == 200
     assert first.headers["X-Request-ID"] == "req-from-client-1"
     assert (await first.json())["tenant"]["id"] == TENANT_ID
-    assert (await first.json())["entitlements"]["runs_per_month"] == 1000
+    assert (await first.json())["limits"]["runs_per_month"] == 1000
     seen = fakes.tenancy.seen[0]
     assert seen["x-aias-tenant-id"] == TENANT_ID
     assert seen["x-aias-principal"] == "key:k1"
@@ -313,6 +313,9 @@ async def test_operator_route_needs_the_admin_token(client: Client, fakes: Fakes
             "plan": "pro",
             "status": "active",
             "create_time": "2024-05-01T10:00:00Z",
+            "plan_change_time": None,
+            "limit_overrides": {},
+            "allowed_step_types_override": None,
         },
         "admin_key": "aias_new_key",
     }

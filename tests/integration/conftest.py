@@ -1,0 +1,26 @@
+"""Fixtures of the integration tier: real servers built by the production factories."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aias.core.clients import internal_channel
+from aias.core.localdb import LocalDatabase
+from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
+from services.tenancy import main as tenancy_main
+from tests.conftest import INTERNAL_TOKEN, server_settings
+from tests.integration.servers import Tenancy, running
+
+
+@pytest.fixture(scope="module")
+async def tenancy(database: LocalDatabase) -> AsyncIterator[Tenancy]:
+    """A real tenancy server on an ephemeral port: other services ask it for tenants' limits."""
+    built = await tenancy_main.build_server(
+        tenancy_main.TenancySettings(server_settings("tenancy"), database.app_url)
+    )
+    async with running(built) as address:
+        channel = internal_channel(address, INTERNAL_TOKEN)
+        yield Tenancy(address, tenancy_grpc.TenancyServiceStub(channel))
+        await channel.close()
