@@ -12,6 +12,7 @@ from aias.core.context import AUTHORIZATION, current_caller_metadata
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 

@@ -252,7 +252,14 @@ def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]
     metrics = RpcMetrics(CollectorRegistry())
     server = grpc.aio.server(
         interceptors=[_ServingInterceptor(settings.internal_token, metrics)],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+            # Clients ping every 30 s to keep long streams (entitlement watches) alive through
+            # idle proxies; gRPC's default would answer such pings with GOAWAY too_many_pings.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

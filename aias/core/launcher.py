@@ -115,10 +115,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# Looked up once in the launcher: between fork and exec the child may only call what is already
+# loaded. A dlopen there can deadlock on a loader lock that another thread (gRPC's) held at fork.
+_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """Children get SIGTERM if the launcher dies, so no process outlives it."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class LaunchError(Exception):

@@ -55,7 +55,9 @@ class ApiKeyRow(Base):
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
     revoke_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
-    member_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenancy.members.id"))
+    member_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenancy.members.id", ondelete="SET NULL")
+    )
     last_used_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
 
 

@@ -2,78 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import uuid
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
 
-WORKFLOW = {
-    "name": "orders",
-    "steps": [
-        {
-            "id": "shape",
-            "type": "transform",
-            "config": {"expression": "{order: id, total: sum(items[].price)}"},
-        },
-        {"id": "save", "type": "artifact", "config": {"name": "summary.json", "format": "json"}},
-    ],
-}
 ORDER = {"id": "A-1001", "items": [{"price": 12.5}, {"price": 7.25}]}
 EXPECTED_ARTIFACT = b'{"order":"A-1001","total":19.75}'
-
-
-@dataclass
-class Tenant:
-    id: str
-    key: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-async def _json(response: aiohttp.ClientResponse, status: int) -> Any:
-    body = await response.json()
-    assert response.status == status, body
-    return body
-
-
-async def new_tenant(http: aiohttp.ClientSession) -> Tenant:
-    async with http.post(
-        "/api/tenants",
-        json={"name": f"Acme {uuid.uuid4().hex[:6]}", "plan": "free"},
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-    ) as response:
-        body = await _json(response, 201)
-    return Tenant(body["tenant"]["id"], body["admin_key"])
-
-
-async def new_endpoint(http: aiohttp.ClientSession, tenant: Tenant) -> tuple[dict[str, Any], str]:
-    async with http.post("/api/workflows", json=WORKFLOW, headers=tenant.auth) as response:
-        workflow = (await _json(response, 201))["workflow"]
-    async with http.post(
-        "/api/webhook-endpoints",
-        json={"workflow_id": workflow["id"], "name": "shop"},
-        headers=tenant.auth,
-    ) as response:
-        created = await _json(response, 201)
-    return created["webhook_endpoint"], created["secret"]
-
-
-async def wait_for_run(http: aiohttp.ClientSession, tenant: Tenant, run_id: str) -> dict[str, Any]:
-    for _ in range(200):
-        async with http.get(f"/api/runs/{run_id}", headers=tenant.auth) as response:
-            run: dict[str, Any] = (await _json(response, 200))["run"]
-        if run["status"] not in ("queued", "running"):
-            return run
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not finish: {run}")
 
 
 async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
@@ -93,13 +30,13 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
     async with http.get(
         "/api/webhook-endpoints", params={"tenant_id": tenant.id}, headers=tenant.auth
     ) as response:
-        listed = await _json(response, 200)
+        listed = await expect(response, 200)
     assert [e["id"] for e in listed["webhook_endpoints"]] == [endpoint["id"]]
     assert listed["next_page_token"] == ""
     assert secret not in str(listed)
 
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER) as response:
-        accepted = await _json(response, 202)
+        accepted = await expect(response, 202)
     assert accepted["status"] == "queued"
 
     run = await wait_for_run(http, tenant, accepted["run_id"])
@@ -111,7 +48,7 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
     assert all(run[key] for key in ("create_time", "start_time", "end_time"))
 
     async with http.get(f"/api/runs/{run['id']}/logs", headers=tenant.auth) as response:
-        steps = (await _json(response, 200))["steps"]
+        steps = (await expect(response, 200))["steps"]
     assert [(s["step_id"], s["type"], s["status"]) for s in steps] == [
         ("shape", "transform", "succeeded"),
         ("save", "artifact", "succeeded"),
@@ -122,7 +59,7 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
     async with http.get(
         "/api/artifacts", params={"run_id": run["id"]}, headers=tenant.auth
     ) as response:
-        artifacts = (await _json(response, 200))["artifacts"]
+        artifacts = (await expect(response, 200))["artifacts"]
     assert len(artifacts) == 1
     artifact = artifacts[0]
     assert (artifact["name"], artifact["step_id"], artifact["media_type"]) == (
@@ -134,7 +71,7 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
     assert artifact["size_bytes"] == len(EXPECTED_ARTIFACT)
 
     async with http.get(f"/api/artifacts/{artifact['id']}", headers=tenant.auth) as response:
-        assert (await _json(response, 200))["artifact"] == artifact
+        assert (await expect(response, 200))["artifact"] == artifact
 
     async with http.get(
         f"/api/artifacts/{artifact['id']}/download", headers=tenant.auth
@@ -153,15 +90,15 @@ async def test_body_over_the_plan_limit_is_413_and_queues_nothing(
     _endpoint, secret = await new_endpoint(http, tenant)
     big = {"id": "x", "items": [], "note": "x" * (300 * 1024)}
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=big) as response:
-        assert (await _json(response, 413))["error"]["reason"] == "PAYLOAD_TOO_LARGE"
+        assert (await expect(response, 413))["error"]["reason"] == "PAYLOAD_TOO_LARGE"
     async with http.get("/api/runs", headers=tenant.auth) as response:
-        assert (await _json(response, 200))["runs"] == []
+        assert (await expect(response, 200))["runs"] == []
 
 
 async def test_tenant_sees_itself_with_its_plan(http: aiohttp.ClientSession) -> None:
     tenant = await new_tenant(http)
     async with http.get("/api/tenants/me", headers=tenant.auth) as response:
-        body = await _json(response, 200)
+        body = await expect(response, 200)
     assert body["tenant"]["id"] == tenant.id
     assert (body["tenant"]["plan"], body["tenant"]["status"]) == ("free", "active")
     assert body["limits"]["webhook_payload_bytes"] == 256 * 1024
@@ -178,11 +115,11 @@ async def test_same_input_gives_byte_equal_artifacts(http: aiohttp.ClientSession
     digests = set()
     for _ in range(2):
         async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER) as response:
-            run = await wait_for_run(http, tenant, (await _json(response, 202))["run_id"])
+            run = await wait_for_run(http, tenant, (await expect(response, 202))["run_id"])
         async with http.get(
             "/api/artifacts", params={"run_id": run["id"]}, headers=tenant.auth
         ) as response:
-            digests.add((await _json(response, 200))["artifacts"][0]["sha256"])
+            digests.add((await expect(response, 200))["artifacts"][0]["sha256"])
     assert digests == {hashlib.sha256(EXPECTED_ARTIFACT).hexdigest()}
 
 
@@ -197,12 +134,12 @@ async def test_wrong_tenant_or_secret_is_the_same_404(http: aiohttp.ClientSessio
         f"/api/webhooks/not-a-uuid/{secret}",
     ):
         async with http.post(path, json=ORDER) as response:
-            error = (await _json(response, 404))["error"]
+            error = (await expect(response, 404))["error"]
         bodies.append((error["reason"], error["message"]))
     assert len(set(bodies)) == 1
     assert bodies[0][0] == "WEBHOOK_ENDPOINT_NOT_FOUND"
     async with http.get("/api/runs", headers=tenant.auth) as response:
-        assert (await _json(response, 200))["runs"] == []
+        assert (await expect(response, 200))["runs"] == []
 
 
 @pytest.mark.parametrize("header", [None, "Bearer nope", "Bearer aias_0_0_x", "Basic abc"])
@@ -211,7 +148,7 @@ async def test_missing_or_bad_api_key_is_401(
 ) -> None:
     headers = {"Authorization": header} if header else {}
     async with http.get("/api/workflows", headers=headers) as response:
-        error = (await _json(response, 401))["error"]
+        error = (await expect(response, 401))["error"]
     assert error["status"] == "UNAUTHENTICATED"
     assert error["request_id"]
 
@@ -228,11 +165,11 @@ async def test_another_tenants_run_and_artifact_are_404(http: aiohttp.ClientSess
     stranger = await new_tenant(http)
     _endpoint, secret = await new_endpoint(http, owner)
     async with http.post(f"/api/webhooks/{owner.id}/{secret}", json=ORDER) as response:
-        run = await wait_for_run(http, owner, (await _json(response, 202))["run_id"])
+        run = await wait_for_run(http, owner, (await expect(response, 202))["run_id"])
     async with http.get(
         "/api/artifacts", params={"run_id": run["id"]}, headers=owner.auth
     ) as response:
-        artifact_id = (await _json(response, 200))["artifacts"][0]["id"]
+        artifact_id = (await expect(response, 200))["artifacts"][0]["id"]
     for path in (
         f"/api/runs/{run['id']}",
         f"/api/runs/{run['id']}/logs",
@@ -244,7 +181,7 @@ async def test_another_tenants_run_and_artifact_are_404(http: aiohttp.ClientSess
     async with http.get(
         "/api/artifacts", params={"run_id": run["id"]}, headers=stranger.auth
     ) as response:
-        assert (await _json(response, 200))["artifacts"] == []
+        assert (await expect(response, 200))["artifacts"] == []
 
 
 async def test_listing_another_tenants_endpoints_is_refused(http: aiohttp.ClientSession) -> None:
@@ -253,16 +190,16 @@ async def test_listing_another_tenants_endpoints_is_refused(http: aiohttp.Client
     async with http.get(
         "/api/webhook-endpoints", params={"tenant_id": other.id}, headers=tenant.auth
     ) as response:
-        assert (await _json(response, 403))["error"]["reason"] == "TENANT_MISMATCH"
+        assert (await expect(response, 403))["error"]["reason"] == "TENANT_MISMATCH"
 
 
 async def test_wrong_method_is_405_with_allow(http: aiohttp.ClientSession) -> None:
     async with http.delete("/api/stripe/webhook") as response:
-        error = (await _json(response, 405))["error"]
+        error = (await expect(response, 405))["error"]
         assert response.headers["Allow"] == "POST"
     assert error["status"]
     async with http.get("/api/no-such-thing") as response:
-        await _json(response, 404)
+        await expect(response, 404)
 
 
 async def test_bad_workflow_gets_a_reason_and_nothing_is_stored(
@@ -271,9 +208,9 @@ async def test_bad_workflow_gets_a_reason_and_nothing_is_stored(
     tenant = await new_tenant(http)
     bad = {"name": "x", "steps": [{"id": "s", "type": "slack", "config": {}}]}
     async with http.post("/api/workflows", json=bad, headers=tenant.auth) as response:
-        assert (await _json(response, 400))["error"]["reason"] == "STEP_TYPE_COMING_SOON"
+        assert (await expect(response, 400))["error"]["reason"] == "STEP_TYPE_COMING_SOON"
     async with http.get("/api/workflows", headers=tenant.auth) as response:
-        assert (await _json(response, 200))["workflows"] == []
+        assert (await expect(response, 200))["workflows"] == []
 
 
 async def test_idempotency_key_returns_the_first_run(http: aiohttp.ClientSession) -> None:
@@ -281,17 +218,17 @@ async def test_idempotency_key_returns_the_first_run(http: aiohttp.ClientSession
     _endpoint, secret = await new_endpoint(http, tenant)
     headers = {"Idempotency-Key": "delivery-1"}
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER, headers=headers) as r:
-        first = (await _json(r, 202))["run_id"]
+        first = (await expect(r, 202))["run_id"]
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER, headers=headers) as r:
         assert r.status == 200
         assert (await r.json())["run_id"] == first
     async with http.get("/api/runs", headers=tenant.auth) as response:
-        assert [run["id"] for run in (await _json(response, 200))["runs"]] == [first]
+        assert [run["id"] for run in (await expect(response, 200))["runs"]] == [first]
 
 
 async def test_health_endpoints(http: aiohttp.ClientSession) -> None:
     async with http.get("/healthz") as response:
         assert response.status == 200
     async with http.get("/readyz") as response:
-        body = await _json(response, 200)
+        body = await expect(response, 200)
     assert set(body["backends"]) == {"tenancy", "execution", "artifacts", "billing"}

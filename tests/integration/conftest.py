@@ -22,5 +22,5 @@ async def tenancy(database: LocalDatabase) -> AsyncIterator[Tenancy]:
     )
     async with running(built) as address:
         channel = internal_channel(address, INTERNAL_TOKEN)
-        yield Tenancy(address, tenancy_grpc.TenancyServiceStub(channel))
+        yield Tenancy(address, tenancy_grpc.TenancyServiceStub(channel), built.metrics)
         await channel.close()

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aias.core.grpc_server import BuiltServer
+from aias.core.grpc_server import BuiltServer, RpcMetrics
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 
@@ -28,6 +28,17 @@ class Tenancy:
 
     address: str
     stub: tenancy_grpc.TenancyServiceStub
+    metrics: RpcMetrics
+
+    def handled(self, method: str) -> float:
+        """How many calls of a tenancy RPC the server has answered with OK."""
+        labels = {
+            "grpc_service": "aias.tenancy.v1.TenancyService",
+            "grpc_method": method,
+            "grpc_code": "OK",
+        }
+        value = self.metrics.registry.get_sample_value("grpc_server_handled_total", labels)
+        return value or 0.0
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         reply = await self.stub.CreateTenant(tenancy_pb.CreateTenantRequest(name="t", plan=plan))

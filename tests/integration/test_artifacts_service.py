@@ -528,3 +528,47 @@ async def test_cancelled_upload_leaves_no_row_blob_or_temp_file(
             text("SELECT count(*) FROM artifacts.artifacts WHERE run_id = :run"), {"run": run}
         )
     assert rows == 0
+
+
+async def test_storage_quota_counts_new_content_once_and_stores_nothing_over_it(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    await served.tenancy.set_limits(tenant, artifact_storage_bytes=10)
+    run = uuid.uuid4()
+    await upload(served, tenant, run, "a.bin", [b"12345678"], media_type="application/octet-stream")
+    # The same content again costs nothing: it is stored once.
+    await upload(served, tenant, run, "b.bin", [b"12345678"], media_type="application/octet-stream")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, tenant, run, "c.bin", [b"abcdefgh"], media_type="text/plain")
+
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(caught.value) == "QUOTA_EXCEEDED"
+    assert "artifact_storage_bytes=10" in (caught.value.details() or "")
+    listed = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(run_id=str(run)), metadata=as_tenant(tenant)
+    )
+    assert sorted(a.name for a in listed.artifacts) == ["a.bin", "b.bin"]
+    stored = files_under(served.blob_root / str(tenant))
+    assert [p.name for p in stored] == [hashlib.sha256(b"12345678").hexdigest()]
+
+
+async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    await served.tenancy.set_limits(tenant, artifact_storage_bytes=10)
+    run = uuid.uuid4()
+    results = await asyncio.gather(
+        *(
+            upload(served, tenant, run, f"{i}.bin", [f"{i:04d}".encode()], media_type="text/plain")
+            for i in range(6)
+        ),
+        return_exceptions=True,
+    )
+    stored = [r for r in results if isinstance(r, pb.Artifact)]
+    assert len(stored) == 2
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "QUOTA_EXCEEDED"
+        for r in results
+        if r not in stored
+    )

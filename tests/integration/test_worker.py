@@ -213,3 +213,48 @@ async def test_shutdown_releases_a_run_in_flight(
             )
         ).one()
     assert (row.status, row.attempt, row.lease_owner) == ("queued", 0, None)
+
+
+async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+) -> None:
+    # Uploads to this listener never finish, so tenant A's runs stay running.
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    black_hole = await asyncio.start_server(hold, "127.0.0.1", 0)
+    address = f"127.0.0.1:{black_hole.sockets[0].getsockname()[1]}"
+    busy = await tenancy.new_tenant("enterprise")
+    await tenancy.set_limits(busy, concurrent_runs=1)
+    hanging = [{"id": "save", "type": "artifact", "config": {"name": "a.json"}}]
+    await _queue_run(app_db, busy, hanging, b"{}", runs=3)
+    other = await tenancy.new_tenant()
+    quick = await _queue_run(
+        app_db,
+        other,
+        [{"id": "t", "type": "transform", "config": {"expression": "a"}}],
+        b'{"a": 1}',
+    )
+    worker = _worker(app_db, database, address, tenancy, "w-caps", concurrency=4)
+    await worker.start()
+    try:
+        assert (await _wait_status(app_db, other, quick, {"succeeded"})).status == "succeeded"
+        await asyncio.sleep(0.5)  # several claim rounds pass
+        async with app_db.tenant(busy) as session:
+            statuses = sorted(
+                (
+                    await session.execute(
+                        text("SELECT status FROM execution.runs WHERE tenant_id = :t"),
+                        {"t": busy},
+                    )
+                ).scalars()
+            )
+        assert statuses == ["queued", "queued", "running"]
+    finally:
+        await worker.stop(0.2)
+        for writer in held:
+            writer.close()
+        black_hole.close()
+        await black_hole.wait_closed()

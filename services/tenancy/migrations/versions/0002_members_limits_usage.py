@@ -61,7 +61,7 @@ def upgrade() -> None:
 
     op.add_column(
         "api_keys",
-        sa.Column("member_id", sa.Uuid, sa.ForeignKey(f"{S}.members.id")),
+        sa.Column("member_id", sa.Uuid, sa.ForeignKey(f"{S}.members.id", ondelete="SET NULL")),
         schema=S,
     )
     op.add_column("api_keys", sa.Column("last_used_time", TIMESTAMP), schema=S)
