@@ -1,4 +1,4 @@
-"""Channels to other AIAS services that carry the internal credential and the request context."""
+"""Channels to other AIAS services that carry the internal credential, and their errors' reasons."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 from aias.core.context import AUTHORIZATION, current_caller_metadata
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
@@ -60,3 +63,17 @@ def internal_channel(address: str, token: str) -> grpc.aio.Channel:
             kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
         ],
     )
+
+
+def error_info(metadata: Any) -> tuple[str, str, dict[str, str]] | None:
+    """The (reason, message, metadata) of the ErrorInfo in a failed call's trailing metadata."""
+    for key, value in metadata or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                return info.reason, status.message, dict(info.metadata)
+    return None
