@@ -39,7 +39,7 @@ lint: $(STUBS)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STUBS)
-	$(VENV)/bin/mypy aias/core services gateway tests bench
+	$(VENV)/bin/mypy aias/core aias/cli services gateway tests bench
 
 buf-lint: $(STUBS) $(BUF)
 	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml

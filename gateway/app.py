@@ -33,6 +33,7 @@ ROUTER = web.AppKey("router", Router[Handler])
 METRICS = web.AppKey("metrics", HttpMetrics)
 BACKEND_POOL = web.AppKey("backends", Backends)
 PROXY = web.AppKey("proxy", RpcProxy)
+ENTITLEMENT_CHANGES = web.AppKey("entitlement_changes", EntitlementsCache)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE_LABEL = web.RequestKey("route", str)
 
@@ -76,6 +77,7 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     # Tenancy's change notices evict the keys of a tenant whose keys or status changed.
     changes = EntitlementsCache(backends.channel("tenancy"))
     changes.add_listener(authenticator.forget)
+    app[ENTITLEMENT_CHANGES] = changes
     app[PROXY] = RpcProxy(backends, authenticator)
     await changes.start()
     yield

@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from google.rpc import error_details_pb2, status_pb2
+
+from aias.core.clients import error_info
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
     }
 )
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # ErrorInfo metadata a backend sets to refine the HTTP answer (a disabled workflow is 409).
 HTTP_STATUS_OVERRIDE = "http_status"
 # The reason a backend gives when the caller's internal credential is missing or wrong.
@@ -68,24 +68,10 @@ class GatewayError(Exception):
         self.detail = detail
 
 
-def _error_info(metadata: Any) -> tuple[str, str, dict[str, str]] | None:
-    """The (reason, message, metadata) of the ErrorInfo in a status's trailing metadata."""
-    for key, value in metadata or ():
-        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
-            continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                return info.reason, status.message, dict(info.metadata)
-    return None
-
-
 def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
     """The HTTP answer to a failed backend call, honouring the backend's ErrorInfo."""
     code: grpc.StatusCode = error.code()
-    found = _error_info(error.trailing_metadata())
+    found = error_info(error.trailing_metadata())
     if found is None:
         # Without ErrorInfo the status comes from gRPC itself, whose text for server-side
         # failures can name internal hosts or exceptions; client errors are safe to show.

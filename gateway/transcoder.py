@@ -18,9 +18,7 @@ from multidict import MultiMapping
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX
-from gateway.backends import BackendSpec
-from gateway.errors import GatewayError, json_response
-from gateway.jsonmap import (
+from aias.core.jsonmap import (
     JsonMappingError,
     append_scalar,
     descriptor_of,
@@ -31,6 +29,8 @@ from gateway.jsonmap import (
     scalar_from_text,
     set_scalar,
 )
+from gateway.backends import BackendSpec
+from gateway.errors import GatewayError, json_response
 from gateway.template import PathTemplate
 
 HTTP_BODY = "google.api.HttpBody"

@@ -8,8 +8,10 @@ from datetime import UTC
 from typing import Any, TypeVar
 
 import click
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
+
+from aias.core.jsonmap import message_to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,14 +24,8 @@ def json_option(command: F) -> F:
 
 
 def to_json(message: Message) -> Any:
-    """protobuf's JSON mapping with proto field names and every field printed.
-
-    The HTTP API's mapping (gateway.jsonmap) lives in the gateway package, which the CLI does
-    not import; this is the standard mapping every protobuf library reads.
-    """
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    """The JSON the HTTP API prints for the same message (lowercase enums, `*_time` strings)."""
+    return message_to_json(message)
 
 
 def print_json(value: Any) -> None:

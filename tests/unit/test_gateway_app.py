@@ -36,7 +36,7 @@ from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from gateway.app import init_app
+from gateway.app import ENTITLEMENT_CHANGES, init_app
 from gateway.settings import GatewaySettings
 from tests.conftest import INTERNAL_TOKEN, server_settings
 
@@ -67,6 +67,13 @@ class FakeTenancy(tenancy_grpc.TenancyServiceServicer):
         return tenancy_pb.AuthenticateApiKeyResponse(
             tenant_id=TENANT_ID, principal="key:k1", role=tenancy_pb.ROLE_ADMIN
         )
+
+    async def WatchEntitlements(
+        self, request: tenancy_pb.WatchEntitlementsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tenancy_pb.WatchEntitlementsResponse]:
+        """Like tenancy: a reset first, then notices as they come (none here)."""
+        yield tenancy_pb.WatchEntitlementsResponse(reset=True)
+        await asyncio.Event().wait()
 
     async def CreateTenant(
         self, request: tenancy_pb.CreateTenantRequest, context: grpc.aio.ServicerContext
@@ -224,7 +231,10 @@ Client = TestClient[Request, Application]
 
 @pytest.fixture
 async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
-    return await aiohttp_client(init_app(_settings(fakes.addresses)))
+    started = await aiohttp_client(init_app(_settings(fakes.addresses)))
+    # The change stream's first notice resets the key cache; let it arrive before the test.
+    await asyncio.wait_for(started.app[ENTITLEMENT_CHANGES].connected.wait(), 5)
+    return started
 
 
 def _key(token: str = API_KEY) -> dict[str, str]:

@@ -17,11 +17,11 @@ from google.rpc import error_details_pb2, status_pb2
 from multidict import CIMultiDict, MultiDict
 
 from aias.api.v1 import annotations_pb2 as access_pb2
+from aias.core.jsonmap import JsonMappingError, json_to_message, message_to_json
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from gateway.backends import BACKENDS, BackendSpec
 from gateway.errors import HTTP_STATUS, GatewayError, error_response, from_rpc_error
-from gateway.jsonmap import JsonMappingError, json_to_message, message_to_json
 from gateway.template import PathTemplate, Router, TemplateError
 from gateway.transcoder import (
     RpcRoute,
