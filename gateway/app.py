@@ -63,7 +63,8 @@ def init_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_echo_request_id)
     # One catch-all: matching is ours, so a known path with the wrong method can answer 405.
-    app.router.add_route("*", "/{path:.*}", _dispatch)
+    # `[\s\S]`, not `.`: a path may hold a newline (%0A), which `.` would not match.
+    app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)
     return app
 
 

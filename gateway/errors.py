@@ -43,6 +43,20 @@ HTTP_STATUS_OVERRIDE = "http_status"
 # The reason a backend gives when the caller's internal credential is missing or wrong.
 MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
+# How much of a client's own input an error message quotes back, and the most any message says:
+# enough to recognise the value, never a way to make the gateway echo megabytes.
+QUOTED_CHARS = 64
+MAX_MESSAGE_CHARS = 1024
+
+
+def clip(text: str, limit: int = QUOTED_CHARS) -> str:
+    """Client-supplied text as an error message quotes it: cut to `limit` characters.
+
+    Undecodable bytes (lone surrogates from aiohttp or JSON escapes) show as escapes, so the
+    message can always be written as UTF-8.
+    """
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class GatewayError(Exception):
@@ -143,7 +157,7 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
         "error": {
             "code": error.http_status,
             "status": error.code.name,
-            "message": error.message,
+            "message": clip(error.message, MAX_MESSAGE_CHARS),
             "reason": error.reason,
             "request_id": request_id,
         }

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import grpc
 from aiohttp import web
 
+from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.errors import GatewayError, from_rpc_error
 from gateway.transcoder import (
     DEFAULT_CONTENT_TYPE,
+    PRINTABLE_ASCII,
     RpcRoute,
     build_request,
     render_unary,
@@ -34,8 +35,6 @@ FORWARDED_HEADERS = (
     "User-Agent",
     "Range",
 )
-# gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
-_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 # A unary RPC, and a download's first chunk, must arrive within this; after the first
 # chunk a download streams for as long as the bytes keep coming.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -51,9 +50,10 @@ class RpcProxy:
     async def handle(
         self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
     ) -> web.StreamResponse:
-        caller = await self._auth.authenticate(
-            route.access, request.headers.get("Authorization"), request_id
-        )
+        authorization = request.headers.get("Authorization")
+        if route.access != access_pb2.ACCESS_PUBLIC and authorization is not None:
+            _check_authorization(authorization)
+        caller = await self._auth.authenticate(route.access, authorization, request_id)
         tenant_id_var.set(caller.tenant_id)
         body = await _read_body(request) if route.body else b""
         message = build_request(route, path_params, request.query, request.headers, body)
@@ -89,11 +89,22 @@ async def _read_body(request: web.Request) -> bytes:
         ) from None
 
 
+def _check_authorization(authorization: str) -> None:
+    """aiohttp passes undecodable header bytes on as lone surrogates, which no token contains."""
+    if not PRINTABLE_ASCII.fullmatch(authorization):
+        raise GatewayError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "MALFORMED_CREDENTIALS",
+            "the Authorization header must be printable ASCII: 'Bearer <api key>'",
+        )
+
+
 def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return [
         (FORWARDED_HEADER_PREFIX + name.lower(), value)
         for name in FORWARDED_HEADERS
-        if (value := headers.get(name)) is not None and _METADATA_VALUE.fullmatch(value)
+        # gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
+        if (value := headers.get(name)) is not None and PRINTABLE_ASCII.fullmatch(value)
     ]
 
 

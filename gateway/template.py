@@ -10,7 +10,7 @@ from urllib.parse import unquote
 
 import grpc
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, clip
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LITERAL = re.compile(r"[^/{}*:=]+")
@@ -149,7 +149,7 @@ class Router(Generic[T]):
                 break
         if not matches:
             raise GatewayError(
-                grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {raw_path}"
+                grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {clip(raw_path)}"
             )
         same_method = [match for match in matches if match[0].method == method]
         if same_method:
@@ -159,7 +159,7 @@ class Router(Generic[T]):
         raise GatewayError(
             grpc.StatusCode.UNIMPLEMENTED,
             "METHOD_NOT_ALLOWED",
-            f"{method} is not allowed on {raw_path}; use {', '.join(allowed)}",
+            f"{method} is not allowed on {clip(raw_path)}; use {', '.join(allowed)}",
             http_status=405,
             headers={"Allow": ", ".join(allowed)},
         )

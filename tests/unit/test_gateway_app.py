@@ -490,6 +490,93 @@ async def test_a_down_backend_is_503(fakes: Fakes, aiohttp_client: AiohttpClient
     assert "execution" in error["message"]
 
 
+# --- hostile input ------------------------------------------------------------------------
+
+
+def _workflow(config_json: str) -> bytes:
+    """A workflow body whose step config holds `config_json` at depth 5 (body, steps, step,
+    config, value)."""
+    step = '{"id": "s", "type": "transform", "config": {"v": ' + config_json + "}}"
+    return ('{"name": "w", "steps": [' + step + "]}").encode()
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("NaN", "NaN is not a JSON number"),
+        ("-Infinity", "-Infinity is not a JSON number"),
+        ("1e400", "the number 1e400 is beyond the range of a double"),
+        ("9" * 5000, "is beyond the range of a double"),
+        ("[" * 10_000 + "]" * 10_000, "nests deeper than 32 levels"),
+        ("[" * 29 + "]" * 29, "nests deeper than 32 levels"),
+    ],
+    ids=["nan", "infinity", "1e400", "5000-digits", "10000-deep", "33-deep"],
+)
+async def test_json_the_gateway_cannot_hold_is_400_invalid_json(
+    client: Client, fakes: Fakes, config: str, problem: str
+) -> None:
+    response = await client.post("/api/workflows", data=_workflow(config), headers=_key())
+
+    error = await _error(response, 400, "INVALID_JSON")
+    assert problem in error["message"]
+    assert len(error["message"]) < 200, "the client's input is quoted, not echoed whole"
+    assert fakes.execution.requests == []
+
+
+async def test_json_nested_32_deep_and_nul_characters_pass(client: Client, fakes: Fakes) -> None:
+    deep = await client.post("/api/workflows", data=_workflow("[" * 28 + "]" * 28), headers=_key())
+    nul = await client.post("/api/workflows", json={"name": "a\u0000b"}, headers=_key())
+
+    assert (deep.status, nul.status) == (201, 201)
+    assert fakes.execution.requests[1].name == "a\u0000b"
+
+
+async def test_integers_beyond_the_field_name_the_field(client: Client) -> None:
+    huge = await client.get("/api/runs?page_size=" + "9" * 5000, headers=_key())
+    wide = await client.get(f"/api/runs?page_size={2**40}", headers=_key())
+
+    for response in (huge, wide):
+        error = await _error(response, 400, "INVALID_FIELD_VALUE")
+        assert error["message"].startswith("page_size: ")
+        assert len(error["message"]) < 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"\\ud800": 1}', b'{"name": "\\udfff"}', b'{"name": "x", "' + b"k" * 100_000 + b'": 1}'],
+    ids=["surrogate-key", "surrogate-value", "100k-key"],
+)
+async def test_unencodable_or_huge_keys_are_400_with_a_short_message(
+    client: Client, body: bytes
+) -> None:
+    response = await client.post("/api/workflows", data=body, headers=_key())
+
+    assert response.status == 400
+    assert len((await response.json())["error"]["message"]) < 200
+
+
+async def test_headers_the_gateway_copies_must_be_short_printable_ascii(
+    client: Client, fakes: Fakes
+) -> None:
+    webhook = f"/api/webhooks/{TENANT_ID}/s"
+    key = await client.post(webhook, data=b"{}", headers={"Idempotency-Key": "clé"})
+    long_type = await client.post(webhook, data=b"{}", headers={"Content-Type": "a/" + "b" * 254})
+    authorization = await client.get("/api/tenants/me", headers={"Authorization": "Bearer clé"})
+
+    assert "Idempotency-Key" in (await _error(key, 400, "INVALID_HEADER"))["message"]
+    assert "255" in (await _error(long_type, 400, "INVALID_HEADER"))["message"]
+    await _error(authorization, 401, "MALFORMED_CREDENTIALS")
+    assert fakes.execution.requests == []
+    assert fakes.tenancy.key_lookups == 0
+
+
+async def test_unknown_paths_are_quoted_not_echoed(client: Client) -> None:
+    response = await client.get("/api/" + "x" * 5000)
+
+    error = await _error(response, 404, "ROUTE_NOT_FOUND")
+    assert len(error["message"]) < 100
+
+
 # --- operations -----------------------------------------------------------------------------
 
 
