@@ -17,6 +17,7 @@ from aias.core.context import request_id_var, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import BACKENDS, Backends
 from gateway.errors import GatewayError, error_response, json_response
+from gateway.ingress import MAX_BODY_BYTES, BodyReader, InflightLimit, check_head, defer_continue
 from gateway.metrics import HttpMetrics
 from gateway.proxy import RpcProxy
 from gateway.settings import GatewaySettings
@@ -32,12 +33,10 @@ ROUTER = web.AppKey("router", Router[Handler])
 METRICS = web.AppKey("metrics", HttpMetrics)
 BACKEND_POOL = web.AppKey("backends", Backends)
 PROXY = web.AppKey("proxy", RpcProxy)
+INFLIGHT = web.AppKey("inflight", InflightLimit)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE_LABEL = web.RequestKey("route", str)
 
-# The largest body the gateway reads; the gRPC channels accept 8 MiB messages, and per-plan
-# payload limits below this are the backends' to enforce.
-MAX_BODY_BYTES = 8 * 1024 * 1024 - 64 * 1024
 READINESS_TIMEOUT_SECONDS = 2.0
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _UNMATCHED = "unmatched"
@@ -56,15 +55,16 @@ def build_router() -> Router[Handler]:
 
 def init_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; backends are connected when it starts and closed when it stops."""
-    app = web.Application(middlewares=[_observe, _errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_observe, _errors, _guard], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[ROUTER] = build_router()
     app[METRICS] = HttpMetrics()
+    app[INFLIGHT] = InflightLimit(settings.max_inflight)
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_echo_request_id)
     # One catch-all: matching is ours, so a known path with the wrong method can answer 405.
     # `[\s\S]`, not `.`: a path may hold a newline (%0A), which `.` would not match.
-    app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch)
+    app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch, expect_handler=defer_continue)
     return app
 
 
@@ -73,7 +73,9 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     backends = Backends(settings.backends, settings.internal_token)
     app[BACKEND_POOL] = backends
     app[PROXY] = RpcProxy(
-        backends, Authenticator(settings.admin_token, backends.channel("tenancy"))
+        backends,
+        Authenticator(settings.admin_token, backends.channel("tenancy")),
+        BodyReader(settings.body_buffer_bytes, settings.body_timeout_seconds),
     )
     yield
     await backends.close()
@@ -167,6 +169,16 @@ async def _errors(
             grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; quote the request id"
         )
         return error_response(internal, request[REQUEST_ID])
+
+
+@web.middleware
+async def _guard(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Caps the requests in flight and refuses bad request heads before anything is read."""
+    with request.app[INFLIGHT].admit():
+        check_head(request)
+        return await handler(request)
 
 
 def _log_fields(request: web.Request) -> dict[str, str]:

@@ -71,6 +71,7 @@ class GatewayError(Exception):
         http_status: int | None = None,
         headers: Mapping[str, str] | None = None,
         detail: str = "",
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -80,6 +81,8 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
         # What the operator needs in the log but the client must not see (hosts, exceptions).
         self.detail = detail
+        # The connection cannot carry another request: its body was left unread or unfinished.
+        self.close = close
 
 
 def _error_info(metadata: Any) -> tuple[str, str, dict[str, str]] | None:
@@ -162,4 +165,7 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
             "request_id": request_id,
         }
     }
-    return json_response(body, error.http_status, headers)
+    response = json_response(body, error.http_status, headers)
+    if error.close:
+        response.force_close()
+    return response

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import Message
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.errors import GatewayError, from_rpc_error
+from gateway.ingress import BodyReader
 from gateway.transcoder import (
     DEFAULT_CONTENT_TYPE,
     PRINTABLE_ASCII,
@@ -43,9 +46,12 @@ CALL_TIMEOUT_SECONDS = 30.0
 class RpcProxy:
     """Turns a matched route and its HTTP request into a backend call and back."""
 
-    def __init__(self, backends: Backends, authenticator: Authenticator) -> None:
+    def __init__(
+        self, backends: Backends, authenticator: Authenticator, bodies: BodyReader
+    ) -> None:
         self._backends = backends
         self._auth = authenticator
+        self._bodies = bodies
 
     async def handle(
         self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
@@ -55,9 +61,29 @@ class RpcProxy:
             _check_authorization(authorization)
         caller = await self._auth.authenticate(route.access, authorization, request_id)
         tenant_id_var.set(caller.tenant_id)
-        body = await _read_body(request) if route.body else b""
-        message = build_request(route, path_params, request.query, request.headers, body)
         metadata = [*caller.metadata(), *_forwarded(request.headers)]
+        # The body's room is held until the call ends: the request message holds its bytes.
+        held: AbstractAsyncContextManager[None] = (
+            self._bodies.reserve(request) if route.body else nullcontext()
+        )
+        async with held:
+            # The body is passed, not kept: during the call only the message holds its bytes.
+            message = build_request(
+                route,
+                path_params,
+                request.query,
+                request.headers,
+                await self._bodies.read(request) if route.body else b"",
+            )
+            return await self._call(route, request, message, metadata)
+
+    async def _call(
+        self,
+        route: RpcRoute,
+        request: web.Request,
+        message: Message,
+        metadata: list[tuple[str, str]],
+    ) -> web.StreamResponse:
         channel = self._backends.channel(route.backend)
         serializers: dict[str, Any] = {
             "request_serializer": route.request_class.SerializeToString,
@@ -75,18 +101,6 @@ class RpcProxy:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, route.backend) from None
         return render_unary(route, response, initial)
-
-
-async def _read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as error:
-        raise GatewayError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "PAYLOAD_TOO_LARGE",
-            f"the body is larger than the gateway accepts ({error.text})",
-            http_status=413,
-        ) from None
 
 
 def _check_authorization(authorization: str) -> None:

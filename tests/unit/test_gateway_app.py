@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.app import init_app
+from gateway.ingress import MAX_BODY_BYTES
 from gateway.settings import GatewaySettings
 from tests.conftest import INTERNAL_TOKEN, server_settings
 
@@ -96,6 +98,9 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.seen: list[Metadata] = []
+        # Calls for run "held" or secret "held" wait for this; "slow" ones take a second.
+        self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
 
     async def CreateWorkflow(
         self, request: execution_pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
@@ -114,6 +119,9 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     ) -> execution_pb.TriggerWebhookResponse:
         self.requests.append(request)
         self.seen.append(_metadata(context))
+        await self._delay(request.secret)
+        if request.secret.startswith("unknown"):
+            raise NotFound("WEBHOOK_ENDPOINT_NOT_FOUND", "no such webhook endpoint")
         if request.secret == "disabled":
             raise FailedPrecondition(
                 "WORKFLOW_DISABLED", "the workflow is disabled", {"http_status": "409"}
@@ -130,9 +138,18 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     async def GetRun(
         self, request: execution_pb.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> execution_pb.GetRunResponse:
+        self.requests.append(request)
+        await self._delay(request.run_id)
         run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_QUEUED)
         run.create_time.FromSeconds(1714557600)
         return execution_pb.GetRunResponse(run=run)
+
+    async def _delay(self, name: str) -> None:
+        self.arrived.set()
+        if name == "held":
+            await self.release.wait()
+        elif name == "slow":
+            await asyncio.sleep(1)
 
 
 class FakeArtifacts(artifacts_grpc.ArtifactsServiceServicer):
@@ -176,8 +193,8 @@ def _server(name: str, service: str, add: Any) -> BuiltServer:
     return build_grpc_server(server_settings(name, grace_seconds=0.0), [Registration(service, add)])
 
 
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
+@asynccontextmanager
+async def running_fakes() -> AsyncIterator[Fakes]:
     """Four fake backends behind the real server factory (internal credential checked)."""
     fakes = Fakes()
     fakes.servers = {
@@ -206,7 +223,16 @@ async def fakes() -> AsyncIterator[Fakes]:
         await server.stop(0)
 
 
-def _settings(addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN) -> GatewaySettings:
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    async with running_fakes() as running:
+        yield running
+
+
+def gateway_settings(
+    addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN, **limits: Any
+) -> GatewaySettings:
+    """Settings for a gateway on an ephemeral port; `limits` overrides the ingest limits."""
     return GatewaySettings(
         host="127.0.0.1",
         port=0,
@@ -216,6 +242,7 @@ def _settings(addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN) -
         log_level="INFO",
         ready_file=None,
         grace_seconds=1.0,
+        **limits,
     )
 
 
@@ -224,7 +251,7 @@ Client = TestClient[Request, Application]
 
 @pytest.fixture
 async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
-    return await aiohttp_client(init_app(_settings(fakes.addresses)))
+    return await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
 
 
 def _key(token: str = API_KEY) -> dict[str, str]:
@@ -257,7 +284,9 @@ async def test_tenant_route_without_a_bearer_key_is_401(client: Client, header: 
 async def test_a_wrong_internal_token_is_a_500_not_the_clients_401(
     fakes: Fakes, aiohttp_client: AiohttpClient
 ) -> None:
-    client = await aiohttp_client(init_app(_settings(fakes.addresses, internal_token="stale")))
+    client = await aiohttp_client(
+        init_app(gateway_settings(fakes.addresses, internal_token="stale"))
+    )
     response = await client.get("/api/tenants/me", headers=_key())
 
     error = await _error(response, 500, "GATEWAY_MISCONFIGURED")
@@ -482,7 +511,7 @@ async def test_unknown_path_is_404_in_the_error_shape(client: Client) -> None:
 
 async def test_a_down_backend_is_503(fakes: Fakes, aiohttp_client: AiohttpClient) -> None:
     await fakes.servers["execution"].stop(0)
-    client = await aiohttp_client(init_app(_settings(fakes.addresses)))
+    client = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
 
     response = await client.get("/api/runs/r1", headers=_key())
 
@@ -575,6 +604,48 @@ async def test_unknown_paths_are_quoted_not_echoed(client: Client) -> None:
 
     error = await _error(response, 404, "ROUTE_NOT_FOUND")
     assert len(error["message"]) < 100
+
+
+async def test_past_max_inflight_requests_get_503_overloaded(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(init_app(gateway_settings(fakes.addresses, max_inflight=1)))
+    held = asyncio.create_task(client.get("/api/runs/held", headers=_key()))
+    await fakes.execution.arrived.wait()
+
+    refused = await client.get("/healthz")
+    fakes.execution.release.set()
+
+    await _error(refused, 503, "OVERLOADED")
+    assert refused.headers["Retry-After"] == "1"
+    assert (await held).status == 200
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_bodies_wait_for_memory_and_get_503_when_none_frees_up(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    settings = gateway_settings(
+        fakes.addresses, body_buffer_bytes=MAX_BODY_BYTES, body_timeout_seconds=0.5
+    )
+    client = await aiohttp_client(init_app(settings))
+    webhook = f"/api/webhooks/{TENANT_ID}"
+    # A chunked body is reserved at the limit, so it holds the whole budget.
+    held = asyncio.create_task(client.post(f"{webhook}/held", data=_chunks(b"{}")))
+    await fakes.execution.arrived.wait()
+
+    refused = await client.post(f"{webhook}/s", data=b"{}")
+    waiting = asyncio.create_task(client.post(f"{webhook}/s", data=b"{}"))
+    await asyncio.sleep(0.1)
+    fakes.execution.release.set()
+
+    await _error(refused, 503, "OVERLOADED")
+    assert refused.headers["Retry-After"] == "1"
+    assert ((await held).status, (await waiting).status) == (202, 202)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 # --- operations -----------------------------------------------------------------------------
