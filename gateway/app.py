@@ -111,7 +111,7 @@ async def _metrics(request: web.Request, params: Mapping[str, str]) -> web.Strea
     )
 
 
-def _request_id(header: str | None) -> str:
+def request_id(header: str | None) -> str:
     """The client's X-Request-ID when it is short and plain, so it is safe in logs and metadata."""
     if header and _SANE_REQUEST_ID.fullmatch(header):
         return header
@@ -123,10 +123,9 @@ async def _observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Gives the request its id and context, and measures it by route template."""
-    request_id = _request_id(request.headers.get("X-Request-ID"))
-    request[REQUEST_ID] = request_id
+    request[REQUEST_ID] = request_id(request.headers.get("X-Request-ID"))
     request[ROUTE_LABEL] = _UNMATCHED
-    request_id_var.set(request_id)
+    request_id_var.set(request[REQUEST_ID])
     tenant_id_var.set("")
     started = time.perf_counter()
     status = 500

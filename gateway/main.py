@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
-
 from aias.core.grpc_server import wait_for_termination, write_ready_file
 from aias.core.logging import configure_logging
 from aias.core.settings import SettingsError
-from gateway.app import init_app
+from gateway.server import serving
 from gateway.settings import GatewaySettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -18,21 +16,11 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: GatewaySettings) -> None:
     """Listens on host:port (0: any free port), reports the bound port, stops on SIGTERM."""
-    runner = web.AppRunner(
-        init_app(settings), access_log=None, shutdown_timeout=settings.grace_seconds
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        port = int(runner.addresses[0][1])
+    async with serving(settings) as port:
         log.info("serving", extra={"host": settings.host, "port": port})
         write_ready_file(settings.ready_file, port=port)
         await wait_for_termination()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
-    finally:
-        # Stops accepting, lets in-flight requests finish within the grace, closes the channels.
-        await runner.cleanup()
     log.info("stopped")
 
 

@@ -10,6 +10,7 @@ from aias.core.settings import Env
 from gateway.backends import BACKENDS
 from gateway.ingress import MAX_BODY_BYTES
 
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_INFLIGHT = 1024
 # Two bodies of the largest size: with the copies a body makes on its way to the backend
@@ -29,6 +30,7 @@ class GatewaySettings:
     log_level: str
     ready_file: Path | None
     grace_seconds: float
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
@@ -46,6 +48,9 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
         ready_file=env.optional_path("AIAS_READY_FILE"),
         grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
+        header_timeout_seconds=env.number(
+            "AIAS_GATEWAY_HEADER_TIMEOUT_SECONDS", DEFAULT_HEADER_TIMEOUT_SECONDS, minimum=0.1
+        ),
         body_timeout_seconds=env.number(
             "AIAS_GATEWAY_BODY_TIMEOUT_SECONDS", DEFAULT_BODY_TIMEOUT_SECONDS, minimum=0.1
         ),
