@@ -1,4 +1,4 @@
-"""The gateway's server against hostile clients: raw bytes, slow clients, fuzz, its log."""
+"""The gateway's server against hostile clients: raw bytes, slow clients, floods, fuzz, its log."""
 
 from __future__ import annotations
 
@@ -6,21 +6,28 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
+import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 import pytest
+from aiohttp import ClientSession
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aias.core.logging import JsonFormatter
 from gateway.app import build_router
+from gateway.ingress import MAX_BODY_BYTES
 from gateway.server import serving
+from tests.conftest import INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     ADMIN_TOKEN,
     API_KEY,
@@ -419,3 +426,72 @@ async def _send_hostile_requests(port: int, secrets: dict[str, str]) -> None:
     writer.write(request("POST", webhook, {"Content-Length": b"1000"}) + body)
     writer.close()
     await exchange(port, request("GET", "/healthz"))
+
+
+# --- the process: memory ----------------------------------------------------
+
+
+@asynccontextmanager
+async def gateway_process(
+    fakes: Fakes, tmp_path: Path
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
+    """`python -m gateway.main` against the fakes; its log goes to tmp_path/gateway.log."""
+    ready = tmp_path / "ready.json"
+    env = {
+        **os.environ,
+        "AIAS_GATEWAY_HOST": "127.0.0.1",
+        "AIAS_GATEWAY_PORT": "0",
+        "AIAS_INTERNAL_TOKEN": INTERNAL_TOKEN,
+        "AIAS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIAS_READY_FILE": str(ready),
+        "AIAS_SHUTDOWN_GRACE_SECONDS": "5",
+        **{f"AIAS_{name.upper()}_ADDR": address for name, address in fakes.addresses.items()},
+    }
+    with (tmp_path / "gateway.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.main", env=env, stderr=log
+        )
+    try:
+        for _ in range(200):
+            if ready.exists():
+                break
+            await asyncio.sleep(0.05)
+        yield process, json.loads(ready.read_text())["port"]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_unauthenticated_8_mb_bodies_keep_the_gateway_under_150_mib(
+    tmp_path: Path,
+) -> None:
+    async with running_fakes() as fakes, gateway_process(fakes, tmp_path) as (process, port):
+        memory = psutil.Process(process.pid)
+        payload = os.urandom(MAX_BODY_BYTES - 1024)
+        peak = 0
+
+        async def sample(stop: asyncio.Event) -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, memory.memory_info().rss)
+                await asyncio.sleep(0.005)
+
+        async def deliver(session: ClientSession, number: int) -> int:
+            url = f"http://127.0.0.1:{port}{WEBHOOK}/unknown-{number}"
+            async with session.post(url, data=io.BytesIO(payload)) as response:
+                return response.status
+
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample(stop))
+        async with ClientSession() as session:
+            statuses = await asyncio.gather(*(deliver(session, n) for n in range(50)))
+        stop.set()
+        await sampler
+        await asyncio.sleep(0.5)
+        after = memory.memory_info().rss
+
+    assert statuses == [404] * 50
+    mib = 1024 * 1024
+    assert peak < 150 * mib, f"peak RSS {peak / mib:.0f} MiB"
+    assert after < 80 * mib, f"RSS {after / mib:.0f} MiB after the bodies were answered"
