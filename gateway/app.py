@@ -175,9 +175,14 @@ async def _guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Caps the requests in flight and refuses bad request heads before anything is read."""
-    with request.app[INFLIGHT].admit():
+    inflight = request.app[INFLIGHT]
+    with inflight.admit():
         check_head(request)
-        return await handler(request)
+        response = await handler(request)
+    if inflight.draining:
+        # A keep-alive connection must not carry another request into a stopping gateway.
+        response.force_close()
+    return response
 
 
 def _log_fields(request: web.Request) -> dict[str, str]:

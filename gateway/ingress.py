@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 import grpc
 from aiohttp import HttpVersion11, web
@@ -73,16 +73,29 @@ class InflightLimit:
     def __init__(self, maximum: int) -> None:
         self._maximum = maximum
         self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
 
     @contextmanager
     def admit(self) -> Iterator[None]:
         if self._count >= self._maximum:
             raise _overloaded(f"the gateway is serving its maximum of {self._maximum} requests")
         self._count += 1
+        self._idle.clear()
         try:
             yield
         finally:
             self._count -= 1
+            if not self._count:
+                self._idle.set()
+
+    async def drain(self, timeout_seconds: float) -> None:
+        """Marks the gateway as stopping; returns once no request is in flight, or at the timeout."""
+        self.draining = True
+        with suppress(TimeoutError):
+            async with asyncio.timeout(timeout_seconds):
+                await self._idle.wait()
 
 
 class BodyReader:

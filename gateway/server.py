@@ -12,13 +12,15 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError, LineTooLong
 
 from aias.core.context import request_id_var
-from gateway.app import init_app, request_id
+from gateway.app import INFLIGHT, init_app, request_id
 from gateway.errors import GatewayError, error_response
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
 _READ_BUFFER_BYTES = 16 * 1024
+# What aiohttp gives a request still running once the grace period is over, before cancelling it.
+_STRAGGLER_SECONDS = 1.0
 
 
 def _refusal(status: int, exc: BaseException | None) -> GatewayError:
@@ -104,13 +106,14 @@ class GatewayRunner(web.AppRunner):
 async def serving(settings: GatewaySettings) -> AsyncIterator[int]:
     """Serves the gateway on host:port (0: any free port) and yields the bound port.
 
-    On exit it stops accepting, closes idle connections, lets in-flight requests finish within
-    the grace period, then closes the backend channels.
+    On exit it stops accepting connections, lets the requests in flight finish within the grace
+    period, closes the connections, then the backend channels.
     """
+    app = init_app(settings)
     runner = GatewayRunner(
-        init_app(settings),
+        app,
         access_log=None,
-        shutdown_timeout=settings.grace_seconds,
+        shutdown_timeout=_STRAGGLER_SECONDS,
         # aiohttp closes a connection that has not sent a whole request head this long after
         # it opened or after its last response: a slow or stalled head is cut off here.
         keepalive_timeout=settings.header_timeout_seconds,
@@ -123,5 +126,10 @@ async def serving(settings: GatewaySettings) -> AsyncIterator[int]:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         yield int(runner.addresses[0][1])
+        await site.stop()
+        # aiohttp's own graceful stop marks every connection closing at once, and a closing
+        # connection drops what it receives: a request whose body was still arriving would be
+        # cut off. So the requests in flight finish first, bodies and all.
+        await app[INFLIGHT].drain(settings.grace_seconds)
     finally:
         await runner.cleanup()

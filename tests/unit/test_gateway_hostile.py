@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -428,7 +429,7 @@ async def _send_hostile_requests(port: int, secrets: dict[str, str]) -> None:
     await exchange(port, request("GET", "/healthz"))
 
 
-# --- the process: memory ----------------------------------------------------
+# --- the process: memory and graceful stop ----------------------------------------------------
 
 
 @asynccontextmanager
@@ -495,3 +496,32 @@ async def test_unauthenticated_8_mb_bodies_keep_the_gateway_under_150_mib(
     mib = 1024 * 1024
     assert peak < 150 * mib, f"peak RSS {peak / mib:.0f} MiB"
     assert after < 80 * mib, f"RSS {after / mib:.0f} MiB after the bodies were answered"
+
+
+async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    async with running_fakes() as fakes, gateway_process(fakes, tmp_path) as (process, port):
+        base = f"http://127.0.0.1:{port}"
+        async with ClientSession(
+            base_url=base, headers={"Authorization": f"Bearer {API_KEY}"}
+        ) as http:
+            slow = asyncio.create_task(http.get("/api/runs/slow"))
+            reader, upload = await asyncio.open_connection("127.0.0.1", port)
+            upload.write(request("POST", f"{WEBHOOK}/s", {"Content-Length": b"2"}) + b"{")
+            await fakes.execution.arrived.wait()
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            upload.write(b"}")
+
+            response = await slow
+            uploaded = await asyncio.wait_for(_read_reply(reader, bodiless=False), 5)
+            upload.close()
+            assert response.status == 200
+            assert (await response.json())["run"]["id"] == "slow"
+            assert uploaded.status == 202
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    messages = [
+        json.loads(line)["message"] for line in (tmp_path / "gateway.log").read_text().splitlines()
+    ]
+    assert messages[-2:] == ["shutting down", "stopped"]
