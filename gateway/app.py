@@ -18,6 +18,7 @@ from aias.core.entitlements import EntitlementsCache
 from gateway.auth import Authenticator
 from gateway.backends import BACKENDS, Backends
 from gateway.errors import GatewayError, error_response, json_response
+from gateway.ingress import MAX_BODY_BYTES, BodyReader, InflightLimit, check_head, defer_continue
 from gateway.metrics import HttpMetrics
 from gateway.proxy import RpcProxy
 from gateway.settings import GatewaySettings
@@ -34,12 +35,10 @@ METRICS = web.AppKey("metrics", HttpMetrics)
 BACKEND_POOL = web.AppKey("backends", Backends)
 PROXY = web.AppKey("proxy", RpcProxy)
 ENTITLEMENT_CHANGES = web.AppKey("entitlement_changes", EntitlementsCache)
+INFLIGHT = web.AppKey("inflight", InflightLimit)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE_LABEL = web.RequestKey("route", str)
 
-# The largest body the gateway reads; the gRPC channels accept 8 MiB messages, and per-plan
-# payload limits below this are the backends' to enforce.
-MAX_BODY_BYTES = 8 * 1024 * 1024 - 64 * 1024
 READINESS_TIMEOUT_SECONDS = 2.0
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _UNMATCHED = "unmatched"
@@ -58,14 +57,16 @@ def build_router() -> Router[Handler]:
 
 def init_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; backends are connected when it starts and closed when it stops."""
-    app = web.Application(middlewares=[_observe, _errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_observe, _errors, _guard], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app[ROUTER] = build_router()
     app[METRICS] = HttpMetrics()
+    app[INFLIGHT] = InflightLimit(settings.max_inflight)
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_echo_request_id)
     # One catch-all: matching is ours, so a known path with the wrong method can answer 405.
-    app.router.add_route("*", "/{path:.*}", _dispatch)
+    # `[\s\S]`, not `.`: a path may hold a newline (%0A), which `.` would not match.
+    app.router.add_route("*", r"/{path:[\s\S]*}", _dispatch, expect_handler=defer_continue)
     return app
 
 
@@ -78,7 +79,11 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
     changes = EntitlementsCache(backends.channel("tenancy"))
     changes.add_listener(authenticator.forget)
     app[ENTITLEMENT_CHANGES] = changes
-    app[PROXY] = RpcProxy(backends, authenticator)
+    app[PROXY] = RpcProxy(
+        backends,
+        authenticator,
+        BodyReader(settings.body_buffer_bytes, settings.body_timeout_seconds),
+    )
     await changes.start()
     yield
     await changes.stop()
@@ -115,7 +120,7 @@ async def _metrics(request: web.Request, params: Mapping[str, str]) -> web.Strea
     )
 
 
-def _request_id(header: str | None) -> str:
+def request_id(header: str | None) -> str:
     """The client's X-Request-ID when it is short and plain, so it is safe in logs and metadata."""
     if header and _SANE_REQUEST_ID.fullmatch(header):
         return header
@@ -127,10 +132,9 @@ async def _observe(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Gives the request its id and context, and measures it by route template."""
-    request_id = _request_id(request.headers.get("X-Request-ID"))
-    request[REQUEST_ID] = request_id
+    request[REQUEST_ID] = request_id(request.headers.get("X-Request-ID"))
     request[ROUTE_LABEL] = _UNMATCHED
-    request_id_var.set(request_id)
+    request_id_var.set(request[REQUEST_ID])
     tenant_id_var.set("")
     started = time.perf_counter()
     status = 500
@@ -159,6 +163,7 @@ async def _errors(
             log.warning(
                 "request failed",
                 extra={
+                    **_log_fields(request),
                     "reason": error.reason,
                     "status": error.http_status,
                     "error": error.message,
@@ -167,11 +172,35 @@ async def _errors(
             )
         return error_response(error, request[REQUEST_ID])
     except Exception:
-        log.exception("unhandled error", extra={"method": request.method, "path": request.path})
+        log.exception("unhandled error", extra=_log_fields(request))
         internal = GatewayError(
             grpc.StatusCode.INTERNAL, "INTERNAL", "an internal error occurred; quote the request id"
         )
         return error_response(internal, request[REQUEST_ID])
+
+
+@web.middleware
+async def _guard(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Caps the requests in flight and refuses bad request heads before anything is read."""
+    inflight = request.app[INFLIGHT]
+    with inflight.admit():
+        check_head(request)
+        response = await handler(request)
+    if inflight.draining:
+        # A keep-alive connection must not carry another request into a stopping gateway.
+        response.force_close()
+    return response
+
+
+def _log_fields(request: web.Request) -> dict[str, str]:
+    """The one redaction point: a request shows in the log by method and route template only.
+
+    Its path and query can carry secrets (a webhook path holds the endpoint secret), and so can
+    its headers and body; none of them is logged.
+    """
+    return {"method": request.method, "route": request[ROUTE_LABEL]}
 
 
 async def _echo_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -12,6 +12,7 @@ import grpc
 from aiohttp import web
 
 from aias.core.clients import error_info
+from aias.core.errors import clip
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ HTTP_STATUS_OVERRIDE = "http_status"
 # The reason a backend gives when the caller's internal credential is missing or wrong.
 MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
+# The most any error message says, whatever a backend put in it.
+MAX_MESSAGE_CHARS = 1024
 
 
 class GatewayError(Exception):
@@ -57,6 +60,7 @@ class GatewayError(Exception):
         http_status: int | None = None,
         headers: Mapping[str, str] | None = None,
         detail: str = "",
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -66,6 +70,8 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
         # What the operator needs in the log but the client must not see (hosts, exceptions).
         self.detail = detail
+        # The connection cannot carry another request: its body was left unread or unfinished.
+        self.close = close
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
@@ -129,9 +135,12 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
         "error": {
             "code": error.http_status,
             "status": error.code.name,
-            "message": error.message,
+            "message": clip(error.message, MAX_MESSAGE_CHARS),
             "reason": error.reason,
             "request_id": request_id,
         }
     }
-    return json_response(body, error.http_status, headers)
+    response = json_response(body, error.http_status, headers)
+    if error.close:
+        response.force_close()
+    return response

@@ -3,36 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
-
-from aiohttp import web
 
 from aias.core.grpc_server import wait_for_termination, write_ready_file
 from aias.core.logging import configure_logging
 from aias.core.settings import SettingsError
-from gateway.app import init_app
+from gateway.server import serving
 from gateway.settings import GatewaySettings, load_settings
 
 log = logging.getLogger(__name__)
 
+# glibc's mallopt parameter and its own default value for it.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Pins glibc's mmap threshold, so each freed request body goes back to the OS.
+
+    glibc raises the threshold to the size of the largest block freed so far, after which
+    bodies of megabytes come from its heap and stay there: 50 concurrent 8 MB webhooks left
+    a gateway at 486 MiB. Setting the threshold stops that; other C libraries are left alone.
+    """
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
 
 async def serve(settings: GatewaySettings) -> None:
     """Listens on host:port (0: any free port), reports the bound port, stops on SIGTERM."""
-    runner = web.AppRunner(
-        init_app(settings), access_log=None, shutdown_timeout=settings.grace_seconds
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.host, settings.port)
-        await site.start()
-        port = int(runner.addresses[0][1])
+    async with serving(settings) as port:
         log.info("serving", extra={"host": settings.host, "port": port})
         write_ready_file(settings.ready_file, port=port)
         await wait_for_termination()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
-    finally:
-        # Stops accepting, lets in-flight requests finish within the grace, closes the channels.
-        await runner.cleanup()
     log.info("stopped")
 
 
@@ -42,6 +47,7 @@ def main() -> None:
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging("gateway", settings.log_level)
+    _return_large_buffers_to_the_os()
     asyncio.run(serve(settings))
 
 

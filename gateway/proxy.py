@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf.message import Message
 
+from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.errors import GatewayError, from_rpc_error
+from gateway.ingress import BodyReader
 from gateway.transcoder import (
     DEFAULT_CONTENT_TYPE,
+    PRINTABLE_ASCII,
     RpcRoute,
     build_request,
     render_unary,
@@ -34,8 +38,6 @@ FORWARDED_HEADERS = (
     "User-Agent",
     "Range",
 )
-# gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
-_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 # A unary RPC, and a download's first chunk, must arrive within this; after the first
 # chunk a download streams for as long as the bytes keep coming.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -44,20 +46,44 @@ CALL_TIMEOUT_SECONDS = 30.0
 class RpcProxy:
     """Turns a matched route and its HTTP request into a backend call and back."""
 
-    def __init__(self, backends: Backends, authenticator: Authenticator) -> None:
+    def __init__(
+        self, backends: Backends, authenticator: Authenticator, bodies: BodyReader
+    ) -> None:
         self._backends = backends
         self._auth = authenticator
+        self._bodies = bodies
 
     async def handle(
         self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
     ) -> web.StreamResponse:
-        caller = await self._auth.authenticate(
-            route.access, request.headers.get("Authorization"), request_id
-        )
+        authorization = request.headers.get("Authorization")
+        if route.access != access_pb2.ACCESS_PUBLIC and authorization is not None:
+            _check_authorization(authorization)
+        caller = await self._auth.authenticate(route.access, authorization, request_id)
         tenant_id_var.set(caller.tenant_id)
-        body = await _read_body(request) if route.body else b""
-        message = build_request(route, path_params, request.query, request.headers, body)
         metadata = [*caller.metadata(), *_forwarded(request.headers)]
+        # The body's room is held until the call ends: the request message holds its bytes.
+        held: AbstractAsyncContextManager[None] = (
+            self._bodies.reserve(request) if route.body else nullcontext()
+        )
+        async with held:
+            # The body is passed, not kept: during the call only the message holds its bytes.
+            message = build_request(
+                route,
+                path_params,
+                request.query,
+                request.headers,
+                await self._bodies.read(request) if route.body else b"",
+            )
+            return await self._call(route, request, message, metadata)
+
+    async def _call(
+        self,
+        route: RpcRoute,
+        request: web.Request,
+        message: Message,
+        metadata: list[tuple[str, str]],
+    ) -> web.StreamResponse:
         channel = self._backends.channel(route.backend)
         serializers: dict[str, Any] = {
             "request_serializer": route.request_class.SerializeToString,
@@ -77,23 +103,22 @@ class RpcProxy:
         return render_unary(route, response, initial)
 
 
-async def _read_body(request: web.Request) -> bytes:
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as error:
+def _check_authorization(authorization: str) -> None:
+    """aiohttp passes undecodable header bytes on as lone surrogates, which no token contains."""
+    if not PRINTABLE_ASCII.fullmatch(authorization):
         raise GatewayError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "PAYLOAD_TOO_LARGE",
-            f"the body is larger than the gateway accepts ({error.text})",
-            http_status=413,
-        ) from None
+            grpc.StatusCode.UNAUTHENTICATED,
+            "MALFORMED_CREDENTIALS",
+            "the Authorization header must be printable ASCII: 'Bearer <api key>'",
+        )
 
 
 def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return [
         (FORWARDED_HEADER_PREFIX + name.lower(), value)
         for name in FORWARDED_HEADERS
-        if (value := headers.get(name)) is not None and _METADATA_VALUE.fullmatch(value)
+        # gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
+        if (value := headers.get(name)) is not None and PRINTABLE_ASCII.fullmatch(value)
     ]
 
 

@@ -8,11 +8,19 @@ from pathlib import Path
 
 from aias.core.settings import Env
 from gateway.backends import BACKENDS
+from gateway.ingress import MAX_BODY_BYTES
+
+DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_INFLIGHT = 1024
+# Two bodies of the largest size: with the copies a body makes on its way to the backend
+# (decoded request, serialized message) this keeps a gateway process well under 150 MiB.
+DEFAULT_BODY_BUFFER_BYTES = 2 * MAX_BODY_BYTES
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Where to listen, the two credentials, and where each backend is."""
+    """Where to listen, the two credentials, where each backend is, and what clients may hold."""
 
     host: str
     port: int
@@ -22,6 +30,10 @@ class GatewaySettings:
     log_level: str
     ready_file: Path | None
     grace_seconds: float
+    header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
+    body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
 
 
 def load_settings(env: Env | None = None) -> GatewaySettings:
@@ -36,6 +48,17 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
         ready_file=env.optional_path("AIAS_READY_FILE"),
         grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
+        header_timeout_seconds=env.number(
+            "AIAS_GATEWAY_HEADER_TIMEOUT_SECONDS", DEFAULT_HEADER_TIMEOUT_SECONDS, minimum=0.1
+        ),
+        body_timeout_seconds=env.number(
+            "AIAS_GATEWAY_BODY_TIMEOUT_SECONDS", DEFAULT_BODY_TIMEOUT_SECONDS, minimum=0.1
+        ),
+        max_inflight=env.integer("AIAS_GATEWAY_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT, minimum=1),
+        # The budget must fit the largest body, or such a body would wait for room forever.
+        body_buffer_bytes=env.integer(
+            "AIAS_GATEWAY_BODY_BUFFER_BYTES", DEFAULT_BODY_BUFFER_BYTES, minimum=MAX_BODY_BYTES
+        ),
     )
     env.check()
     return settings

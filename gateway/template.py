@@ -10,6 +10,7 @@ from urllib.parse import unquote
 
 import grpc
 
+from aias.core.errors import clip
 from gateway.errors import GatewayError
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -149,7 +150,7 @@ class Router(Generic[T]):
                 break
         if not matches:
             raise GatewayError(
-                grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {raw_path}"
+                grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {clip(raw_path)}"
             )
         same_method = [match for match in matches if match[0].method == method]
         if same_method:
@@ -159,7 +160,7 @@ class Router(Generic[T]):
         raise GatewayError(
             grpc.StatusCode.UNIMPLEMENTED,
             "METHOD_NOT_ALLOWED",
-            f"{method} is not allowed on {raw_path}; use {', '.join(allowed)}",
+            f"{method} is not allowed on {clip(raw_path)}; use {', '.join(allowed)}",
             http_status=405,
             headers={"Allow": ", ".join(allowed)},
         )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,7 @@ from multidict import MultiMapping
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX
+from aias.core.errors import clip
 from aias.core.jsonmap import (
     JsonMappingError,
     append_scalar,
@@ -42,6 +45,18 @@ HEADER_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stripe_signature", ("Stripe-Signature",)),
     ("idempotency_key", ("Idempotency-Key", "Webhook-Id")),
 )
+# Headers the backends keep in 255-character columns; longer ones are refused here, where the
+# client learns which header it was.
+_STORED_HEADERS = frozenset({"Content-Type", "Idempotency-Key", "Webhook-Id"})
+MAX_STORED_HEADER_CHARS = 255
+# What gRPC metadata and the request fields built from headers can carry. aiohttp hands on
+# undecodable header bytes as lone surrogates, which this also refuses.
+PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+# How deep a JSON body may nest: far beyond any workflow definition, far below a stack limit.
+MAX_JSON_DEPTH = 32
+# No integer field holds more digits (uint64 has 20). Longer literals are read as doubles, as
+# Struct numbers are anyway, so Python's int-string conversion limit is never reached.
+_MAX_INTEGER_DIGITS = 20
 # Response metadata that would corrupt the HTTP framing if copied as a header.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
 # Header words whose usual spelling is not Title-Case.
@@ -179,7 +194,7 @@ def build_request(
         if route.raw_request:
             raw = getattr(message, route.body)
             raw.data = body
-            raw.content_type = headers.get("Content-Type", "")
+            raw.content_type = header_text(headers, "Content-Type")
         elif route.body == "*":
             json_to_message(_decode_json(body, {}), message)
         elif route.body and body.strip():
@@ -194,13 +209,44 @@ def build_request(
     return message
 
 
+class _NumberError(ValueError):
+    """A number JSON can write but a double cannot hold, or NaN and Infinity, which JSON lacks."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NumberError(f"the number {clip(text)} is beyond the range of a double")
+    return value
+
+
+def _integer(text: str) -> int | float:
+    return int(text) if len(text.lstrip("-")) <= _MAX_INTEGER_DIGITS else _finite(text)
+
+
+def _constant(name: str) -> Any:
+    raise _NumberError(f"{name} is not a JSON number")
+
+
 def _decode_json(body: bytes, empty: Any) -> Any:
     if not body.strip():
         return empty
+    too_deep = _invalid("INVALID_JSON", f"the body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        value = json.loads(body, parse_float=_finite, parse_int=_integer, parse_constant=_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, _NumberError) as error:
         raise _invalid("INVALID_JSON", f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise too_deep from None
+    # Counted without recursion, so the depth that decoding allowed cannot overflow it.
+    pending = [(value, 1)] if isinstance(value, dict | list) else []
+    while pending:
+        container, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        items = container.values() if isinstance(container, dict) else container
+        pending.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    return value
 
 
 def _set_path(message: Message, field_path: str, text: str) -> None:
@@ -217,7 +263,7 @@ def _apply_query(
     route: RpcRoute, message: Message, query: MultiMapping[str], bound: set[str]
 ) -> None:
     if route.body == "*" and query:
-        name = next(iter(query))
+        name = clip(next(iter(query)))
         raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{name}: this route takes no query parameters")
     seen: set[str] = set()
     for name, text in query.items():
@@ -226,7 +272,7 @@ def _apply_query(
         for depth, part in enumerate(parts):
             field = field_by_json_name(descriptor_of(target), part)
             if field is None:
-                raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{name}: unknown query parameter")
+                raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{clip(name)}: unknown query parameter")
             proto_path.append(field.name)
             if ".".join(proto_path) in bound:
                 raise _invalid(
@@ -235,7 +281,7 @@ def _apply_query(
             if depth == len(parts) - 1:
                 _set_query_leaf(target, field, text, name, seen)
             elif field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
-                raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{name}: {part} has no fields")
+                raise _invalid("UNKNOWN_QUERY_PARAMETER", f"{clip(name)}: {part} has no fields")
             else:
                 target = getattr(target, field.name)
 
@@ -263,8 +309,20 @@ def _apply_headers(message: Message, headers: Mapping[str, str], bound: set[str]
             continue
         if field.is_repeated or getattr(message, name):
             continue
-        value = next((headers[h] for h in header_names if headers.get(h)), "")
+        value = next((header_text(headers, h) for h in header_names if headers.get(h)), "")
         setattr(message, name, value)
+
+
+def header_text(headers: Mapping[str, str], name: str) -> str:
+    """A header the gateway copies into a request message, or 400 INVALID_HEADER."""
+    value = headers.get(name, "")
+    if not PRINTABLE_ASCII.fullmatch(value):
+        raise _invalid("INVALID_HEADER", f"{name}: only printable ASCII is allowed")
+    if name in _STORED_HEADERS and len(value) > MAX_STORED_HEADER_CHARS:
+        raise _invalid(
+            "INVALID_HEADER", f"{name}: longer than {MAX_STORED_HEADER_CHARS} characters"
+        )
+    return value
 
 
 def header_name(key: str) -> str:

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# How much of a client's own input an error message quotes back:
+# enough to recognise the value, never a way to make the gateway echo megabytes.
+QUOTED_CHARS = 64
+
+
+def clip(text: str, limit: int = QUOTED_CHARS) -> str:
+    """Client-supplied text as an error message quotes it: cut to `limit` characters.
+
+    Undecodable bytes (lone surrogates from aiohttp or JSON escapes) show as escapes, so the
+    message can always be written as UTF-8.
+    """
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class DomainError(Exception):
     """A failure a caller can act on: a canonical code, an UPPER_SNAKE reason and a message."""

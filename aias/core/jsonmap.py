@@ -13,6 +13,8 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from aias.core.errors import clip
+
 # Types whose JSON form the protobuf JSON spec fixes (RFC 3339 strings, plain JSON for Struct).
 _WELL_KNOWN = frozenset(
     f"google.protobuf.{name}"
@@ -64,7 +66,8 @@ class JsonMappingError(ValueError):
     """A JSON value that does not fit the message: names the field and the problem."""
 
     def __init__(self, reason: str, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}" if field else problem)
+        # A field path holds the client's own keys, so it is quoted like any client text.
+        super().__init__(f"{clip(field)}: {problem}" if field else problem)
         self.reason = reason
         self.field = field
 
@@ -80,6 +83,13 @@ def _unknown(field: str, message: Descriptor) -> JsonMappingError:
 
 def _invalid(field: str, problem: str) -> JsonMappingError:
     return JsonMappingError("INVALID_FIELD_VALUE", field, problem)
+
+
+def _rejected(field: str, error: Exception) -> JsonMappingError:
+    """What the protobuf runtime refused, without quoting more of the value than `clip` does."""
+    if isinstance(error, UnicodeError):
+        return _invalid(field, "not valid Unicode text (it holds a lone surrogate escape)")
+    return _invalid(field, clip(str(error)))
 
 
 @functools.cache
@@ -105,11 +115,14 @@ def enum_from_json(enum: EnumDescriptor, value: object, field: str) -> int:
             if (found := enum.values_by_name.get(name)) is not None:
                 return found.number
     choices = ", ".join(str(enum_to_json(enum, v.number)) for v in enum.values)
-    raise _invalid(field, f"{value!r} is not one of {choices}")
+    raise _invalid(field, f"{clip(repr(value))} is not one of {choices}")
 
 
 def field_by_json_name(message: Descriptor, name: str) -> FieldDescriptor | None:
     """A field by its proto name or its lowerCamelCase JSON name."""
+    if not name.isascii():
+        # Field names are ASCII; upb's lookup fails on a name that is not valid UTF-8.
+        return None
     return message.fields_by_name.get(name) or message.fields_by_camelcase_name.get(name)
 
 
@@ -174,7 +187,7 @@ def json_to_message(data: Any, message: Message, path: str = "") -> None:
         try:
             json_format.ParseDict(data, message)
         except (json_format.ParseError, TypeError, ValueError) as error:
-            raise _invalid(path, str(error)) from None
+            raise _rejected(path, error) from None
         return
     if not isinstance(data, dict):
         raise _invalid(path, f"must be a JSON object, got {_kind(data)}")
@@ -227,7 +240,7 @@ def _map_from_json(value: Any, target: Any, entry: Descriptor, path: str) -> Non
             try:
                 target[key] = scalar_from_json(value_field, item, item_path)
             except (TypeError, ValueError) as error:
-                raise _invalid(item_path, str(error)) from None
+                raise _rejected(item_path, error) from None
 
 
 def append_scalar(target: Any, value: Any, path: str) -> None:
@@ -235,7 +248,7 @@ def append_scalar(target: Any, value: Any, path: str) -> None:
     try:
         target.append(value)
     except (TypeError, ValueError) as error:
-        raise _invalid(path, str(error)) from None
+        raise _rejected(path, error) from None
 
 
 def set_scalar(message: Message, field: FieldDescriptor, value: Any, path: str) -> None:
@@ -243,7 +256,7 @@ def set_scalar(message: Message, field: FieldDescriptor, value: Any, path: str) 
     try:
         setattr(message, field.name, value)
     except (TypeError, ValueError) as error:
-        raise _invalid(path, str(error)) from None
+        raise _rejected(path, error) from None
 
 
 def scalar_from_json(field: FieldDescriptor, value: Any, path: str) -> Any:
@@ -304,7 +317,7 @@ def scalar_from_text(field: FieldDescriptor, text: str, path: str) -> Any:
             return float(text)
         except ValueError:
             pass
-    raise _invalid(path, f"expected {_type_name(field)}, got {text!r}")
+    raise _invalid(path, f"expected {_type_name(field)}, got {clip(repr(text))}")
 
 
 def _base64(text: str, path: str) -> bytes:

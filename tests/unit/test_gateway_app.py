@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.app import ENTITLEMENT_CHANGES, init_app
+from gateway.ingress import MAX_BODY_BYTES
 from gateway.settings import GatewaySettings
 from tests.conftest import INTERNAL_TOKEN, server_settings
 
@@ -103,6 +105,9 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.seen: list[Metadata] = []
+        # Calls for run "held" or secret "held" wait for this; "slow" ones take a second.
+        self.release = asyncio.Event()
+        self.arrived = asyncio.Event()
 
     async def CreateWorkflow(
         self, request: execution_pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
@@ -121,6 +126,9 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     ) -> execution_pb.TriggerWebhookResponse:
         self.requests.append(request)
         self.seen.append(_metadata(context))
+        await self._delay(request.secret)
+        if request.secret.startswith("unknown"):
+            raise NotFound("WEBHOOK_ENDPOINT_NOT_FOUND", "no such webhook endpoint")
         if request.secret == "disabled":
             raise FailedPrecondition(
                 "WORKFLOW_DISABLED", "the workflow is disabled", {"http_status": "409"}
@@ -137,9 +145,18 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     async def GetRun(
         self, request: execution_pb.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> execution_pb.GetRunResponse:
+        self.requests.append(request)
+        await self._delay(request.run_id)
         run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_QUEUED)
         run.create_time.FromSeconds(1714557600)
         return execution_pb.GetRunResponse(run=run)
+
+    async def _delay(self, name: str) -> None:
+        self.arrived.set()
+        if name == "held":
+            await self.release.wait()
+        elif name == "slow":
+            await asyncio.sleep(1)
 
 
 class FakeArtifacts(artifacts_grpc.ArtifactsServiceServicer):
@@ -183,8 +200,8 @@ def _server(name: str, service: str, add: Any) -> BuiltServer:
     return build_grpc_server(server_settings(name, grace_seconds=0.0), [Registration(service, add)])
 
 
-@pytest.fixture
-async def fakes() -> AsyncIterator[Fakes]:
+@asynccontextmanager
+async def running_fakes() -> AsyncIterator[Fakes]:
     """Four fake backends behind the real server factory (internal credential checked)."""
     fakes = Fakes()
     fakes.servers = {
@@ -213,7 +230,16 @@ async def fakes() -> AsyncIterator[Fakes]:
         await server.stop(0)
 
 
-def _settings(addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN) -> GatewaySettings:
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    async with running_fakes() as running:
+        yield running
+
+
+def gateway_settings(
+    addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN, **limits: Any
+) -> GatewaySettings:
+    """Settings for a gateway on an ephemeral port; `limits` overrides the ingest limits."""
     return GatewaySettings(
         host="127.0.0.1",
         port=0,
@@ -223,6 +249,7 @@ def _settings(addresses: dict[str, str], internal_token: str = INTERNAL_TOKEN) -
         log_level="INFO",
         ready_file=None,
         grace_seconds=1.0,
+        **limits,
     )
 
 
@@ -231,7 +258,7 @@ Client = TestClient[Request, Application]
 
 @pytest.fixture
 async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
-    started = await aiohttp_client(init_app(_settings(fakes.addresses)))
+    started = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
     # The change stream's first notice resets the key cache; let it arrive before the test.
     await asyncio.wait_for(started.app[ENTITLEMENT_CHANGES].connected.wait(), 5)
     return started
@@ -267,7 +294,9 @@ async def test_tenant_route_without_a_bearer_key_is_401(client: Client, header: 
 async def test_a_wrong_internal_token_is_a_500_not_the_clients_401(
     fakes: Fakes, aiohttp_client: AiohttpClient
 ) -> None:
-    client = await aiohttp_client(init_app(_settings(fakes.addresses, internal_token="stale")))
+    client = await aiohttp_client(
+        init_app(gateway_settings(fakes.addresses, internal_token="stale"))
+    )
     response = await client.get("/api/tenants/me", headers=_key())
 
     error = await _error(response, 500, "GATEWAY_MISCONFIGURED")
@@ -495,12 +524,141 @@ async def test_unknown_path_is_404_in_the_error_shape(client: Client) -> None:
 
 async def test_a_down_backend_is_503(fakes: Fakes, aiohttp_client: AiohttpClient) -> None:
     await fakes.servers["execution"].stop(0)
-    client = await aiohttp_client(init_app(_settings(fakes.addresses)))
+    client = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
 
     response = await client.get("/api/runs/r1", headers=_key())
 
     error = await _error(response, 503, "BACKEND_UNAVAILABLE")
     assert "execution" in error["message"]
+
+
+# --- hostile input ------------------------------------------------------------------------
+
+
+def _workflow(config_json: str) -> bytes:
+    """A workflow body whose step config holds `config_json` at depth 5 (body, steps, step,
+    config, value)."""
+    step = '{"id": "s", "type": "transform", "config": {"v": ' + config_json + "}}"
+    return ('{"name": "w", "steps": [' + step + "]}").encode()
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("NaN", "NaN is not a JSON number"),
+        ("-Infinity", "-Infinity is not a JSON number"),
+        ("1e400", "the number 1e400 is beyond the range of a double"),
+        ("9" * 5000, "is beyond the range of a double"),
+        ("[" * 10_000 + "]" * 10_000, "nests deeper than 32 levels"),
+        ("[" * 29 + "]" * 29, "nests deeper than 32 levels"),
+    ],
+    ids=["nan", "infinity", "1e400", "5000-digits", "10000-deep", "33-deep"],
+)
+async def test_json_the_gateway_cannot_hold_is_400_invalid_json(
+    client: Client, fakes: Fakes, config: str, problem: str
+) -> None:
+    response = await client.post("/api/workflows", data=_workflow(config), headers=_key())
+
+    error = await _error(response, 400, "INVALID_JSON")
+    assert problem in error["message"]
+    assert len(error["message"]) < 200, "the client's input is quoted, not echoed whole"
+    assert fakes.execution.requests == []
+
+
+async def test_json_nested_32_deep_and_nul_characters_pass(client: Client, fakes: Fakes) -> None:
+    deep = await client.post("/api/workflows", data=_workflow("[" * 28 + "]" * 28), headers=_key())
+    nul = await client.post("/api/workflows", json={"name": "a\u0000b"}, headers=_key())
+
+    assert (deep.status, nul.status) == (201, 201)
+    assert fakes.execution.requests[1].name == "a\u0000b"
+
+
+async def test_integers_beyond_the_field_name_the_field(client: Client) -> None:
+    huge = await client.get("/api/runs?page_size=" + "9" * 5000, headers=_key())
+    wide = await client.get(f"/api/runs?page_size={2**40}", headers=_key())
+
+    for response in (huge, wide):
+        error = await _error(response, 400, "INVALID_FIELD_VALUE")
+        assert error["message"].startswith("page_size: ")
+        assert len(error["message"]) < 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"\\ud800": 1}', b'{"name": "\\udfff"}', b'{"name": "x", "' + b"k" * 100_000 + b'": 1}'],
+    ids=["surrogate-key", "surrogate-value", "100k-key"],
+)
+async def test_unencodable_or_huge_keys_are_400_with_a_short_message(
+    client: Client, body: bytes
+) -> None:
+    response = await client.post("/api/workflows", data=body, headers=_key())
+
+    assert response.status == 400
+    assert len((await response.json())["error"]["message"]) < 200
+
+
+async def test_headers_the_gateway_copies_must_be_short_printable_ascii(
+    client: Client, fakes: Fakes
+) -> None:
+    webhook = f"/api/webhooks/{TENANT_ID}/s"
+    key = await client.post(webhook, data=b"{}", headers={"Idempotency-Key": "clé"})
+    long_type = await client.post(webhook, data=b"{}", headers={"Content-Type": "a/" + "b" * 254})
+    authorization = await client.get("/api/tenants/me", headers={"Authorization": "Bearer clé"})
+
+    assert "Idempotency-Key" in (await _error(key, 400, "INVALID_HEADER"))["message"]
+    assert "255" in (await _error(long_type, 400, "INVALID_HEADER"))["message"]
+    await _error(authorization, 401, "MALFORMED_CREDENTIALS")
+    assert fakes.execution.requests == []
+    assert fakes.tenancy.key_lookups == 0
+
+
+async def test_unknown_paths_are_quoted_not_echoed(client: Client) -> None:
+    response = await client.get("/api/" + "x" * 5000)
+
+    error = await _error(response, 404, "ROUTE_NOT_FOUND")
+    assert len(error["message"]) < 100
+
+
+async def test_past_max_inflight_requests_get_503_overloaded(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    client = await aiohttp_client(init_app(gateway_settings(fakes.addresses, max_inflight=1)))
+    held = asyncio.create_task(client.get("/api/runs/held", headers=_key()))
+    await fakes.execution.arrived.wait()
+
+    refused = await client.get("/healthz")
+    fakes.execution.release.set()
+
+    await _error(refused, 503, "OVERLOADED")
+    assert refused.headers["Retry-After"] == "1"
+    assert (await held).status == 200
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_bodies_wait_for_memory_and_get_503_when_none_frees_up(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    settings = gateway_settings(
+        fakes.addresses, body_buffer_bytes=MAX_BODY_BYTES, body_timeout_seconds=0.5
+    )
+    client = await aiohttp_client(init_app(settings))
+    webhook = f"/api/webhooks/{TENANT_ID}"
+    # A chunked body is reserved at the limit, so it holds the whole budget.
+    held = asyncio.create_task(client.post(f"{webhook}/held", data=_chunks(b"{}")))
+    await fakes.execution.arrived.wait()
+
+    refused = await client.post(f"{webhook}/s", data=b"{}")
+    waiting = asyncio.create_task(client.post(f"{webhook}/s", data=b"{}"))
+    await asyncio.sleep(0.1)
+    fakes.execution.release.set()
+
+    await _error(refused, 503, "OVERLOADED")
+    assert refused.headers["Retry-After"] == "1"
+    assert ((await held).status, (await waiting).status) == (202, 202)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 # --- operations -----------------------------------------------------------------------------
