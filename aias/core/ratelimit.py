@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
+import coredis
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -31,8 +33,21 @@ class RateLimiter:
     system, and an unreachable Redis should not also stop every webhook.
     """
 
-    def __init__(self, uri: str = "async+memory://") -> None:
-        self._limiter = MovingWindowRateLimiter(storage_from_string(uri))
+    def __init__(self, redis_url: str = "") -> None:
+        self._pool: coredis.ConnectionPool | None = None
+        if redis_url:
+            # Our own pool, so the connections can be closed at shutdown (the storage has no close).
+            self._pool = coredis.ConnectionPool.from_url(redis_url)
+            # The storage's options are typed as scalars, but it hands `connection_pool` to coredis.
+            options: dict[str, Any] = {"connection_pool": self._pool}
+            storage = storage_from_string(storage_uri(redis_url), **options)
+        else:
+            storage = storage_from_string(storage_uri(""))
+        self._limiter = MovingWindowRateLimiter(storage)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.disconnect()
 
     async def hit(self, key: str, rate: int, burst: int) -> float | None:
         """Counts one request; None when allowed, else the seconds until one would be."""

@@ -8,7 +8,7 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
-from aias.core.ratelimit import RateLimiter, storage_uri
+from aias.core.ratelimit import RateLimiter
 from aias.core.settings import Env, ServerSettings
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
@@ -56,11 +56,12 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     quota = RunQuota(tenancy, settings.quota_block)
+    rates = RateLimiter(settings.redis_url)
     service = ExecutionService(
         db,
         entitlements,
         quota,
-        RateLimiter(storage_uri(settings.redis_url)),
+        rates,
         settings.public_url,
         settings.max_attempts,
     )
@@ -75,7 +76,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     )
     built.on_start += [entitlements.start, quota.start]
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
-    built.on_stop += [db.close, tenancy.close, entitlements.stop, quota.close]
+    built.on_stop += [db.close, rates.close, tenancy.close, entitlements.stop, quota.close]
     return built
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -298,3 +301,49 @@ async def _runs_used(suite: Suite, tenant: uuid.UUID) -> int:
         tenancy_pb.GetCurrentTenantRequest(), metadata=acting(tenant)
     )
     return int(me.usage.runs)
+
+
+def _redis_url() -> str:
+    """The local Redis, when one answers; the shared-count test needs a real one."""
+    url = os.environ.get("AIAS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    host, _, port = url.split("://", 1)[1].partition(":")
+    try:
+        with socket.create_connection((host, int(port or 6379)), timeout=0.5):
+            return url
+    except OSError:
+        pytest.skip(f"no Redis answers at {url}; set AIAS_TEST_REDIS_URL to run this test")
+
+
+async def test_execution_processes_share_one_rate_count_through_redis(
+    suite: Suite, database: LocalDatabase
+) -> None:
+    redis_url = _redis_url()
+    tenant = await enterprise(suite, webhook_requests_per_second=1, webhook_burst=6)
+    stubs = []
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(2):
+            built = await execution_main.build_server(
+                execution_main.ExecutionSettings(
+                    server_settings("execution"),
+                    database.app_url,
+                    suite.tenancy.address,
+                    "http://gateway.test",
+                    entitlements_ttl=300.0,
+                    max_attempts=2,
+                    redis_url=redis_url,
+                )
+            )
+            address = await stack.enter_async_context(running(built))
+            channel = internal_channel(address, INTERNAL_TOKEN)
+            stack.push_async_callback(channel.close)
+            stubs.append(pb_grpc.ExecutionServiceStub(channel))
+        created = await stubs[0].CreateWorkflow(workflow(), metadata=acting(tenant))
+        made = await stubs[0].CreateWebhookEndpoint(
+            pb.CreateWebhookEndpointRequest(workflow_id=created.workflow.id, name="e"),
+            metadata=acting(tenant),
+        )
+        accepted, refused = await outcomes(
+            [stubs[i % 2].TriggerWebhook(delivery(tenant, made.secret)) for i in range(10)]
+        )
+    assert (len(accepted), len(refused)) == (6, 4)
+    assert {details(error)[0] for error in refused} == {"QUOTA_EXCEEDED"}
