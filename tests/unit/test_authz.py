@@ -22,7 +22,7 @@ def _methods() -> list[tuple[str, bool, int]]:
                     (
                         f"/{service.full_name}/{method.name}",
                         options.HasExtension(http_annotations.http),
-                        options.Extensions[access_pb2.access],
+                        int(options.Extensions[access_pb2.access]),
                     )
                 )
     return found
