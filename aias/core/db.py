@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from enum import StrEnum
 
 import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -43,8 +44,30 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An async engine over psycopg 3; `pool_pre_ping` survives database restarts."""
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    """An async engine over psycopg 3; `pool_pre_ping` survives database restarts.
+
+    `hide_parameters` keeps statement parameters (webhook bodies, secrets' hashes) out of
+    every error message and log line.
+    """
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=5,
+        hide_parameters=True,
+    )
+
+
+# Errors that mean "the database cannot be reached now", not "this request is wrong".
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+    psycopg.OperationalError,
+    ConnectionError,
+)
 
 
 class Database:
@@ -68,6 +91,11 @@ class Database:
         async with self._sessions() as session, session.begin():
             await session.execute(_SET_SYSTEM_PATH, {"path": path.value})
             yield session
+
+    async def ping(self) -> None:
+        """Raises unless the database answers a trivial query within a few seconds."""
+        async with asyncio.timeout(3), self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await self.engine.dispose()

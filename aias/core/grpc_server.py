@@ -34,7 +34,8 @@ from aias.core.context import (
     run_id_var,
     tenant_id_var,
 )
-from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
+from aias.core.db import CONNECTION_ERRORS
+from aias.core.errors import DomainError, InvalidArgument, Unauthenticated, Unavailable
 from aias.core.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,9 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def _fail(self, error: Exception, context: grpc.aio.ServicerContext) -> None:
         if isinstance(error, DomainError):
             await context.abort_with_status(status_for(error))
+        if isinstance(error, CONNECTION_ERRORS):
+            log.warning("database unreachable", extra={"error": type(error).__name__})
+            await context.abort_with_status(status_for(_DATABASE_DOWN))
         log.exception("unhandled error")
         await context.abort_with_status(status_for(_INTERNAL))
 
@@ -205,6 +209,13 @@ _MISSING_CREDENTIAL = Unauthenticated(
     "(authorization: Bearer <AIAS_INTERNAL_TOKEN>)",
 )
 _INTERNAL = DomainError("INTERNAL", "an internal error occurred; the request id is in the logs")
+_DATABASE_DOWN = Unavailable(
+    "DATABASE_UNAVAILABLE",
+    "the database cannot be reached; retry shortly",
+    {"retry_after_seconds": "2"},
+)
+# How often a server checks its dependencies (its database) for its health status.
+HEALTH_PROBE_SECONDS = 2.0
 
 
 @dataclass
@@ -228,17 +239,48 @@ class BuiltServer:
     # Run when shutdown begins, before in-flight RPCs are awaited (e.g. to end watch streams).
     on_draining: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Dependencies that must answer for the server to report SERVING (e.g. `Database.ping`).
+    probes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _prober: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
         for begin in self.on_start:
             await begin()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in self.service_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health(serving=True)
+        if self.probes:
+            self._prober = asyncio.create_task(self._probe_forever(), name="health-probes")
+
+    async def _set_health(self, *, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def _probe_forever(self) -> None:
+        """NOT_SERVING while a dependency fails, so readiness checks route around this process."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_PROBE_SECONDS)
+            try:
+                for probe in self.probes:
+                    await probe()
+                healthy = True
+            except Exception as error:
+                healthy = False
+                if serving:
+                    log.warning("a dependency is down", extra={"error": type(error).__name__})
+            if healthy != serving:
+                serving = healthy
+                await self._set_health(serving=serving)
 
     async def stop(self, grace: float) -> None:
         """Marks NOT_SERVING, lets in-flight RPCs finish within `grace`, then runs cleanups."""
+        if self._prober is not None:
+            self._prober.cancel()
         await self.health.enter_graceful_shutdown()
         for drain in self.on_draining:
             await drain()

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import quote
 
-from aias.core.errors import InvalidArgument
+from aias.core.errors import InvalidArgument, clip
+from aias.core.text import checked_file_name
 
 MAX_CHUNK_BYTES = 1024 * 1024
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
@@ -66,13 +67,7 @@ class NewArtifact:
 
 def validate_name(name: str) -> str:
     """A file name that is safe to put in a path segment and a header."""
-    if not 1 <= len(name) <= MAX_NAME_CHARS:
-        raise InvalidArgument("INVALID_NAME", f"name must be 1 to {MAX_NAME_CHARS} characters")
-    if "/" in name or _CONTROL.search(name):
-        raise InvalidArgument(
-            "INVALID_NAME", "name must not contain '/', NUL or other control characters"
-        )
-    return name
+    return checked_file_name(name, "name", MAX_NAME_CHARS)
 
 
 def validate_step_id(step_id: str) -> str:
@@ -90,7 +85,7 @@ def validate_media_type(media_type: str) -> str:
         raise InvalidArgument(
             "INVALID_MEDIA_TYPE",
             f"media_type must look like type/subtype (at most {MAX_MEDIA_TYPE_CHARS} "
-            f"characters), got {media_type!r}",
+            f"characters), got {clip(repr(media_type))}",
         )
     return media_type
 
@@ -117,7 +112,9 @@ def validate_upload(spec: UploadSpec) -> NewArtifact:
     try:
         run_id = uuid.UUID(spec.run_id)
     except ValueError:
-        raise InvalidArgument("INVALID_ID", f"run_id must be a UUID, got {spec.run_id!r}") from None
+        raise InvalidArgument(
+            "INVALID_ID", f"run_id must be a UUID, got {clip(repr(spec.run_id))}"
+        ) from None
     return NewArtifact(
         run_id=run_id,
         step_id=validate_step_id(spec.step_id),

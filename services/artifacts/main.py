@@ -60,6 +60,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         ],
     )
     built.on_start.append(entitlements.start)
+    built.probes.append(db.ping)
     built.on_stop += [db.close, tenancy.close, entitlements.stop]
     return built
 

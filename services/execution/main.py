@@ -76,6 +76,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     )
     built.on_start += [entitlements.start, quota.start]
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
+    built.probes.append(db.ping)
     built.on_stop += [db.close, rates.close, tenancy.close, entitlements.stop, quota.close]
     return built
 

@@ -17,6 +17,7 @@ from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from aias.core.errors import InvalidArgument
+from aias.core.text import checked_file_name
 
 ARTIFACT_FORMATS = {
     "json": "application/json",
@@ -168,12 +169,10 @@ def _template_run(config: dict[str, Any], value: Any) -> StepResult:
 
 
 def _artifact_config(config: dict[str, Any], where: str) -> None:
-    name = _text(config, "name", where)
-    if len(name) > MAX_ARTIFACT_NAME or "/" in name or "\x00" in name:
-        raise InvalidArgument(
-            "INVALID_STEP_CONFIG",
-            f"{where}.config.name must be at most {MAX_ARTIFACT_NAME} characters without '/'",
-        )
+    try:
+        checked_file_name(_text(config, "name", where), f"{where}.config.name", MAX_ARTIFACT_NAME)
+    except InvalidArgument as error:
+        raise InvalidArgument("INVALID_STEP_CONFIG", error.message) from None
     fmt = config.get("format", "json")
     if fmt not in ARTIFACT_FORMATS:
         raise InvalidArgument(

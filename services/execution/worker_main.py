@@ -65,6 +65,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         await worker.stop(settings.server.grace_seconds)
 
     # Cleanups run last-registered first: the worker releases its runs before anything closes.
+    built.probes.append(db.ping)
     built.on_stop += [db.close, artifacts.close, tenancy.close, entitlements.stop, stop_worker]
     return built
 

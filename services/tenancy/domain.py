@@ -13,14 +13,13 @@ from enum import StrEnum
 
 from aias.core import authz
 from aias.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from aias.core.text import checked_text
 
 KEY_PREFIX = "aias"
 # Shown in key listings: the key's start up to 8 characters of its id; never the secret.
 PREFIX_KEY_ID_CHARS = 8
 MAX_EMAIL_CHARS = 254
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-# Control characters and bidirectional overrides make a name display as something it is not.
-_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
 # Usage that is not per period (storage) is kept under this fixed period start.
 NO_PERIOD = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -68,19 +67,8 @@ def require_owner_for(target: Role, acting_role: str, what: str) -> None:
         )
 
 
-def validate_text(value: str, what: str, max_chars: int = 200) -> str:
-    cleaned = value.strip()
-    if not 1 <= len(cleaned) <= max_chars:
-        raise InvalidArgument("INVALID_NAME", f"{what} must be 1 to {max_chars} characters")
-    if _UNSAFE_TEXT.search(cleaned):
-        raise InvalidArgument(
-            "INVALID_NAME", f"{what} must not contain control characters or bidi overrides"
-        )
-    return cleaned
-
-
 def validate_name(name: str, what: str = "name") -> str:
-    return validate_text(name, what)
+    return checked_text(name, what)
 
 
 def validate_email(email: str) -> str:
@@ -90,7 +78,7 @@ def validate_email(email: str) -> str:
             "INVALID_EMAIL",
             f"email must be an address like name@example.com (at most {MAX_EMAIL_CHARS} characters)",
         )
-    return validate_text(cleaned, "email", MAX_EMAIL_CHARS)
+    return checked_text(cleaned, "email", MAX_EMAIL_CHARS)
 
 
 def period_bounds(now: datetime) -> tuple[datetime, datetime]:

@@ -469,6 +469,8 @@ async def test_unauthenticated_8_mb_bodies_keep_the_gateway_under_150_mib(
 ) -> None:
     async with running_fakes() as fakes, gateway_process(fakes, tmp_path) as (process, port):
         memory = psutil.Process(process.pid)
+        await asyncio.sleep(0.5)  # settled after start-up
+        idle = memory.memory_info().rss
         payload = os.urandom(MAX_BODY_BYTES - 1024)
         peak = 0
 
@@ -495,7 +497,8 @@ async def test_unauthenticated_8_mb_bodies_keep_the_gateway_under_150_mib(
     assert statuses == [404] * 50
     mib = 1024 * 1024
     assert peak < 150 * mib, f"peak RSS {peak / mib:.0f} MiB"
-    assert after < 80 * mib, f"RSS {after / mib:.0f} MiB after the bodies were answered"
+    # The bodies' memory goes back to the system: what stays is a few buffers, not the bodies.
+    assert after - idle < 32 * mib, f"RSS {idle / mib:.0f} MiB idle, {after / mib:.0f} after"
 
 
 async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
