@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 
 import grpc
 from aiohttp import HttpVersion11, web
@@ -28,11 +29,11 @@ def _overloaded(message: str) -> GatewayError:
     )
 
 
-def _too_large(limit: int) -> GatewayError:
+def _too_large(limit: int, whose: str = "the gateway") -> GatewayError:
     return GatewayError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "PAYLOAD_TOO_LARGE",
-        f"the body is larger than the gateway accepts ({limit} bytes)",
+        f"the body is larger than {whose} accepts ({limit} bytes)",
         http_status=413,
         close=True,
     )
@@ -98,6 +99,14 @@ class InflightLimit:
                 await self._idle.wait()
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most a request body may hold, and whose limit that is (for the 413's message)."""
+
+    bytes: int
+    whose: str
+
+
 class BodyReader:
     """Reads request bodies whole, within a size limit, a deadline and a shared memory budget.
 
@@ -117,11 +126,19 @@ class BodyReader:
         self._turn = asyncio.Lock()
         self._freed = asyncio.Event()
 
+    def limit(self, backend_limit: int = 0) -> BodyLimit:
+        """The gateway's own limit, lowered to a backend's (an admission's) when it has one."""
+        if 0 < backend_limit < self._limit:
+            return BodyLimit(backend_limit, "this endpoint")
+        return BodyLimit(self._limit, "the gateway")
+
     @asynccontextmanager
-    async def reserve(self, request: web.Request) -> AsyncIterator[None]:
+    async def reserve(self, request: web.Request, limit: BodyLimit) -> AsyncIterator[None]:
         """Holds room for the request's body; 503 OVERLOADED when none frees up in time."""
         declared = request.content_length
-        size = self._limit if declared is None else min(declared, self._limit)
+        if declared is not None and declared > limit.bytes:
+            raise _too_large(limit.bytes, limit.whose)
+        size = limit.bytes if declared is None else declared
         try:
             async with asyncio.timeout(self._timeout), self._turn:
                 while self._free < size:
@@ -136,7 +153,7 @@ class BodyReader:
             self._free += size
             self._freed.set()
 
-    async def read(self, request: web.Request) -> bytes:
+    async def read(self, request: web.Request, limit: BodyLimit) -> bytes:
         """The whole body: 413 past the limit, 408 past the deadline, 400 when malformed."""
         chunks: list[bytes] = []
         size = 0
@@ -148,8 +165,8 @@ class BodyReader:
                     request.writer.output_size = 0
                 async for chunk in request.content.iter_any():
                     size += len(chunk)
-                    if size > self._limit:
-                        raise _too_large(self._limit)
+                    if size > limit.bytes:
+                        raise _too_large(limit.bytes, limit.whose)
                     chunks.append(chunk)
         except TimeoutError:
             raise GatewayError(

@@ -19,9 +19,11 @@ from gateway.backends import Backends
 from gateway.errors import GatewayError, from_rpc_error
 from gateway.ingress import BodyReader
 from gateway.transcoder import (
+    ADMISSION_LIMIT_FIELD,
     DEFAULT_CONTENT_TYPE,
     PRINTABLE_ASCII,
     RpcRoute,
+    build_admission,
     build_request,
     render_unary,
     response_head,
@@ -62,9 +64,12 @@ class RpcProxy:
         caller = await self._auth.authenticate(route.access, authorization, request_id)
         tenant_id_var.set(caller.tenant_id)
         metadata = [*caller.metadata(), *_forwarded(request.headers)]
+        limit = self._bodies.limit(
+            await self._admit(route, path_params, metadata) if route.admission else 0
+        )
         # The body's room is held until the call ends: the request message holds its bytes.
         held: AbstractAsyncContextManager[None] = (
-            self._bodies.reserve(request) if route.body else nullcontext()
+            self._bodies.reserve(request, limit) if route.body else nullcontext()
         )
         async with held:
             # The body is passed, not kept: during the call only the message holds its bytes.
@@ -73,9 +78,30 @@ class RpcProxy:
                 path_params,
                 request.query,
                 request.headers,
-                await self._bodies.read(request) if route.body else b"",
+                await self._bodies.read(request, limit) if route.body else b"",
             )
             return await self._call(route, request, message, metadata)
+
+    async def _admit(
+        self, route: RpcRoute, path_params: Mapping[str, str], metadata: list[tuple[str, str]]
+    ) -> int:
+        """Asks the route's admission RPC before any body is read; its refusal is the answer."""
+        admission = route.admission
+        assert admission is not None
+        call = self._backends.channel(route.backend).unary_unary(
+            admission.rpc,
+            request_serializer=admission.request_class.SerializeToString,
+            response_deserializer=admission.response_class.FromString,
+        )
+        try:
+            reply = await call(
+                build_admission(admission, path_params),
+                metadata=metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, route.backend) from None
+        return int(getattr(reply, ADMISSION_LIMIT_FIELD))
 
     async def _call(
         self,

@@ -68,6 +68,18 @@ class TranscodeError(ValueError):
 
 
 @dataclass(frozen=True)
+class Admission:
+    """The RPC asked, with the route's path parameters, before a request body is read."""
+
+    rpc: str
+    request_class: type[Message]
+    response_class: type[Message]
+
+
+ADMISSION_LIMIT_FIELD = "max_body_bytes"
+
+
+@dataclass(frozen=True)
 class RpcRoute:
     """One HTTP binding of one RPC: where it is, how the request and response map."""
 
@@ -81,6 +93,7 @@ class RpcRoute:
     request_class: type[Message]
     response_class: type[Message]
     server_streaming: bool
+    admission: Admission | None = None
 
     @property
     def raw_request(self) -> bool:
@@ -146,9 +159,29 @@ def _route(
         request_class=GetMessageClass(method.input_type),
         response_class=GetMessageClass(method.output_type),
         server_streaming=method.server_streaming,
+        admission=_admission(method),
     )
     _check(route, where)
     return route
+
+
+def _admission(method: MethodDescriptor) -> Admission | None:
+    """The method's `aias.api.v1.admission` RPC, checked to take the path and give a limit."""
+    name = method.GetOptions().Extensions[access_pb2.admission]
+    if not name:
+        return None
+    where = method.full_name
+    found = method.containing_service.methods_by_name.get(name)
+    if found is None or found.client_streaming or found.server_streaming:
+        raise TranscodeError(f"{where}: admission {name!r} is not a unary RPC of the service")
+    limit = found.output_type.fields_by_name.get(ADMISSION_LIMIT_FIELD)
+    if limit is None or limit.type not in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32):
+        raise TranscodeError(f"{where}: admission {name!r} must answer {ADMISSION_LIMIT_FIELD}")
+    return Admission(
+        rpc=f"/{method.containing_service.full_name}/{name}",
+        request_class=GetMessageClass(found.input_type),
+        response_class=GetMessageClass(found.output_type),
+    )
 
 
 def _check(route: RpcRoute, where: str) -> None:
@@ -166,6 +199,13 @@ def _check(route: RpcRoute, where: str) -> None:
         raise TranscodeError(f"{where}: response_body {route.response_body!r} does not exist")
     if route.server_streaming and not route.raw_response:
         raise TranscodeError(f"{where}: a server-streaming RPC must return google.api.HttpBody")
+    if route.admission is not None:
+        admission_request = descriptor_of(route.admission.request_class)
+        for field_path in PathTemplate.parse(route.template).fields:
+            if _resolve(admission_request, field_path.split(".")) is None:
+                raise TranscodeError(
+                    f"{where}: admission request lacks the path field {field_path!r}"
+                )
 
 
 def _resolve(descriptor: Descriptor, names: list[str]) -> FieldDescriptor | None:
@@ -247,6 +287,17 @@ def _decode_json(body: bytes, empty: Any) -> Any:
         items = container.values() if isinstance(container, dict) else container
         pending.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
     return value
+
+
+def build_admission(admission: Admission, path_params: Mapping[str, str]) -> Message:
+    """The admission request: the route's path parameters, nothing else."""
+    message = admission.request_class()
+    try:
+        for field_path, value in path_params.items():
+            _set_path(message, field_path, value)
+    except JsonMappingError as error:
+        raise _invalid(error.reason, str(error)) from None
+    return message
 
 
 def _set_path(message: Message, field_path: str, text: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from aias.core.cache import TtlCache
+from aias.core.cache import CoherentCache
 from aias.core.errors import (
     InvalidArgument,
     NotFound,
@@ -170,11 +170,9 @@ class EntitlementsCache:
         lookup_timeout: float = 5.0,
     ) -> None:
         self._stub = pb_grpc.TenancyServiceStub(channel)
-        self._cache: TtlCache[uuid.UUID, TenantEntitlements] = TtlCache(ttl, max_entries)
-        self._inflight: dict[uuid.UUID, asyncio.Future[TenantEntitlements]] = {}
-        # Bumped on every change notice, so a lookup that raced a change is not cached.
-        self._generation: dict[uuid.UUID, int] = {}
-        self._epoch = 0
+        self._cache: CoherentCache[uuid.UUID, uuid.UUID, TenantEntitlements] = CoherentCache(
+            lambda tenant: tenant, ttl, max_entries
+        )
         self._lookup_timeout = lookup_timeout
         self._listeners: list[Listener] = []
         self._watch: asyncio.Task[None] | None = None
@@ -195,28 +193,10 @@ class EntitlementsCache:
 
     def peek(self, tenant_id: uuid.UUID) -> TenantEntitlements | None:
         """The cached entitlements, without a lookup."""
-        return self._cache.get(tenant_id)
+        return self._cache.peek(tenant_id)
 
     async def get(self, tenant_id: uuid.UUID) -> TenantEntitlements:
-        if (cached := self._cache.get(tenant_id)) is not None:
-            return cached
-        if (pending := self._inflight.get(tenant_id)) is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[TenantEntitlements] = asyncio.get_running_loop().create_future()
-        self._inflight[tenant_id] = future
-        generation = (self._epoch, self._generation.get(tenant_id, 0))
-        try:
-            found = await self._lookup(tenant_id)
-        except BaseException as error:
-            future.set_exception(error)
-            future.exception()  # retrieved here, so waiters alone decide whether it is logged
-            raise
-        finally:
-            del self._inflight[tenant_id]
-        if generation == (self._epoch, self._generation.get(tenant_id, 0)):
-            self._cache.put(tenant_id, found)
-        future.set_result(found)
-        return found
+        return await self._cache.get(tenant_id, lambda: self._lookup(tenant_id))
 
     async def _lookup(self, tenant_id: uuid.UUID) -> TenantEntitlements:
         try:
@@ -235,14 +215,10 @@ class EntitlementsCache:
         """Forgets one tenant ("" forgets every tenant) and tells the listeners."""
         if tenant_id:
             try:
-                key = uuid.UUID(tenant_id)
+                self._cache.forget(uuid.UUID(tenant_id))
             except ValueError:
                 return
-            self._generation[key] = self._generation.get(key, 0) + 1
-            self._cache.discard(key)
         else:
-            self._epoch += 1
-            self._generation.clear()
             self._cache.clear()
         for listener in self._listeners:
             listener(tenant_id)

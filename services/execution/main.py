@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aias.core.clients import internal_channel
-from aias.core.db import Database, create_engine
+from aias.core.db import Database, create_engine, libpq_url
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.ratelimit import RateLimiter
@@ -16,6 +16,7 @@ from services.execution.domain import DEFAULT_MAX_ATTEMPTS
 from services.execution.quota import DEFAULT_BLOCK, RunQuota
 from services.execution.service import ExecutionService
 from services.execution.servicer import ExecutionServicer
+from services.execution.targets import WebhookTargets
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutionService"].full_name
 
@@ -57,11 +58,13 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     quota = RunQuota(tenancy, settings.quota_block)
     rates = RateLimiter(settings.redis_url)
+    targets = WebhookTargets(db, libpq_url(settings.database_url))
     service = ExecutionService(
         db,
         entitlements,
         quota,
         rates,
+        targets,
         settings.public_url,
         settings.max_attempts,
     )
@@ -74,10 +77,17 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_start += [entitlements.start, quota.start]
+    built.on_start += [entitlements.start, quota.start, targets.start]
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
     built.probes.append(db.ping)
-    built.on_stop += [db.close, rates.close, tenancy.close, entitlements.stop, quota.close]
+    built.on_stop += [
+        db.close,
+        rates.close,
+        tenancy.close,
+        entitlements.stop,
+        quota.close,
+        targets.stop,
+    ]
     return built
 
 

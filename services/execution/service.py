@@ -41,7 +41,8 @@ from services.execution.models import (
     WorkflowVersionRow,
 )
 from services.execution.quota import RunQuota
-from services.execution.repository import ExecutionRepository
+from services.execution.repository import ExecutionRepository, WebhookTarget
+from services.execution.targets import WebhookTargets
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY_CHARS = 255
@@ -82,6 +83,7 @@ class ExecutionService:
         entitlements: EntitlementsCache,
         quota: RunQuota,
         rates: RateLimiter,
+        targets: WebhookTargets,
         public_url: str,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
@@ -89,6 +91,7 @@ class ExecutionService:
         self._entitlements = entitlements
         self._quota = quota
         self._rates = rates
+        self._targets = targets
         self._public_url = public_url.rstrip("/")
         self._max_attempts = max_attempts
 
@@ -196,21 +199,8 @@ class ExecutionService:
 
         The checks run cheapest first, and every refusal happens before anything is written.
         """
-        try:
-            tenant_id = uuid.UUID(tenant)
-        except ValueError:
-            raise _ENDPOINT_NOT_FOUND from None
-        async with self._db.tenant(tenant_id) as session:
-            target = await ExecutionRepository(session).webhook_target(_hash_secret(secret))
-        if target is None or not target.endpoint_enabled:
-            raise _ENDPOINT_NOT_FOUND
-        if not target.workflow_enabled:
-            raise FailedPrecondition(
-                "WORKFLOW_DISABLED",
-                f"workflow {target.workflow_id} is disabled; enable it to accept deliveries",
-                {"http_status": "409"},
-            )
-        entitlements = await self._active(tenant_id)
+        target, entitlements = await self._open(tenant, secret)
+        tenant_id = entitlements.tenant_id
         limits = entitlements.limits
         if limits.webhook_payload_bytes is not None and len(body) > limits.webhook_payload_bytes:
             raise PayloadTooLarge(
@@ -266,6 +256,28 @@ class ExecutionService:
                 self._quota.give_back(ticket)
             raise
         return run, True
+
+    async def admit(self, tenant: str, secret: str) -> int:
+        """The largest body a webhook URL accepts (0: no plan limit), or why it accepts none."""
+        _target, entitlements = await self._open(tenant, secret)
+        return entitlements.limits.webhook_payload_bytes or 0
+
+    async def _open(self, tenant: str, secret: str) -> tuple[WebhookTarget, TenantEntitlements]:
+        """What a webhook URL leads to, once the endpoint, workflow and tenant accept deliveries."""
+        try:
+            tenant_id = uuid.UUID(tenant)
+        except ValueError:
+            raise _ENDPOINT_NOT_FOUND from None
+        target = await self._targets.resolve(tenant_id, _hash_secret(secret))
+        if target is None or not target.endpoint_enabled:
+            raise _ENDPOINT_NOT_FOUND
+        if not target.workflow_enabled:
+            raise FailedPrecondition(
+                "WORKFLOW_DISABLED",
+                f"workflow {target.workflow_id} is disabled; enable it to accept deliveries",
+                {"http_status": "409"},
+            )
+        return target, await self._active(tenant_id)
 
     async def _active(self, tenant_id: uuid.UUID) -> TenantEntitlements:
         entitlements = await self._entitlements.get(tenant_id)

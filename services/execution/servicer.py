@@ -141,6 +141,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
             run_id=str(run.id), status=RUN_STATUS[RunStatus(run.status)]
         )
 
+    async def AdmitWebhook(
+        self, request: pb.AdmitWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdmitWebhookResponse:
+        limit = await self._service.admit(request.tenant_id, request.secret)
+        return pb.AdmitWebhookResponse(max_body_bytes=limit)
+
     async def GetRun(
         self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRunResponse:

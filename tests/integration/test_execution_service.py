@@ -218,3 +218,31 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
             )
         ).one()
     assert (status, attempt) == ("queued", 1)
+
+
+async def test_admission_gives_the_plans_limit_and_follows_changes(
+    env: Env, app_db: Database
+) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    admitted = await env.execution.AdmitWebhook(
+        pb.AdmitWebhookRequest(tenant_id=tenant, secret=secret)
+    )
+    assert admitted.max_body_bytes == 256 * 1024  # the free plan
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.AdmitWebhook(pb.AdmitWebhookRequest(tenant_id=tenant, secret="nope"))
+    assert reason(caught.value)[0] == "WEBHOOK_ENDPOINT_NOT_FOUND"
+    # The endpoint is cached now; disabling it reaches the cache through the change notice.
+    await env.execution.TriggerWebhook(delivery(tenant, secret))
+    async with app_db.tenant(tenant) as session:
+        await session.execute(text("UPDATE execution.webhook_endpoints SET enabled = false"))
+    for _ in range(40):
+        try:
+            await env.execution.AdmitWebhook(
+                pb.AdmitWebhookRequest(tenant_id=tenant, secret=secret)
+            )
+        except grpc.aio.AioRpcError as error:
+            assert reason(error)[0] == "WEBHOOK_ENDPOINT_NOT_FOUND"
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("a disabled endpoint was still admitted after 2 s")

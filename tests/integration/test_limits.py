@@ -212,24 +212,29 @@ async def test_a_downgrade_keeps_what_exists_and_refuses_more(suite: Suite) -> N
     tenant = await enterprise(suite)
     secrets = [await new_endpoint(suite, tenant) for _ in range(3)]
     await suite.tenancy.set_limits(tenant, workflows=1, webhook_endpoints=1)
-    await _eventually_refused(
+    # Until the change arrives (within moments) a creation may still pass; count those.
+    _took, created = await _eventually_refused(
         lambda: suite.execution.CreateWorkflow(workflow(), metadata=acting(tenant)), "PLAN_LIMIT"
     )
     listed = await suite.execution.ListWorkflows(pb.ListWorkflowsRequest(), metadata=acting(tenant))
-    assert len(listed.workflows) == 3
+    assert len(listed.workflows) == 3 + created
     for secret in secrets:
         await suite.execution.TriggerWebhook(delivery(tenant, secret))
 
 
-async def _eventually_refused(call: Any, expected_reason: str, within: float = 2.0) -> float:
-    """Repeats `call` until it fails with `expected_reason`; returns how long that took."""
-    started = time.monotonic()
+async def _eventually_refused(
+    call: Any, expected_reason: str, within: float = 2.0
+) -> tuple[float, int]:
+    """Repeats `call` until it fails with `expected_reason`: how long that took, and how many
+    calls succeeded before."""
+    started, succeeded = time.monotonic(), 0
     while True:
         try:
             await call()
+            succeeded += 1
         except grpc.aio.AioRpcError as error:
             if details(error)[0] == expected_reason:
-                return time.monotonic() - started
+                return time.monotonic() - started, succeeded
             raise
         assert time.monotonic() - started < within, f"still accepted after {within}s"
         await asyncio.sleep(0.05)
@@ -243,7 +248,7 @@ async def test_plan_changes_reach_execution_within_two_seconds(suite: Suite) -> 
     await suite.tenancy.stub.UpdateTenant(
         tenancy_pb.UpdateTenantRequest(tenant_id=str(tenant), plan="free")
     )
-    took = await _eventually_refused(
+    took, _ = await _eventually_refused(
         lambda: suite.execution.TriggerWebhook(delivery(tenant, secret, body)), "PAYLOAD_TOO_LARGE"
     )
     assert took < 2.0

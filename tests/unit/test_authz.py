@@ -12,12 +12,20 @@ from gateway.backends import BACKENDS
 
 
 def _methods() -> list[tuple[str, bool, int]]:
-    """(full method path, has an HTTP route, access option) of every RPC."""
+    """(full method path, has an HTTP route, access option) of every RPC.
+
+    An admission RPC is asked on its route's behalf, so it counts as routed with its access.
+    """
     found = []
     for spec in BACKENDS:
         for service in spec.file.services_by_name.values():
+            admitted = {
+                method.GetOptions().Extensions[access_pb2.admission]: method
+                for method in service.methods
+            }
             for method in service.methods:
-                options = method.GetOptions()
+                routed = admitted.get(method.name, method)
+                options = routed.GetOptions()
                 found.append(
                     (
                         f"/{service.full_name}/{method.name}",

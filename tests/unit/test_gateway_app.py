@@ -121,6 +121,20 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
         workflow.update_time.FromSeconds(1714557600)
         return execution_pb.CreateWorkflowResponse(workflow=workflow)
 
+    async def AdmitWebhook(
+        self, request: execution_pb.AdmitWebhookRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.AdmitWebhookResponse:
+        """Like execution: unknown URLs and disabled workflows are refused before the body."""
+        if request.secret.startswith("unknown"):
+            raise NotFound("WEBHOOK_ENDPOINT_NOT_FOUND", "no such webhook endpoint")
+        if request.secret == "disabled":
+            raise FailedPrecondition(
+                "WORKFLOW_DISABLED", "the workflow is disabled", {"http_status": "409"}
+            )
+        return execution_pb.AdmitWebhookResponse(
+            max_body_bytes=16 if request.secret == "tiny" else 0
+        )
+
     async def TriggerWebhook(
         self, request: execution_pb.TriggerWebhookRequest, context: grpc.aio.ServicerContext
     ) -> execution_pb.TriggerWebhookResponse:
@@ -749,3 +763,16 @@ async def test_main_fails_fast_on_missing_settings() -> None:
     assert process.returncode == 1
     assert "AIAS_ADMIN_TOKEN is required" in stderr.decode()
     assert "AIAS_TENANCY_ADDR is required" in stderr.decode()
+
+
+async def test_admission_refuses_before_the_body_and_bounds_it(
+    client: Client, fakes: Fakes
+) -> None:
+    unknown = await client.post(f"/api/webhooks/{TENANT_ID}/unknown-1", data=b"x" * 1000)
+    await _error(unknown, 404, "WEBHOOK_ENDPOINT_NOT_FOUND")
+    too_big = await client.post(f"/api/webhooks/{TENANT_ID}/tiny", data=b"x" * 17)
+    body = await _error(too_big, 413, "PAYLOAD_TOO_LARGE")
+    assert "this endpoint accepts (16 bytes)" in body["message"]
+    assert fakes.execution.requests == [], "nothing reached TriggerWebhook"
+    fits = await client.post(f"/api/webhooks/{TENANT_ID}/tiny", data=b"x" * 16)
+    assert fits.status == 202
