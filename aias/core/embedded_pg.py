@@ -38,9 +38,14 @@ def _free_port(preferred: int) -> int:
     """`preferred` when nothing listens there, otherwise any free port."""
     for candidate in (preferred, 0):
         with socket.socket() as probe:
+            # Bind as PostgreSQL does: sessions of its last run that it closed first linger in
+            # TIME_WAIT on this port for a minute; only a listener (which SO_REUSEADDR still
+            # refuses) means the port is taken.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", candidate))
             except OSError:
+                log.warning("port taken, PostgreSQL gets another", extra={"port": candidate})
                 continue
             return int(probe.getsockname()[1])
     raise RuntimeError("no free TCP port on 127.0.0.1")
