@@ -101,6 +101,8 @@ ADDRESS_ENV = {
     "billing": "AIAS_BILLING_ADDR",
 }
 WAVES = (("tenancy", "artifacts"), ("billing", "execution", "execution-worker"), ("gateway",))
+# What a process needs beyond its own shutdown grace to exit before the launcher kills it.
+EXIT_MARGIN_SECONDS = 5.0
 
 
 def _free_port() -> int:
@@ -146,6 +148,7 @@ class Stack:
     metrics_ports: Mapping[str, int]
     log_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    grace_seconds: float = 10.0
     children: dict[str, Child] = field(default_factory=dict)
 
     @property
@@ -164,6 +167,7 @@ class Stack:
             "AIAS_APP_DATABASE_URL": self.database.app_url,
             "AIAS_DATA_DIR": str(self.data_dir),
             "AIAS_PUBLIC_URL": public_url,
+            "AIAS_SHUTDOWN_GRACE_SECONDS": str(self.grace_seconds),
             spec.port_env: str(port),
             "PYTHONUNBUFFERED": "1",
         }
@@ -247,25 +251,36 @@ class Stack:
                 return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = 15.0) -> dict[str, int]:
-        """SIGTERM in reverse start order, so front doors close before their backends.
+    def stop(self) -> dict[str, int]:
+        """Stops the processes wave by wave, in reverse start order: the gateway drains and exits
+        before any backend hears of it, and callers exit before the services they call.
 
-        Returns each process's exit code; a process still running after `grace` is killed.
+        Each wave gets the shutdown grace; a process still running after it is killed. Returns
+        each process's exit code.
         """
-        for child in reversed(list(self.children.values())):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
         codes: dict[str, int] = {}
-        for name, child in self.children.items():
-            try:
-                codes[name] = child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("killing %s: it did not stop within %ss", name, grace)
-                child.process.kill()
-                codes[name] = child.process.wait()
+        for wave in reversed(WAVES):
+            children = [self.children[name] for name in reversed(wave) if name in self.children]
+            for child in children:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_seconds + EXIT_MARGIN_SECONDS
+            for child in children:
+                codes[child.spec.name] = self._reap(child, deadline)
         self.children.clear()
         return codes
+
+    @staticmethod
+    def _reap(child: Child, deadline: float) -> int:
+        name = child.spec.name
+        try:
+            code = child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("killing a process that did not stop in time", extra={"process_name": name})
+            child.process.kill()
+            code = child.process.wait()
+        log.info("process exited", extra={"process_name": name, "exit_code": code})
+        return code
 
 
 def launch(
@@ -292,6 +307,7 @@ def launch(
         for spec in PROCESSES
     }
     embedded_port = 0 if any_port else env.integer("AIAS_EMBEDDED_PG_PORT", 54329, maximum=65535)
+    grace = env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0)
     env.check()
     database = prepare(data_dir, database_url, app_password, embedded_port=embedded_port)
     stack = Stack(
@@ -303,6 +319,7 @@ def launch(
         metrics,
         log_dir=log_dir,
         extra_env=dict(environ) if environ is not None else {},
+        grace_seconds=grace,
     )
     try:
         stack.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -99,9 +100,23 @@ def _launcher(root: Path, **settings: str) -> Iterator[Launcher]:
                 process.wait(timeout=60)
 
 
-def test_launcher_starts_everything_and_stops_without_orphans() -> None:
+def _log_positions(path: Path) -> dict[tuple[str, str], int]:
+    """Where each process first logged each message, in the launcher's console (to which every
+    process writes, so positions order the events)."""
+    positions: dict[tuple[str, str], int] = {}
+    for number, line in enumerate(path.read_text().splitlines()):
+        if line.startswith("{"):
+            entry = json.loads(line)
+            positions.setdefault((entry["service"], entry["message"]), number)
+    return positions
+
+
+def test_launcher_starts_everything_and_stops_in_order_without_orphans() -> None:
     # Outside pytest's 0700 temporary tree, which PostgreSQL's system account cannot enter.
-    with tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp, _launcher(Path(tmp)) as run:
+    with (
+        tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
+        _launcher(Path(tmp), AIAS_LOG_LEVEL="INFO") as run,
+    ):
         assert f"operator token: {(run.data_dir / 'admin-token').read_text().strip()}" in run.banner
         pids = [*run.pids(), run.postmaster()[0]]
         assert all(_alive(pid) for pid in pids)
@@ -111,6 +126,22 @@ def test_launcher_starts_everything_and_stops_without_orphans() -> None:
         assert run.process.stdout is not None
         assert "AIAS stopped." in run.process.stdout.read()
         assert _wait_until(lambda: not any(_alive(pid) for pid in pids), 10)
+
+        # A wave has finished stopping before the next one is told to, PostgreSQL last.
+        at = _log_positions(run.stderr)
+        waves = [
+            ("gateway",),
+            ("execution-worker", "execution", "billing"),
+            ("artifacts", "tenancy"),
+        ]
+        for earlier, later in itertools.pairwise(waves):
+            assert max(at[name, "stopped"] for name in earlier) < min(
+                at[name, "shutting down"] for name in later
+            )
+        assert (
+            max(at[name, "stopped"] for name in waves[-1])
+            < at["launcher", "embedded PostgreSQL stopped"]
+        )
 
 
 def test_killed_launcher_takes_postgresql_with_it_and_a_restart_gets_its_port() -> None:
