@@ -1,7 +1,8 @@
-"""The run command: brings every process up and leaves no process or PostgreSQL behind."""
+"""The run command: restarts what dies, stops in order, and leaves no process or PostgreSQL behind."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -11,12 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from aias.core.launcher import PROCESSES
+from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.test_walking_skeleton import ORDER, new_endpoint, new_tenant, wait_for_run
 
 
 def _alive(pid: int) -> bool:
@@ -160,3 +169,86 @@ def test_killed_launcher_takes_postgresql_with_it_and_a_restart_gets_its_port() 
             assert run.postmaster()[1] == int(pg_port)
             run.process.send_signal(signal.SIGTERM)
             assert run.process.wait(timeout=30) == 0
+
+
+def _restarted(run: Launcher, name: str, old_pid: int) -> bool:
+    """Whether the process is ready again under a new pid (its ready file is gone meanwhile)."""
+    try:
+        return run.ready(name)["pid"] != old_pid
+    except FileNotFoundError:
+        return False
+
+
+def _serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _readyz(gateway: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gateway}/readyz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def test_launcher_restarts_killed_processes_on_their_ports() -> None:
+    with (
+        tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
+        _launcher(Path(tmp), AIAS_ADMIN_TOKEN=ADMIN_TOKEN) as run,
+    ):
+        before = {name: run.ready(name) for name in ("execution-worker", "execution")}
+        for info in before.values():
+            os.kill(info["pid"], signal.SIGKILL)
+        for name, old in before.items():
+            assert _wait_until(functools.partial(_restarted, run, name, old["pid"]), 30)
+            new = run.ready(name)
+            assert (new["port"], new["metrics_port"]) == (old["port"], old["metrics_port"])
+            assert _serving(new["port"])
+        # Dying again soon after a restart doubles the back-off.
+        again = run.ready("execution-worker")["pid"]
+        os.kill(again, signal.SIGKILL)
+        assert _wait_until(functools.partial(_restarted, run, "execution-worker", again), 30)
+
+        # The rest of the suite finds them again where they were: a webhook becomes a run that
+        # the restarted execution queues and the restarted worker executes.
+        gateway = run.ready("gateway")["port"]
+        assert _wait_until(lambda: _readyz(gateway) == 200, 30)
+        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{gateway}") as http:
+            tenant = await new_tenant(http)
+            _endpoint, secret = await new_endpoint(http, tenant)
+            async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER) as response:
+                assert response.status == 202
+                run_id = (await response.json())["run_id"]
+            assert (await wait_for_run(http, tenant, run_id))["status"] == "succeeded"
+
+        run.process.send_signal(signal.SIGTERM)
+        assert run.process.wait(timeout=30) == 0
+        assert run.process.stdout is not None
+        console = run.process.stdout.read()
+        logged = [
+            json.loads(line) for line in run.stderr.read_text().splitlines() if line[:1] == "{"
+        ]
+        for name, old in before.items():
+            assert (
+                f"{name} was killed by SIGKILL; restarting it in 0.5s on port {old['port']}"
+                in console
+            )
+            assert f"{name} is back (pid {run.ready(name)['pid']}, port {old['port']})" in console
+            assert {
+                "message": "process exited unexpectedly",
+                "process_name": name,
+                "exit_code": -9,
+            }.items() <= next(
+                line
+                for line in logged
+                if line["message"] == "process exited unexpectedly" and line["process_name"] == name
+            ).items()
+        worker_port = before["execution-worker"]["port"]
+        assert (
+            f"execution-worker was killed by SIGKILL; restarting it in 1s on port {worker_port}"
+            in console
+        )
