@@ -444,9 +444,15 @@ def main(argv: list[str] | None = None) -> None:
     stack = launch(args.data_dir)
     try:
         gateway = f"http://localhost:{stack.children['gateway'].port}"
+        # Where to find the token, never the token: consoles end up in scrollback and CI logs.
+        token_at = (
+            "the AIAS_ADMIN_TOKEN you set"
+            if os.environ.get("AIAS_ADMIN_TOKEN", "").strip()
+            else f"in {args.data_dir / 'admin-token'}"
+        )
         print(
             f"\nAIAS is up.\n  gateway:        {gateway}\n"
-            f"  operator token: {stack.admin_token}\n"
+            f"  operator token: {token_at}\n"
             f"  services:       "
             + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())
             + f"\n  data folder:    {args.data_dir}\n"

@@ -126,7 +126,8 @@ def test_launcher_starts_everything_and_stops_in_order_without_orphans() -> None
         tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
         _launcher(Path(tmp), AIAS_LOG_LEVEL="INFO") as run,
     ):
-        assert f"operator token: {(run.data_dir / 'admin-token').read_text().strip()}" in run.banner
+        assert f"operator token: in {run.data_dir / 'admin-token'}\n" in run.banner
+        assert (run.data_dir / "admin-token").read_text().strip() not in run.banner
         pids = [*run.pids(), run.postmaster()[0]]
         assert all(_alive(pid) for pid in pids)
 
@@ -200,6 +201,8 @@ async def test_launcher_restarts_killed_processes_on_their_ports() -> None:
         tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
         _launcher(Path(tmp), AIAS_ADMIN_TOKEN=ADMIN_TOKEN) as run,
     ):
+        assert "operator token: the AIAS_ADMIN_TOKEN you set\n" in run.banner
+        assert ADMIN_TOKEN not in run.banner
         before = {name: run.ready(name) for name in ("execution-worker", "execution")}
         for info in before.values():
             os.kill(info["pid"], signal.SIGKILL)
