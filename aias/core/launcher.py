@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -118,10 +119,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the launcher dies, so no process outlives it."""
+def _die_with_parent(parent: int) -> None:
+    """Children get SIGTERM if the launcher dies, so no process outlives it.
+
+    The kernel sends it when the thread that forked the child ends, which is why the launcher
+    starts and restarts processes from its main thread only.
+    """
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the launcher died before the line above took effect
+        os._exit(1)
 
 
 class LaunchError(Exception):
@@ -249,7 +256,7 @@ class Stack:
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         if output is not None:
             output.close()
