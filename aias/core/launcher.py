@@ -101,12 +101,14 @@ ADDRESS_ENV = {
     "artifacts": "AIAS_ARTIFACTS_ADDR",
     "billing": "AIAS_BILLING_ADDR",
 }
+# Started wave by wave, stopped in the reverse order: callers go before the services they call.
 WAVES = (("tenancy", "artifacts"), ("billing", "execution", "execution-worker"), ("gateway",))
 # What a process needs beyond its own shutdown grace to exit before the launcher kills it.
 EXIT_MARGIN_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 60.0
 # A process that exits on its own is started again after a back-off: the first, doubled after
-# each further exit up to the cap, and forgotten once the process has stayed up for STABLE.
+# each further exit up to the cap, and back to the first once the process has stayed up for
+# STABLE_SECONDS.
 RESTART_FIRST_SECONDS = 0.5
 RESTART_MAX_SECONDS = 30.0
 STABLE_SECONDS = 60.0
