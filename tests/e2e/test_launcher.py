@@ -54,12 +54,16 @@ def _unused_port() -> int:
 
 @dataclass
 class Launcher:
-    """A running `aias-run` process, its data folder and its console."""
+    """A running `aias-run` process, its data folder, and files holding what it printed (stdout)
+    and logged (stderr, where its processes log too)."""
 
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     data_dir: Path
-    banner: str
+    stdout: Path
     stderr: Path
+
+    def printed(self) -> str:
+        return self.stdout.read_text()
 
     def ready(self, name: str) -> dict[str, int]:
         info: dict[str, int] = json.loads((self.data_dir / "run" / f"{name}.ready").read_text())
@@ -77,32 +81,31 @@ class Launcher:
 @contextmanager
 def _launcher(root: Path, **settings: str) -> Iterator[Launcher]:
     """Starts the launcher as `make run` does, every process on a free port, and waits for it."""
-    data_dir = root / "data"
     env = {**os.environ, "AIAS_EMBEDDED_PG_PORT": "0", "AIAS_LOG_LEVEL": "WARNING"}
     for spec in PROCESSES:
         env[spec.port_env] = "0"
         if spec.metrics_env:
             env[spec.metrics_env] = "0"
-    stderr = root / "launcher.log"
+    stdout, stderr = root / "console.txt", root / "launcher.log"
+    # Fresh files for each launcher, appended to so that the processes sharing them never
+    # write over each other's lines.
+    for output in (stdout, stderr):
+        output.unlink(missing_ok=True)
     with (
-        stderr.open("ab") as console,
+        stdout.open("ab") as printed,
+        stderr.open("ab") as logged,
         subprocess.Popen(
-            [sys.executable, "-m", "aias.core.launcher", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "aias.core.launcher", "--data-dir", str(root / "data")],
             env={**env, **settings},
-            stdout=subprocess.PIPE,
-            stderr=console,
-            text=True,
+            stdout=printed,
+            stderr=logged,
         ) as process,
     ):
+        run = Launcher(process, root / "data", stdout, stderr)
         try:
-            assert process.stdout is not None
-            banner = ""
-            for line in process.stdout:
-                banner += line
-                if line.startswith("Press Ctrl-C"):
-                    break
-            assert "AIAS is up." in banner, stderr.read_text()
-            yield Launcher(process, data_dir, banner, stderr)
+            _wait_until(lambda: "Press Ctrl-C" in run.printed() or process.poll() is not None, 90)
+            assert "AIAS is up." in run.printed(), stderr.read_text()
+            yield run
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -126,15 +129,14 @@ def test_launcher_starts_everything_and_stops_in_order_without_orphans() -> None
         tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
         _launcher(Path(tmp), AIAS_LOG_LEVEL="INFO") as run,
     ):
-        assert f"operator token: in {run.data_dir / 'admin-token'}\n" in run.banner
-        assert (run.data_dir / "admin-token").read_text().strip() not in run.banner
+        assert f"operator token: in {run.data_dir / 'admin-token'}\n" in run.printed()
+        assert (run.data_dir / "admin-token").read_text().strip() not in run.printed()
         pids = [*run.pids(), run.postmaster()[0]]
         assert all(_alive(pid) for pid in pids)
 
         run.process.send_signal(signal.SIGTERM)
         assert run.process.wait(timeout=30) == 0
-        assert run.process.stdout is not None
-        assert "AIAS stopped." in run.process.stdout.read()
+        assert "AIAS stopped." in run.printed()
         assert _wait_until(lambda: not any(_alive(pid) for pid in pids), 10)
 
         # A wave has finished stopping before the next one is told to, PostgreSQL last.
@@ -201,8 +203,8 @@ async def test_launcher_restarts_killed_processes_on_their_ports() -> None:
         tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
         _launcher(Path(tmp), AIAS_ADMIN_TOKEN=ADMIN_TOKEN) as run,
     ):
-        assert "operator token: the AIAS_ADMIN_TOKEN you set\n" in run.banner
-        assert ADMIN_TOKEN not in run.banner
+        assert "operator token: the AIAS_ADMIN_TOKEN you set\n" in run.printed()
+        assert ADMIN_TOKEN not in run.printed()
         before = {name: run.ready(name) for name in ("execution-worker", "execution")}
         for info in before.values():
             os.kill(info["pid"], signal.SIGKILL)
@@ -228,30 +230,29 @@ async def test_launcher_restarts_killed_processes_on_their_ports() -> None:
                 run_id = (await response.json())["run_id"]
             assert (await wait_for_run(http, tenant, run_id))["status"] == "succeeded"
 
-        run.process.send_signal(signal.SIGTERM)
-        assert run.process.wait(timeout=30) == 0
-        assert run.process.stdout is not None
-        console = run.process.stdout.read()
+        # The console says what happened in words, the log as JSON.
+        worker_port = before["execution-worker"]["port"]
+        said = [
+            f"execution-worker was killed by SIGKILL; restarting it in 0.5s on port {worker_port}",
+            f"execution-worker was killed by SIGKILL; restarting it in 1s on port {worker_port}",
+            *(
+                f"{name} is back (pid {run.ready(name)['pid']}, port {old['port']})"
+                for name, old in before.items()
+            ),
+            f"execution was killed by SIGKILL; restarting it in 0.5s on port "
+            f"{before['execution']['port']}",
+        ]
+        assert _wait_until(lambda: all(line in run.printed() for line in said), 10), run.printed()
         logged = [
             json.loads(line) for line in run.stderr.read_text().splitlines() if line[:1] == "{"
         ]
-        for name, old in before.items():
-            assert (
-                f"{name} was killed by SIGKILL; restarting it in 0.5s on port {old['port']}"
-                in console
-            )
-            assert f"{name} is back (pid {run.ready(name)['pid']}, port {old['port']})" in console
-            assert {
-                "message": "process exited unexpectedly",
-                "process_name": name,
-                "exit_code": -9,
-            }.items() <= next(
-                line
-                for line in logged
-                if line["message"] == "process exited unexpectedly" and line["process_name"] == name
-            ).items()
-        worker_port = before["execution-worker"]["port"]
-        assert (
-            f"execution-worker was killed by SIGKILL; restarting it in 1s on port {worker_port}"
-            in console
-        )
+        exits = [
+            (line["process_name"], line["exit_code"])
+            for line in logged
+            if line["message"] == "process exited unexpectedly"
+        ]
+        assert sorted(exits) == [
+            ("execution", -9),
+            ("execution-worker", -9),
+            ("execution-worker", -9),
+        ]
