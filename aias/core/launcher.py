@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
 import json
 import logging
 import os
@@ -119,18 +117,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _die_with_parent(parent: int) -> None:
-    """Children get SIGTERM if the launcher dies, so no process outlives it.
-
-    The kernel sends it when the thread that forked the child ends, which is why the launcher
-    starts and restarts processes from its main thread only.
-    """
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the launcher died before the line above took effect
-        os._exit(1)
 
 
 class LaunchError(Exception):
@@ -252,13 +238,15 @@ class Stack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{spec.name}.log"
             output = log_path.open("ab")
+        # The child gets SIGTERM when the launcher dies, so no process outlives it. The kernel
+        # sends it when the thread that started the child ends, which is why the launcher starts
+        # and restarts processes from its main thread only.
         process = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
+            [sys.executable, "-m", "aias.core.launched", str(os.getpid()), spec.module],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
         if output is not None:
             output.close()
