@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
@@ -101,12 +100,23 @@ ADDRESS_ENV = {
     "artifacts": "AIAS_ARTIFACTS_ADDR",
     "billing": "AIAS_BILLING_ADDR",
 }
+# Started wave by wave, stopped in the reverse order: callers go before the services they call.
 WAVES = (
     ("tenancy",),
     ("artifacts", "billing", "execution"),
     ("execution-worker",),
     ("gateway",),
 )
+# What a process needs beyond its own shutdown grace to exit before the launcher kills it.
+EXIT_MARGIN_SECONDS = 5.0
+START_TIMEOUT_SECONDS = 60.0
+# A process that exits on its own is started again after a back-off: the first, doubled after
+# each further exit up to the cap, and back to the first once the process has stayed up for
+# STABLE_SECONDS.
+RESTART_FIRST_SECONDS = 0.5
+RESTART_MAX_SECONDS = 30.0
+STABLE_SECONDS = 60.0
+SUPERVISE_INTERVAL_SECONDS = 0.25
 
 
 def _free_port() -> int:
@@ -115,29 +125,41 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-# Looked up once in the launcher: between fork and exec the child may only call what is already
-# loaded. A dlopen there can deadlock on a loader lock that another thread (gRPC's) held at fork.
-_PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the launcher dies, so no process outlives it."""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 class LaunchError(Exception):
     """A process did not come up; the message includes the end of its log."""
 
 
+def _restart_delay(crashes: int) -> float:
+    """The back-off before a restart, given how often the process failed since it was stable."""
+    return float(min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** min(crashes, 16)))
+
+
+def _how_it_ended(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
 @dataclass
 class Child:
+    """One process of the suite: the OS process running now, and what a restart reuses."""
+
     spec: ProcessSpec
     process: subprocess.Popen[bytes]
     ready_file: Path
     log_path: Path | None
     port: int = 0
     metrics_port: int = 0
+    started: float = field(default_factory=time.monotonic)
+    # When the current process became ready; None while it is starting.
+    up_since: float | None = None
+    # Exits on its own since it last stayed up for STABLE_SECONDS: the back-off grows with it.
+    crashes: int = 0
+    # While the back-off runs: when to start the process again.
+    restart_at: float | None = None
 
     def log_tail(self, lines: int = 30) -> str:
         if self.log_path is None or not self.log_path.exists():
@@ -157,7 +179,9 @@ class Stack:
     metrics_ports: Mapping[str, int]
     log_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    grace_seconds: float = 10.0
     children: dict[str, Child] = field(default_factory=dict)
+    public_url: str = field(default="", init=False)
 
     @property
     def gateway_url(self) -> str:
@@ -166,7 +190,7 @@ class Stack:
     def address(self, name: str) -> str:
         return f"127.0.0.1:{self.children[name].port}"
 
-    def _env(self, spec: ProcessSpec, port: int, public_url: str) -> dict[str, str]:
+    def _env(self, spec: ProcessSpec, port: int, metrics_port: int) -> dict[str, str]:
         env = {
             **os.environ,
             **self.extra_env,
@@ -174,22 +198,21 @@ class Stack:
             "AIAS_ADMIN_TOKEN": self.admin_token,
             "AIAS_APP_DATABASE_URL": self.database.app_url,
             "AIAS_DATA_DIR": str(self.data_dir),
-            "AIAS_PUBLIC_URL": public_url,
+            "AIAS_PUBLIC_URL": self.public_url,
+            "AIAS_SHUTDOWN_GRACE_SECONDS": str(self.grace_seconds),
             spec.port_env: str(port),
             "PYTHONUNBUFFERED": "1",
         }
         if spec.metrics_env:
-            env[spec.metrics_env] = str(self.metrics_ports.get(spec.name, spec.default_metrics))
+            env[spec.metrics_env] = str(metrics_port)
         for backend in spec.needs:
             env[ADDRESS_ENV[backend]] = self.address(backend)
         env.pop("AIAS_DATABASE_URL", None)  # services get only the application role's URL
         return env
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         gateway_port = self.ports.get("gateway", 8080) or _free_port()
-        public_url = f"http://localhost:{gateway_port}"
-        run_dir = self.data_dir / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        self.public_url = f"http://localhost:{gateway_port}"
         specs = {spec.name: spec for spec in PROCESSES}
         try:
             for wave in WAVES:
@@ -200,17 +223,20 @@ class Stack:
                         if name == "gateway"
                         else self.ports.get(name, spec.default_port)
                     )
-                    self._spawn(spec, port, public_url, run_dir)
+                    metrics_port = self.metrics_ports.get(name, spec.default_metrics)
+                    self.children[name] = self._spawn(spec, port, metrics_port)
                 for name in wave:
                     self._wait_ready(self.children[name], timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _spawn(self, spec: ProcessSpec, port: int, public_url: str, run_dir: Path) -> None:
-        ready = run_dir / f"{spec.name}.ready"
+    def _spawn(self, spec: ProcessSpec, port: int, metrics_port: int) -> Child:
+        """Starts one process on `port` (0: any free one); a restart passes the port it had."""
+        ready = self.data_dir / "run" / f"{spec.name}.ready"
+        ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
-        env = self._env(spec, port, public_url)
+        env = self._env(spec, port, metrics_port)
         env["AIAS_READY_FILE"] = str(ready)
         log_path: Path | None = None
         output: IO[bytes] | None = None
@@ -218,17 +244,19 @@ class Stack:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{spec.name}.log"
             output = log_path.open("ab")
+        # The child gets SIGTERM when the launcher dies, so no process outlives it. The kernel
+        # sends it when the thread that started the child ends, which is why the launcher starts
+        # and restarts processes from its main thread only.
         process = subprocess.Popen(
-            [sys.executable, "-m", spec.module],
+            [sys.executable, "-m", "aias.core.launched", str(os.getpid()), spec.module],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         if output is not None:
             output.close()
-        self.children[spec.name] = Child(spec, process, ready, log_path)
+        return Child(spec, process, ready, log_path, port, metrics_port)
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -237,15 +265,22 @@ class Stack:
                 raise LaunchError(
                     f"{child.spec.name} exited with {child.process.returncode}:\n{child.log_tail()}"
                 )
-            if child.ready_file.exists():
-                info = json.loads(child.ready_file.read_text())
-                child.port, child.metrics_port = info["port"], info.get("metrics_port", 0)
-                if child.spec.name == "gateway" or self._serving(child.port):
-                    return
+            if self._ready(child):
+                child.up_since = time.monotonic()
+                return
             time.sleep(0.05)
         raise LaunchError(
             f"{child.spec.name} was not ready within {timeout:.0f}s:\n{child.log_tail()}"
         )
+
+    def _ready(self, child: Child) -> bool:
+        """Whether the process wrote its ready file and (gRPC processes) reports SERVING; learns
+        the ports it bound."""
+        if not child.ready_file.exists():
+            return False
+        info = json.loads(child.ready_file.read_text())
+        child.port, child.metrics_port = info["port"], info.get("metrics_port", 0)
+        return child.spec.name == "gateway" or self._serving(child.port)
 
     @staticmethod
     def _serving(port: int) -> bool:
@@ -258,25 +293,91 @@ class Stack:
                 return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def stop(self, grace: float = 15.0) -> dict[str, int]:
-        """SIGTERM in reverse start order, so front doors close before their backends.
+    def supervise_once(self) -> list[str]:
+        """One look at every process: one that exited on its own is started again after its
+        back-off, on the ports it had, so every other process's address for it stays valid.
 
-        Returns each process's exit code; a process still running after `grace` is killed.
+        `main` calls this a few times a second while the suite runs. Everything that happens is
+        logged as JSON; the return value says it in sentences for the console.
         """
-        for child in reversed(list(self.children.values())):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        now = time.monotonic()
+        events: list[str] = []
+        for name, child in list(self.children.items()):
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    restarted = self._spawn(child.spec, child.port, child.metrics_port)
+                    restarted.crashes = child.crashes
+                    self.children[name] = restarted
+                continue
+            code = child.process.poll()
+            if code is not None:
+                events.append(self._schedule_restart(child, code, now))
+            elif child.up_since is None:
+                if self._ready(child):
+                    child.up_since = now
+                    log.info(
+                        "process restarted",
+                        extra={"process_name": name, "pid": child.process.pid, "port": child.port},
+                    )
+                    events.append(f"{name} is back (pid {child.process.pid}, port {child.port})")
+                elif now - child.started > START_TIMEOUT_SECONDS:
+                    log.error(
+                        "process did not become ready, killing it", extra={"process_name": name}
+                    )
+                    child.process.kill()
+            elif child.crashes and now - child.up_since >= STABLE_SECONDS:
+                child.crashes = 0
+        return events
+
+    @staticmethod
+    def _schedule_restart(child: Child, code: int, now: float) -> str:
+        delay = _restart_delay(child.crashes)
+        child.crashes += 1
+        child.restart_at = now + delay
+        log.error(
+            "process exited unexpectedly",
+            extra={
+                "process_name": child.spec.name,
+                "pid": child.process.pid,
+                "exit_code": code,
+                "restart_in_seconds": delay,
+            },
+        )
+        return (
+            f"{child.spec.name} {_how_it_ended(code)}; "
+            f"restarting it in {delay:g}s on port {child.port}"
+        )
+
+    def stop(self) -> dict[str, int]:
+        """Stops the processes wave by wave, in reverse start order: the gateway drains and exits
+        before any backend hears of it, and callers exit before the services they call.
+
+        Each wave gets the shutdown grace; a process still running after it is killed. Returns
+        each process's exit code.
+        """
         codes: dict[str, int] = {}
-        for name, child in self.children.items():
-            try:
-                codes[name] = child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("killing %s: it did not stop within %ss", name, grace)
-                child.process.kill()
-                codes[name] = child.process.wait()
+        for wave in reversed(WAVES):
+            children = [self.children[name] for name in reversed(wave) if name in self.children]
+            for child in children:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.grace_seconds + EXIT_MARGIN_SECONDS
+            for child in children:
+                codes[child.spec.name] = self._reap(child, deadline)
         self.children.clear()
         return codes
+
+    @staticmethod
+    def _reap(child: Child, deadline: float) -> int:
+        name = child.spec.name
+        try:
+            code = child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("killing a process that did not stop in time", extra={"process_name": name})
+            child.process.kill()
+            code = child.process.wait()
+        log.info("process exited", extra={"process_name": name, "exit_code": code})
+        return code
 
 
 def launch(
@@ -303,6 +404,7 @@ def launch(
         for spec in PROCESSES
     }
     embedded_port = 0 if any_port else env.integer("AIAS_EMBEDDED_PG_PORT", 54329, maximum=65535)
+    grace = env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0)
     env.check()
     database = prepare(data_dir, database_url, app_password, embedded_port=embedded_port)
     stack = Stack(
@@ -314,6 +416,7 @@ def launch(
         metrics,
         log_dir=log_dir,
         extra_env=dict(environ) if environ is not None else {},
+        grace_seconds=grace,
     )
     try:
         stack.start()
@@ -344,9 +447,15 @@ def main(argv: list[str] | None = None) -> None:
     stack = launch(args.data_dir)
     try:
         gateway = f"http://localhost:{stack.children['gateway'].port}"
+        # Where to find the token, never the token: consoles end up in scrollback and CI logs.
+        token_at = (
+            "the AIAS_ADMIN_TOKEN you set"
+            if os.environ.get("AIAS_ADMIN_TOKEN", "").strip()
+            else f"in {args.data_dir / 'admin-token'}"
+        )
         print(
             f"\nAIAS is up.\n  gateway:        {gateway}\n"
-            f"  operator token: {stack.admin_token}\n"
+            f"  operator token: {token_at}\n"
             f"  services:       "
             + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())
             + f"\n  data folder:    {args.data_dir}\n"
@@ -354,15 +463,9 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
         while not stopping:
-            for child in stack.children.values():
-                if child.process.poll() is not None:
-                    log.error(
-                        "%s exited with %s; stopping the suite",
-                        child.spec.name,
-                        child.process.returncode,
-                    )
-                    stopping = True
-            time.sleep(0.5)
+            for event in stack.supervise_once():
+                print(event, flush=True)
+            time.sleep(SUPERVISE_INTERVAL_SECONDS)
     finally:
         stack.stop()
         stack.database.stop()

@@ -24,6 +24,8 @@ WORKFLOW = {
     ],
 }
 
+ORDER = {"id": "A-1001", "items": [{"price": 12.5}, {"price": 7.25}]}
+
 
 @dataclass
 class Tenant:

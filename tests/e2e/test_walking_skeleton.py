@@ -7,9 +7,8 @@ import hashlib
 import aiohttp
 import pytest
 
-from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
+from tests.e2e.client import ORDER, expect, new_endpoint, new_tenant, wait_for_run
 
-ORDER = {"id": "A-1001", "items": [{"price": 12.5}, {"price": 7.25}]}
 EXPECTED_ARTIFACT = b'{"order":"A-1001","total":19.75}'
 
 
