@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -462,9 +462,22 @@ async def test_duplicates_and_concurrent_duplicates_are_applied_once(
     assert await plan_of(tenancy, tenant) == "business"
     account = await billing.account(tenant)
     assert len(account.subscriptions) == 2
-    outcomes = [d.outcome for d in await billing.deliveries(tenant)]
+    everything = await billing.deliveries(tenant)
+    outcomes = [d.outcome for d in everything]
     assert outcomes.count(DUPLICATE) == 8
     assert outcomes.count(PROCESSED) == 3  # the checkout and the two subscriptions
+
+    paged: list[pb.StripeDelivery] = []
+    token = ""
+    while True:
+        page = await billing.stub.ListStripeDeliveries(
+            pb.ListStripeDeliveriesRequest(page_size=4, page_token=token),
+            metadata=((TENANT_ID, str(tenant)),),
+        )
+        paged += page.deliveries
+        if not (token := page.next_page_token):
+            break
+    assert paged == everything
 
 
 async def test_a_set_plan_that_failed_after_the_commit_is_made_good_by_the_retry(
@@ -668,6 +681,28 @@ async def test_portal_and_subscription_come_from_stripe(
     assert sub.current_period_end_time.seconds == current["items"]["data"][0]["current_period_end"]
     listed = fake_stripe.calls("GET", "/v1/subscriptions")[-1].params
     assert (listed["customer"], listed["status"]) == (customer, "all")
+
+
+async def test_stripe_failures_are_explained(
+    database: LocalDatabase, tenancy: Tenancy, fake_stripe: FakeStripe
+) -> None:
+    tenant = await tenancy.new_tenant()
+    good = configured(fake_stripe)
+    cases = [
+        (
+            replace(good, api_key="sk_test_revoked"),
+            "FAILED_PRECONDITION",
+            "STRIPE_CREDENTIALS_REJECTED",
+        ),
+        (replace(good, api_base="http://127.0.0.1:9"), "UNAVAILABLE", "STRIPE_UNAVAILABLE"),
+    ]
+    for settings, code, expected in cases:
+        async with billing_server(database, tenancy.address, settings) as broken:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await broken.stub.CreateCheckoutSession(
+                    pb.CreateCheckoutSessionRequest(plan="pro"), metadata=as_tenant(tenant)
+                )
+        assert (caught.value.code().name, reason(caught.value)[0]) == (code, expected)
 
 
 # --- reconcile ----------------------------------------------------------------------------------
