@@ -128,6 +128,7 @@ async def build_server(settings: BillingSettings) -> BuiltServer:
             ),
         ],
     )
+    built.probes.append(db.ping)
     built.on_stop += [db.close, tenancy.close]
     if api is not None:
         built.on_stop.append(api.close)

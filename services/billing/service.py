@@ -33,6 +33,7 @@ from aias.core.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    clip,
 )
 from aias.core.pagination import decode_token, next_page_token, page_size
 from services.billing.domain import (
@@ -404,13 +405,13 @@ class BillingService:
         if plan not in paid:
             raise InvalidArgument(
                 "INVALID_PLAN",
-                f"plan {plan[:64]!r} cannot be bought; choose one of {', '.join(paid)}",
+                f"plan {clip(repr(plan))} cannot be bought; choose one of {', '.join(paid)}",
             )
         key = lookup_key or plan
         if self._plans.plan_for(key) != plan:
             raise InvalidArgument(
                 "INVALID_PRICE_LOOKUP_KEY",
-                f"price lookup key {key[:64]!r} is not one of plan {plan}",
+                f"price lookup key {clip(repr(key))} is not one of plan {plan}",
             )
         async with self._db.tenant(tenant_id) as session:
             repo = BillingRepository(session)
