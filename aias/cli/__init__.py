@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aias.cli import tenants
+from aias.cli import billing, tenants
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +21,7 @@ def cli() -> None:
 # One line per command group (and its import above).
 cli.add_command(tenants.tenants)
 cli.add_command(tenants.plans)
+cli.add_command(billing.billing)
 
 
 def main() -> None:

@@ -71,6 +71,12 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _A + "DownloadArtifact": Rule.MEMBER,
         _B + "HandleStripeEvent": Rule.PUBLIC,
         _B + "GetBillingStatus": Rule.INTERNAL,
+        _B + "CreateCheckoutSession": Rule.ADMIN,
+        _B + "CreatePortalSession": Rule.ADMIN,
+        _B + "GetSubscription": Rule.ADMIN,
+        _B + "GetBillingAccount": Rule.INTERNAL,
+        _B + "ListStripeDeliveries": Rule.INTERNAL,
+        _B + "Reconcile": Rule.INTERNAL,
     }
 )
 

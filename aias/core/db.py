@@ -33,6 +33,8 @@ class SystemPath(StrEnum):
 
     RUN_QUEUE = "run_queue"
     TENANT_DIRECTORY = "tenant_directory"
+    # Billing: which tenant a Stripe customer belongs to, and deliveries that belong to none.
+    STRIPE_INTAKE = "stripe_intake"
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:

@@ -3,49 +3,121 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from aias.billing.v1 import billing_service_pb2 as pb
 from aias.billing.v1 import billing_service_pb2_grpc as pb_grpc
-from aias.core.db import create_engine
+from aias.core.clients import internal_channel
+from aias.core.db import Database, create_engine
+from aias.core.entitlements import DEFAULT_PLAN, PLANS
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
-from aias.core.settings import Env, ServerSettings
-from services.billing.service import BillingService
+from aias.core.settings import Env, ServerSettings, SettingsError
+from services.billing.domain import Plans
+from services.billing.service import BillingService, ReturnUrls
 from services.billing.servicer import BillingServicer
+from services.billing.stripe_api import DEFAULT_API_BASE, StripeApi
+from services.billing.tenancy_client import TenancyClient
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
 log = logging.getLogger(__name__)
+
+
+def default_urls(public_url: str) -> ReturnUrls:
+    """Where users come back to when AIAS_BILLING_*_URL are not set: the dashboard."""
+    base = public_url.rstrip("/") + "/dashboard/diagnostics"
+    return ReturnUrls(f"{base}?billing=success", f"{base}?billing=cancelled", base)
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """Stripe credentials and endpoints. Without the secrets billing reports itself
+    unconfigured and the rest of the suite works as before."""
+
+    webhook_secret: str = ""
+    api_key: str = ""
+    api_base: str = DEFAULT_API_BASE
+    # Price lookup key -> plan, beyond each plan's own name (AIAS_STRIPE_PRICE_PLANS).
+    price_plans: Mapping[str, str] = field(default_factory=dict)
+    urls: ReturnUrls = field(default_factory=lambda: default_urls("http://localhost:8080"))
 
 
 @dataclass(frozen=True)
 class BillingSettings:
     server: ServerSettings
     database_url: str
-    stripe_webhook_secret: str
-    stripe_api_key: str
+    tenancy_addr: str
+    stripe: StripeSettings = field(default_factory=StripeSettings)
 
 
 def load_settings(env: Env | None = None) -> BillingSettings:
     env = env or Env()
-    settings = BillingSettings(
-        server=ServerSettings.from_env(env, "billing", 50054, 9104),
-        database_url=env.database_url("AIAS_APP_DATABASE_URL"),
-        # Optional: without them billing reports itself unconfigured and the rest keeps working.
-        stripe_webhook_secret=env.text("AIAS_STRIPE_WEBHOOK_SECRET", ""),
-        stripe_api_key=env.text("AIAS_STRIPE_API_KEY", ""),
-    )
+    server = ServerSettings.from_env(env, "billing", 50054, 9104)
+    database_url = env.database_url("AIAS_APP_DATABASE_URL")
+    tenancy_addr = env.address("AIAS_TENANCY_ADDR")
+    # Optional: without them billing reports itself unconfigured and the rest keeps working.
+    webhook_secret = env.text("AIAS_STRIPE_WEBHOOK_SECRET", "")
+    api_key = env.text("AIAS_STRIPE_API_KEY", "")
+    price_plans = env.text("AIAS_STRIPE_PRICE_PLANS", "")
+    defaults = default_urls(env.text("AIAS_PUBLIC_URL", "http://localhost:8080"))
+    urls = {
+        name: env.text(name, default)
+        for name, default in (
+            ("AIAS_STRIPE_API_BASE", DEFAULT_API_BASE),
+            ("AIAS_BILLING_SUCCESS_URL", defaults.checkout_success),
+            ("AIAS_BILLING_CANCEL_URL", defaults.checkout_cancel),
+            ("AIAS_BILLING_RETURN_URL", defaults.portal_return),
+        )
+    }
     env.check()
-    return settings
+    problems = [
+        f"{name} must be an http:// or https:// URL, got {value!r}"
+        for name, value in urls.items()
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc
+    ]
+    try:
+        extra_keys = Plans.build(tuple(PLANS), DEFAULT_PLAN, price_plans).extra_keys
+    except ValueError as error:
+        problems.append(f"AIAS_STRIPE_PRICE_PLANS: {error}")
+    if problems:
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems))
+    return BillingSettings(
+        server,
+        database_url,
+        tenancy_addr,
+        StripeSettings(
+            webhook_secret,
+            api_key,
+            urls["AIAS_STRIPE_API_BASE"],
+            extra_keys,
+            ReturnUrls(
+                urls["AIAS_BILLING_SUCCESS_URL"],
+                urls["AIAS_BILLING_CANCEL_URL"],
+                urls["AIAS_BILLING_RETURN_URL"],
+            ),
+        ),
+    )
 
 
 async def build_server(settings: BillingSettings) -> BuiltServer:
-    """The composition root: engine, use cases, servicer, gRPC server."""
-    engine = create_engine(settings.database_url)
-    service = BillingService(engine, settings.stripe_webhook_secret, settings.stripe_api_key)
+    """The composition root: engine, tenancy channel, Stripe client, use cases, server."""
+    db = Database(create_engine(settings.database_url))
+    tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    stripe = settings.stripe
+    api = StripeApi(stripe.api_key, stripe.api_base) if stripe.api_key else None
+    service = BillingService(
+        db,
+        TenancyClient(tenancy),
+        Plans(tuple(PLANS), DEFAULT_PLAN, stripe.price_plans),
+        stripe.webhook_secret,
+        api,
+        stripe.urls,
+    )
     if not service.configured:
         log.warning(
-            "billing is not configured: set AIAS_STRIPE_API_KEY and "
-            "AIAS_STRIPE_WEBHOOK_SECRET to accept Stripe events"
+            "billing is not configured: set AIAS_STRIPE_WEBHOOK_SECRET to accept Stripe "
+            "events and AIAS_STRIPE_API_KEY for checkout, portal and reconcile"
         )
     servicer = BillingServicer(service)
     built = build_grpc_server(
@@ -56,7 +128,10 @@ async def build_server(settings: BillingSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_stop.append(engine.dispose)
+    built.probes.append(db.ping)
+    built.on_stop += [db.close, tenancy.close]
+    if api is not None:
+        built.on_stop.append(api.close)
     return built
 
 

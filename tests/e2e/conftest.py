@@ -13,6 +13,7 @@ import pytest
 from aias.core.launcher import Stack
 from aias.core.localdb import LocalDatabase, prepare
 from tests.conftest import INTERNAL_TOKEN
+from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, FakeStripe
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -28,8 +29,19 @@ def stack_database() -> Iterator[LocalDatabase]:
 
 
 @pytest.fixture(scope="session")
+def fake_stripe() -> Iterator[FakeStripe]:
+    """Stripe's API for the suite's billing; it must listen before billing starts."""
+    fake = FakeStripe()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
 def stack(
-    stack_database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory
+    stack_database: LocalDatabase,
+    fake_stripe: FakeStripe,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     database = stack_database
     data_dir: Path = tmp_path_factory.mktemp("stack")
@@ -44,7 +56,13 @@ def stack(
         ports,
         ports,
         log_dir=data_dir / "logs",
-        extra_env={"AIAS_WORKER_POLL_SECONDS": "1"},
+        extra_env={
+            "AIAS_WORKER_POLL_SECONDS": "1",
+            "AIAS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "AIAS_STRIPE_API_KEY": API_KEY,
+            "AIAS_STRIPE_API_BASE": fake_stripe.url,
+            "AIAS_STRIPE_PRICE_PLANS": "pro_yearly=pro",
+        },
     )
     running.start()
     yield running

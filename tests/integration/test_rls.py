@@ -20,6 +20,9 @@ TENANT_TABLES = [
     ("execution", "runs"),
     ("execution", "step_logs"),
     ("artifacts", "artifacts"),
+    ("billing", "customers"),
+    ("billing", "subscriptions"),
+    ("billing", "deliveries"),
 ]
 
 
