@@ -154,7 +154,7 @@ async def test_a_busy_process_does_not_hold_up_the_others(runner: StepRunner) ->
     await asyncio.sleep(0.1)
     started = time.monotonic()
     await runner.run(_call("transform", {"expression": "id"}, ORDER), LIMITS)
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 0.5  # the other step spins for 1 s
     with pytest.raises(StepFailed, match=r"^STEP_TIMEOUT: "):
         await spinning
     await _replaced(before)
