@@ -48,9 +48,9 @@ _TEXT_CHARS = 1000
 _META_BYTES = 64 * 1024
 # The kernel's CPU-time limit ends a step this long after its timeout if the worker did not.
 _CPU_BACKSTOP_SECONDS = 2
-# A child whose address space is still this share of its limit above its size at start is
-# replaced after the step, so one large step does not leave the next (maybe another tenant's)
-# less room.
+# A child whose address space after a step is still more than a quarter of its limit above its
+# size at start is replaced, so one large step does not leave the next (perhaps another
+# tenant's) less room.
 _RETIRE_SHARE = 4
 _START_SECONDS = 30.0
 _RESPAWN_DELAY_SECONDS = 1.0
@@ -119,10 +119,10 @@ class StepRunner:
 
     Each step runs in an idle child; the worker's event loop only awaits its reply. A step over
     its time limit is killed (SIGKILL) and its child replaced; so is a child that ran out of
-    memory, broke the protocol or died. Children start with `python -m` (a fresh interpreter,
-    never a fork of the worker, whose gRPC threads make forking unsafe) and an environment
-    without the worker's secrets; they talk JSON and raw bytes over pipes, so nothing a child
-    sends is unpickled by the worker.
+    memory, broke the protocol or died. Children are fresh interpreters (`python -m`, exec'd at
+    once: a plain fork of the worker, with its gRPC threads and event loop, would be unsafe)
+    with an environment free of the worker's secrets; they talk JSON and raw bytes over pipes,
+    so nothing a child sends is unpickled by the worker.
     """
 
     def __init__(self, processes: int, memory_bytes: int) -> None:
