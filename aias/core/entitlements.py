@@ -48,6 +48,8 @@ class Limits:
     artifact_storage_bytes: int | None = None
     artifact_retention_days: int | None = None
     allowed_step_types: frozenset[str] | None = None
+    step_timeout_seconds: int | None = None
+    step_output_bytes: int | None = None
 
     def with_overrides(self, overrides: Mapping[str, int], step_types: list[str] | None) -> Limits:
         """These limits with an operator's per-tenant values; -1 means unlimited."""

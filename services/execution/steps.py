@@ -6,7 +6,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,15 @@ class ArtifactOutput:
     name: str
     media_type: str
     content: bytes
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step knows of its run besides the current value; templates see it as `run`
+    (id, attempt, create_time) and `workflow` (id, version)."""
+
+    run: Mapping[str, Any] = field(default_factory=dict)
+    workflow: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -110,7 +119,7 @@ def _validate_config(config: dict[str, Any], where: str) -> None:
         ) from None
 
 
-def _validate_run(config: dict[str, Any], value: Any) -> StepResult:
+def _validate_run(config: dict[str, Any], value: Any, _context: StepContext) -> StepResult:
     validator = jsonschema.Draft202012Validator(config["schema"])
     errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     if errors:
@@ -130,7 +139,7 @@ def _transform_config(config: dict[str, Any], where: str) -> None:
     _jmespath(_text(config, "expression", where), where, "expression")
 
 
-def _transform_run(config: dict[str, Any], value: Any) -> StepResult:
+def _transform_run(config: dict[str, Any], value: Any, _context: StepContext) -> StepResult:
     return StepResult(_search(config["expression"], value), "transformed")
 
 
@@ -138,7 +147,7 @@ def _filter_config(config: dict[str, Any], where: str) -> None:
     _jmespath(_text(config, "condition", where), where, "condition")
 
 
-def _filter_run(config: dict[str, Any], value: Any) -> StepResult:
+def _filter_run(config: dict[str, Any], value: Any, _context: StepContext) -> StepResult:
     # JMESPath truthiness: false, null, "", [] and {} are false.
     if _search(config["condition"], value) in (False, None, "", [], {}):
         return StepResult(value, "condition is false; the run ends as skipped", stop=True)
@@ -157,9 +166,13 @@ def _template_config(config: dict[str, Any], where: str) -> None:
         ) from None
 
 
-def _template_run(config: dict[str, Any], value: Any) -> StepResult:
+def _template_run(config: dict[str, Any], value: Any, context: StepContext) -> StepResult:
     try:
-        rendered = _sandbox().from_string(config["template"]).render(input=value)
+        rendered = (
+            _sandbox()
+            .from_string(config["template"])
+            .render(input=value, run=context.run, workflow=context.workflow)
+        )
     except TemplateError as error:
         raise StepFailed(f"template rendering failed: {error}") from None
     return StepResult(rendered, f"rendered {len(rendered)} characters")
@@ -208,7 +221,7 @@ def _cell(value: Any) -> str:
     return canonical_json(value).decode()
 
 
-def _artifact_run(config: dict[str, Any], value: Any) -> StepResult:
+def _artifact_run(config: dict[str, Any], value: Any, _context: StepContext) -> StepResult:
     fmt = config.get("format", "json")
     if fmt == "json":
         content = canonical_json(value)
@@ -229,7 +242,9 @@ class StepSpec:
     description: str
     available: bool
     validate: Callable[[dict[str, Any], str], None] = field(repr=False)
-    run: Callable[[dict[str, Any], Any], StepResult] | None = field(default=None, repr=False)
+    run: Callable[[dict[str, Any], Any, StepContext], StepResult] | None = field(
+        default=None, repr=False
+    )
 
 
 def _not_yet(config: dict[str, Any], where: str) -> None:
@@ -288,9 +303,11 @@ STEP_TYPES: dict[str, StepSpec] = {
 }
 
 
-def run_step(step_type: str, config: dict[str, Any], value: Any) -> StepResult:
+def run_step(
+    step_type: str, config: dict[str, Any], value: Any, context: StepContext | None = None
+) -> StepResult:
     """Runs one validated step on `value`; raises StepFailed when the input does not fit."""
     spec = STEP_TYPES[step_type]
     if spec.run is None:
         raise StepFailed(f"step type {step_type!r} is not available")
-    return spec.run(config, value)
+    return spec.run(config, value, context or StepContext())

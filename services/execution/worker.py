@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 
@@ -18,19 +17,14 @@ from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.context import run_id_var, tenant_id_var
 from aias.core.db import Database, SystemPath, follow_notifications
-from aias.core.entitlements import EntitlementsCache
-from aias.core.errors import DomainError, NotFound
-from services.execution.domain import RunStatus, StepDefinition, StepStatus, decode_payload
+from aias.core.entitlements import EntitlementsCache, Limits
+from aias.core.errors import NotFound, Unavailable
+from aias.core.protoconv import timestamp
+from services.execution.domain import RunStatus, StepDefinition, StepStatus
 from services.execution.models import RunRow, StepLogRow
 from services.execution.repository import ExecutionRepository, QueueRepository
-from services.execution.steps import (
-    ArtifactOutput,
-    StepFailed,
-    StepResult,
-    canonical_json,
-    run_step,
-    sha256_hex,
-)
+from services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
+from services.execution.steps import ArtifactOutput, StepContext, StepFailed
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +53,9 @@ class WorkerConfig:
     poll_interval: float = 5.0
     retry_base: float = 2.0
     retry_max: float = 300.0
+    # The most any step may have; a tenant's plan may allow less.
+    step_timeout: float = 60.0
+    step_output_bytes: int = 16 * 2**20
 
 
 class Worker:
@@ -70,9 +67,11 @@ class Worker:
         listen_url: str,
         artifacts: artifacts_grpc.ArtifactsServiceStub,
         entitlements: EntitlementsCache,
+        steps: StepRunner,
         config: WorkerConfig,
     ) -> None:
         self._db = db
+        self._steps = steps
         self._entitlements = entitlements
         self._listen_url = listen_url
         self._artifacts = artifacts
@@ -221,43 +220,57 @@ class Worker:
         if version is None:
             return RunStatus.FAILED, f"workflow version {run.workflow_version} no longer exists"
         steps = [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in version.steps]
-        try:
-            value: Any = decode_payload(run.payload, run.content_type)
-        except DomainError as bad_payload:
-            return RunStatus.FAILED, bad_payload.message
+        limits = await self._step_limits(run.tenant_id)
+        context = StepContext(
+            run={
+                "id": str(run.id),
+                "attempt": run.attempt,
+                "create_time": _api_time(run.create_time),
+            },
+            workflow={"id": str(run.workflow_id), "version": run.workflow_version},
+        )
+        # The step processes decode the payload; the worker only passes bytes along.
+        value, content_type = run.payload, run.content_type
         for index, step in enumerate(steps):
             started, clock = datetime.now(UTC), time.perf_counter()
-            status, message, failure_text = StepStatus.SUCCEEDED, "", ""
-            output = b""
+            status, failure_text = StepStatus.SUCCEEDED, ""
+            done: StepOutcome | None = None
             try:
-                result: StepResult = run_step(step.type, step.config, value)
-                if result.artifact is not None:
-                    await self._upload(run, step.id, result.artifact)
-                value, message = result.value, result.message
-                output = canonical_json(value)
-                if result.stop:
+                call = StepCall(step.type, step.config, value, content_type, context)
+                outcome = await self._steps.run(call, limits)
+                if outcome.artifact is not None:
+                    await self._upload(run, step.id, outcome.artifact)
+                done, value, content_type = outcome, outcome.value, JSON
+                if outcome.stop:
                     status = StepStatus.SKIPPED
             except StepFailed as failure:
                 status, failure_text = StepStatus.FAILED, str(failure)
             except RetryableError as failure:
                 await self._log(
-                    run,
-                    index,
-                    step,
-                    StepStatus.FAILED,
-                    started,
-                    clock,
-                    message,
-                    output,
-                    str(failure),
+                    run, index, step, StepStatus.FAILED, started, clock, None, str(failure)
                 )
                 raise
-            await self._log(run, index, step, status, started, clock, message, output, failure_text)
+            await self._log(run, index, step, status, started, clock, done, failure_text)
             if status == StepStatus.FAILED:
                 return RunStatus.FAILED, f"step {step.id!r} failed: {failure_text}"
             if status == StepStatus.SKIPPED:
                 return RunStatus.SKIPPED, ""
         return RunStatus.SUCCEEDED, ""
+
+    async def _step_limits(self, tenant_id: uuid.UUID) -> StepLimits:
+        """The worker's maximums, lowered where the tenant's plan sets step limits."""
+        try:
+            limits = (await self._entitlements.get(tenant_id)).limits
+        except NotFound:
+            limits = Limits()  # a deleted tenant's leftover runs get the worker's maximums
+        except Unavailable as error:
+            raise RetryableError(error.message) from None
+        timeout, output_bytes = self._config.step_timeout, self._config.step_output_bytes
+        if limits.step_timeout_seconds is not None:
+            timeout = min(timeout, limits.step_timeout_seconds)
+        if limits.step_output_bytes is not None:
+            output_bytes = min(output_bytes, limits.step_output_bytes)
+        return StepLimits(timeout, output_bytes)
 
     async def _log(
         self,
@@ -267,8 +280,7 @@ class Worker:
         status: StepStatus,
         started: datetime,
         clock: float,
-        message: str,
-        output: bytes,
+        outcome: StepOutcome | None,
         error: str,
     ) -> None:
         elapsed = time.perf_counter() - clock
@@ -283,9 +295,9 @@ class Worker:
             start_time=started,
             end_time=started + timedelta(seconds=elapsed),
             duration_ms=round(elapsed * 1000),
-            message=message,
-            output_bytes=len(output),
-            output_sha256=sha256_hex(output) if output else "",
+            message=outcome.message if outcome else "",
+            output_bytes=len(outcome.value) if outcome else 0,
+            output_sha256=outcome.output_sha256 if outcome else "",
             error=error,
         )
         async with self._db.tenant(run.tenant_id) as session:
@@ -338,6 +350,13 @@ class Worker:
         async with self._db.tenant(run.tenant_id) as session:
             await QueueRepository(session).release(run.id, self._config.worker_id)
         log.info("run released to the queue on shutdown")
+
+
+def _api_time(value: datetime) -> str:
+    """A time as the public API writes it (RFC 3339 in UTC), so templates match GET /api/runs."""
+    stamp = timestamp(value)
+    assert stamp is not None, "a datetime gives a Timestamp"
+    return stamp.ToJsonString()
 
 
 def new_worker_id() -> str:

@@ -11,7 +11,10 @@ from aias.core.db import Database, create_engine, libpq_url
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
+from services.execution.sandbox import StepRunner
 from services.execution.worker import Worker, WorkerConfig, new_worker_id
+
+MIB = 2**20
 
 
 @dataclass(frozen=True)
@@ -21,11 +24,14 @@ class WorkerSettings:
     artifacts_addr: str
     tenancy_addr: str
     worker: WorkerConfig
+    step_processes: int
+    step_memory_bytes: int
     entitlements_ttl: float = 30.0
 
 
 def load_settings(env: Env | None = None) -> WorkerSettings:
     env = env or Env()
+    concurrency = env.integer("AIAS_WORKER_CONCURRENCY", 4, minimum=1, maximum=256)
     settings = WorkerSettings(
         server=ServerSettings.from_env(env, "execution-worker", 50055, 9105),
         database_url=env.database_url("AIAS_APP_DATABASE_URL"),
@@ -33,11 +39,20 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
         tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
         worker=WorkerConfig(
             worker_id=env.text("AIAS_WORKER_ID", new_worker_id()),
-            concurrency=env.integer("AIAS_WORKER_CONCURRENCY", 4, minimum=1, maximum=256),
+            concurrency=concurrency,
             lease=timedelta(seconds=env.number("AIAS_WORKER_LEASE_SECONDS", 30.0, minimum=1.0)),
             poll_interval=env.number("AIAS_WORKER_POLL_SECONDS", 5.0, minimum=0.05),
             retry_base=env.number("AIAS_RETRY_BASE_SECONDS", 2.0),
             retry_max=env.number("AIAS_RETRY_MAX_SECONDS", 300.0),
+            step_timeout=env.number("AIAS_STEP_TIMEOUT_SECONDS", 60.0, minimum=0.1),
+            step_output_bytes=env.integer(
+                "AIAS_STEP_OUTPUT_BYTES", 16 * MIB, minimum=1024, maximum=2**31
+            ),
+        ),
+        step_processes=env.integer("AIAS_STEP_PROCESSES", concurrency, minimum=1, maximum=256),
+        # Below 64 MiB the interpreter and the step libraries alone would not fit.
+        step_memory_bytes=env.integer(
+            "AIAS_STEP_MEMORY_BYTES", 256 * MIB, minimum=64 * MIB, maximum=2**40
         ),
         entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
     )
@@ -46,27 +61,36 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
 
 
 async def build_server(settings: WorkerSettings) -> BuiltServer:
-    """The composition root: engine, channels, entitlements, the worker, a health-only server."""
+    """The composition root: engine, channels, entitlements, step pool, worker, health server."""
     db = Database(create_engine(settings.database_url, pool_size=settings.worker.concurrency + 2))
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
+    steps = StepRunner(settings.step_processes, settings.step_memory_bytes)
     worker = Worker(
         db,
         libpq_url(settings.database_url),
         artifacts_grpc.ArtifactsServiceStub(artifacts),
         entitlements,
+        steps,
         settings.worker,
     )
     built = build_grpc_server(settings.server, [])
-    built.on_start += [entitlements.start, worker.start]
+    built.on_start += [entitlements.start, steps.start, worker.start]
 
     async def stop_worker() -> None:
         await worker.stop(settings.server.grace_seconds)
 
     # Cleanups run last-registered first: the worker releases its runs before anything closes.
     built.probes.append(db.ping)
-    built.on_stop += [db.close, artifacts.close, tenancy.close, entitlements.stop, stop_worker]
+    built.on_stop += [
+        db.close,
+        artifacts.close,
+        tenancy.close,
+        entitlements.stop,
+        steps.close,
+        stop_worker,
+    ]
     return built
 
 

@@ -1,14 +1,17 @@
-"""The worker against real PostgreSQL: step logs, retries with back-off, release on shutdown."""
+"""The worker against real PostgreSQL: step logs, retries, release on shutdown, noisy neighbours."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
@@ -16,9 +19,20 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database, libpq_url
 from aias.core.entitlements import EntitlementsCache
 from aias.core.localdb import LocalDatabase
+from services.execution.sandbox import StepRunner
+from services.execution.steps import canonical_json, sha256_hex
 from services.execution.worker import Worker, WorkerConfig
 from tests.conftest import INTERNAL_TOKEN
 from tests.integration.servers import Tenancy
+
+
+@pytest.fixture(scope="module")
+async def runner() -> AsyncIterator[StepRunner]:
+    """Step processes for every worker of this module (starting them costs a few 0.1 s)."""
+    pool = StepRunner(processes=4, memory_bytes=256 * 2**20)
+    await pool.start()
+    yield pool
+    await pool.close()
 
 
 def _dead_address() -> str:
@@ -101,8 +115,10 @@ def _worker(
     database: LocalDatabase,
     artifacts: str,
     tenancy: Tenancy,
+    runner: StepRunner,
     worker_id: str,
     concurrency: int = 2,
+    step_timeout: float = 5.0,
 ) -> Worker:
     channel = internal_channel(artifacts, INTERNAL_TOKEN)
     entitlements = EntitlementsCache(internal_channel(tenancy.address, INTERNAL_TOKEN))
@@ -113,23 +129,25 @@ def _worker(
         poll_interval=0.2,
         retry_base=0.05,
         retry_max=0.1,
+        step_timeout=step_timeout,
     )
     return Worker(
         db,
         libpq_url(database.app_url),
         artifacts_grpc.ArtifactsServiceStub(channel),
         entitlements,
+        runner,
         config,
     )
 
 
 async def test_failed_step_fails_the_run_with_a_log_row(
-    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     steps = [{"id": "check", "type": "validate", "config": {"schema": {"type": "string"}}}]
     tenant = await tenancy.new_tenant()
     run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, "w-fail")
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-fail")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
@@ -143,12 +161,12 @@ async def test_failed_step_fails_the_run_with_a_log_row(
 
 
 async def test_unavailable_artifacts_retry_with_backoff_then_fail(
-    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
     tenant = await tenancy.new_tenant()
     run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, "w-retry")
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-retry")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
@@ -161,7 +179,7 @@ async def test_unavailable_artifacts_retry_with_backoff_then_fail(
 
 
 async def test_filter_false_skips_the_run(
-    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     steps = [
         {"id": "big", "type": "filter", "config": {"condition": "total > `100`"}},
@@ -169,7 +187,7 @@ async def test_filter_false_skips_the_run(
     ]
     tenant = await tenancy.new_tenant()
     run = await _queue_run(app_db, tenant, steps, b'{"total": 3}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, "w-skip")
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-skip")
     await worker.start()
     try:
         row = await _wait_status(app_db, tenant, run, {"skipped", "failed", "succeeded"})
@@ -182,7 +200,7 @@ async def test_filter_false_skips_the_run(
 
 
 async def test_shutdown_releases_a_run_in_flight(
-    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     # A listener that accepts connections but never speaks HTTP/2: the upload hangs.
     held: list[asyncio.StreamWriter] = []
@@ -195,7 +213,7 @@ async def test_shutdown_releases_a_run_in_flight(
     steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
     tenant = await tenancy.new_tenant()
     run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, address, tenancy, "w-release")
+    worker = _worker(app_db, database, address, tenancy, runner, "w-release")
     await worker.start()
     try:
         await _wait_status(app_db, tenant, run, {"running"})
@@ -216,7 +234,7 @@ async def test_shutdown_releases_a_run_in_flight(
 
 
 async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
-    app_db: Database, database: LocalDatabase, tenancy: Tenancy
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     # Uploads to this listener never finish, so tenant A's runs stay running.
     held: list[asyncio.StreamWriter] = []
@@ -237,7 +255,7 @@ async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
         [{"id": "t", "type": "transform", "config": {"expression": "a"}}],
         b'{"a": 1}',
     )
-    worker = _worker(app_db, database, address, tenancy, "w-caps", concurrency=4)
+    worker = _worker(app_db, database, address, tenancy, runner, "w-caps", concurrency=4)
     await worker.start()
     try:
         assert (await _wait_status(app_db, other, quick, {"succeeded"})).status == "succeeded"
@@ -258,3 +276,90 @@ async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
             writer.close()
         black_hole.close()
         await black_hole.wait_closed()
+
+
+def _template(step_id: str, template: str) -> list[dict[str, Any]]:
+    return [{"id": step_id, "type": "template", "config": {"template": template}}]
+
+
+# Jinja's sandbox caps range() at 100,000 items; nested, the loops run for hours.
+SPIN = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+
+
+async def test_a_noisy_tenant_does_not_hold_up_another_tenants_run(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    noisy = await tenancy.new_tenant()  # free: two runs at once
+    spinning = await _queue_run(app_db, noisy, _template("spin", SPIN), b"{}")
+    hungry = await _queue_run(app_db, noisy, _template("hog", "{{ 'ab' * 150000000 }}"), b"{}")
+    quiet = await tenancy.new_tenant()
+    worker = _worker(
+        app_db,
+        database,
+        _dead_address(),
+        tenancy,
+        runner,
+        "w-noisy",
+        concurrency=4,
+        step_timeout=1.5,
+    )
+    await worker.start()
+    try:
+        await _wait_status(app_db, noisy, spinning, {"running"})
+        await asyncio.sleep(0.3)  # the template is spinning now
+        queued = time.monotonic()
+        trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+        run = await _queue_run(app_db, quiet, trivial, b'{"a": 1}')
+        row = await _wait_status(app_db, quiet, run, {"succeeded", "failed"})
+        waited = time.monotonic() - queued
+        spun = await _wait_status(app_db, noisy, spinning, {"succeeded", "failed"})
+        hogged = await _wait_status(app_db, noisy, hungry, {"succeeded", "failed"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "succeeded"
+    assert waited < 2.0, f"the quiet tenant's run took {waited:.2f} s"
+    assert (spun.status, hogged.status) == ("failed", "failed")
+    assert spun.error == "step 'spin' failed: STEP_TIMEOUT: the step ran longer than 1.5 s"
+    assert hogged.error.startswith("step 'hog' failed: STEP_MEMORY: ")
+    (spin_log,) = await _logs(app_db, noisy, spinning)
+    (hog_log,) = await _logs(app_db, noisy, hungry)
+    assert (spin_log.status, spin_log.error) == (
+        "failed",
+        "STEP_TIMEOUT: the step ran longer than 1.5 s",
+    )
+    assert hog_log.status == "failed"
+    assert hog_log.error.startswith("STEP_MEMORY: the step needed more than the 256 MiB")
+
+
+async def test_the_plans_output_limit_fails_a_step(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    tenant = await tenancy.new_tenant()
+    await tenancy.set_limits(tenant, step_output_bytes=100)
+    run = await _queue_run(app_db, tenant, _template("big", "{{ 'x' * 200 }}"), b"{}")
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-output")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"succeeded", "failed"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "failed"
+    (log,) = await _logs(app_db, tenant, run)
+    assert log.error == "STEP_OUTPUT_TOO_LARGE: the step's output is over the limit of 100 bytes"
+
+
+async def test_a_template_sees_its_run_and_workflow(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    tenant = await tenancy.new_tenant()
+    template = "{{ input.n }} {{ run.id }} {{ run.attempt }} {{ workflow.version }}"
+    run = await _queue_run(app_db, tenant, _template("say", template), b'{"n": 7}')
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-context")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"succeeded", "failed"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "succeeded"
+    (log,) = await _logs(app_db, tenant, run)
+    assert log.output_sha256 == sha256_hex(canonical_json(f"7 {run} 1 1"))

@@ -9,7 +9,7 @@ import pytest
 
 from aias.core.errors import InvalidArgument
 from services.execution.domain import StepDefinition, decode_payload, validate_steps
-from services.execution.steps import StepFailed, canonical_json, run_step
+from services.execution.steps import StepContext, StepFailed, canonical_json, run_step
 
 ORDER = {"id": "o-1", "items": [{"sku": "a", "price": 2.5}, {"sku": "b", "price": 4}]}
 
@@ -52,6 +52,18 @@ def test_template_renders_in_a_sandbox() -> None:
     assert result.value == "Order o-1"
     with pytest.raises(StepFailed, match="template rendering failed"):
         run_step("template", {"template": "{{ input.__class__.__mro__ }}"}, ORDER)
+
+
+def test_template_sees_input_run_and_workflow() -> None:
+    context = StepContext(
+        run={"id": "r-1", "attempt": 2, "create_time": "2026-01-02T03:04:05Z"},
+        workflow={"id": "w-1", "version": 3},
+    )
+    template = "{{ input.id }} {{ run.id }}#{{ run.attempt }} {{ run.create_time }} {{ workflow.id }}@v{{ workflow.version }}"
+    assert (
+        run_step("template", {"template": template}, ORDER, context).value
+        == "o-1 r-1#2 2026-01-02T03:04:05Z w-1@v3"
+    )
 
 
 def test_validate_reports_the_failing_path() -> None:
