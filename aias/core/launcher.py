@@ -55,7 +55,7 @@ PROCESSES = (
         "AIAS_ARTIFACTS_METRICS_PORT",
         50053,
         9103,
-        needs=("tenancy",),
+        needs=("tenancy", "execution"),
     ),
     ProcessSpec(
         "billing",
@@ -103,7 +103,8 @@ ADDRESS_ENV = {
 # Started wave by wave, stopped in the reverse order: callers go before the services they call.
 WAVES = (
     ("tenancy",),
-    ("artifacts", "billing", "execution"),
+    ("billing", "execution"),
+    ("artifacts",),
     ("execution-worker",),
     ("gateway",),
 )

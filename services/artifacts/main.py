@@ -13,6 +13,7 @@ from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
 from services.artifacts.blobstore import FilesystemBlobStore
+from services.artifacts.runs import RunOwners
 from services.artifacts.service import ArtifactsService
 from services.artifacts.servicer import ArtifactsServicer
 
@@ -25,6 +26,7 @@ class ArtifactsSettings:
     database_url: str
     blob_root: Path
     tenancy_addr: str
+    execution_addr: str
     entitlements_ttl: float = 30.0
 
 
@@ -36,6 +38,7 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         database_url=env.database_url("AIAS_APP_DATABASE_URL"),
         blob_root=Path(env.text("AIAS_ARTIFACTS_DIR", str(data_dir / "artifacts"))).absolute(),
         tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
+        execution_addr=env.address("AIAS_EXECUTION_ADDR"),
         entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
     )
     env.check()
@@ -43,13 +46,16 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
 
 
 async def build_server(settings: ArtifactsSettings) -> BuiltServer:
-    """The composition root: engine, blob store, tenancy channel, use cases, servicer, server."""
+    """The composition root: engine, blob store, channels, use cases, servicer, server."""
     blobs = FilesystemBlobStore(settings.blob_root)
     await blobs.prepare()
     db = Database(create_engine(settings.database_url))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
-    servicer = ArtifactsServicer(ArtifactsService(db, blobs, entitlements, UsageClient(tenancy)))
+    execution = internal_channel(settings.execution_addr, settings.server.internal_token)
+    servicer = ArtifactsServicer(
+        ArtifactsService(db, blobs, entitlements, UsageClient(tenancy), RunOwners(execution))
+    )
     built = build_grpc_server(
         settings.server,
         [
@@ -61,7 +67,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     )
     built.on_start.append(entitlements.start)
     built.probes.append(db.ping)
-    built.on_stop += [db.close, tenancy.close, entitlements.stop]
+    built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop]
     return built
 
 

@@ -29,6 +29,7 @@ from services.artifacts.domain import (
     validate_upload,
 )
 from services.artifacts.repository import ArtifactRepository
+from services.artifacts.runs import RunOwners
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +58,13 @@ class ArtifactsService:
         blobs: BlobStore,
         entitlements: EntitlementsCache,
         usage: UsageClient,
+        runs: RunOwners,
     ) -> None:
         self._db = db
         self._blobs = blobs
         self._entitlements = entitlements
         self._usage = usage
+        self._runs = runs
 
     async def upload(
         self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterable[bytes]
@@ -73,6 +76,7 @@ class ArtifactsService:
         """
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
+        await self._runs.check(tenant_id, new.run_id)
         entitlements = await self._entitlements.get(tenant_id)
         new = replace(
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import ADMIN_TOKEN, USED_SECRETS
 
 OPERATOR = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WORKFLOW = {
@@ -24,7 +24,10 @@ WORKFLOW = {
     ],
 }
 
-ORDER = {"id": "A-1001", "items": [{"price": 12.5}, {"price": 7.25}]}
+# The card number stands for what a real webhook body carries that must never be logged.
+CARD = f"4111-{uuid.uuid4().hex}"
+USED_SECRETS.add(CARD)
+ORDER = {"id": "A-1001", "items": [{"price": 12.5}, {"price": 7.25}], "card": CARD}
 
 
 @dataclass
@@ -51,6 +54,7 @@ async def new_tenant(http: aiohttp.ClientSession, plan: str = "free") -> Tenant:
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     ) as response:
         body = await expect(response, 201)
+    USED_SECRETS.add(body["admin_key"])
     return Tenant(body["tenant"]["id"], body["admin_key"])
 
 
@@ -63,6 +67,7 @@ async def new_endpoint(http: aiohttp.ClientSession, tenant: Tenant) -> tuple[dic
         headers=tenant.auth,
     ) as response:
         created = await expect(response, 201)
+    USED_SECRETS.add(created["secret"])
     return created["webhook_endpoint"], created["secret"]
 
 

@@ -16,6 +16,8 @@ from tests.conftest import INTERNAL_TOKEN
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, FakeStripe
 
 ADMIN_TOKEN = "test-admin-token"
+# Every API key, webhook secret and secret-bearing body the tests used; none may be logged.
+USED_SECRETS: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -68,6 +70,15 @@ def stack(
     yield running
     # Every process shuts down on SIGTERM by itself, with exit code 0, within the grace period.
     assert running.stop() == dict.fromkeys(ports, 0)
+    # No secret, key or webhook body a test used appears in any line any process logged.
+    logs = {path.name: path.read_text(errors="replace") for path in (data_dir / "logs").iterdir()}
+    leaked = {
+        (name, secret[:12] + "...")
+        for name, text in logs.items()
+        for secret in (*USED_SECRETS, WEBHOOK_SECRET, API_KEY, ADMIN_TOKEN, INTERNAL_TOKEN)
+        if secret in text
+    }
+    assert leaked == set(), f"secrets in the logs: {sorted(leaked)}"
 
 
 @pytest.fixture

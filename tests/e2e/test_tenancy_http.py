@@ -8,6 +8,7 @@ import time
 import aiohttp
 
 from tests.e2e.client import OPERATOR, Tenant, expect, new_endpoint, new_tenant
+from tests.e2e.conftest import USED_SECRETS
 
 # The documented bound for a revoked key (the gateway's key cache TTL); the push makes it ~instant.
 REVOCATION_BOUND_SECONDS = 10.0
@@ -19,6 +20,7 @@ async def new_key(http: aiohttp.ClientSession, owner: Tenant, role: str) -> Tena
     ) as response:
         body = await expect(response, 201)
     assert body["api_key"]["role"] == role
+    USED_SECRETS.add(body["key"])
     return Tenant(owner.id, body["key"])
 
 
@@ -28,6 +30,7 @@ async def test_keys_are_created_listed_and_revoked_everywhere(http: aiohttp.Clie
         "/api/api-keys", json={"name": "ci", "role": "member"}, headers=owner.auth
     ) as response:
         created = await expect(response, 201)
+    USED_SECRETS.add(created["key"])
     member = Tenant(owner.id, created["key"])
     async with http.get("/api/workflows", headers=member.auth) as response:
         await expect(response, 200)

@@ -22,11 +22,12 @@ from sqlalchemy import text
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
-from aias.core.db import Database
+from aias.core.db import Database, create_engine
 from aias.core.localdb import LocalDatabase
 from services.artifacts.main import ArtifactsSettings, build_server
+from services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
-from tests.integration.servers import Tenancy
+from tests.integration.servers import Tenancy, running
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -37,9 +38,31 @@ class Served:
     stub: pb_grpc.ArtifactsServiceAsyncStub
     blob_root: Path
     tenancy: Tenancy
+    db: Database
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         return await self.tenancy.new_tenant(plan)
+
+    async def new_run(self, tenant: uuid.UUID) -> uuid.UUID:
+        """A queued run of a one-step workflow, as execution stores it."""
+        workflow, run = uuid.uuid4(), uuid.uuid4()
+        async with self.db.tenant(tenant) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO execution.workflows (id, tenant_id, name, enabled, "
+                    "current_version) VALUES (:w, :t, 'wf', true, 1)"
+                ),
+                {"w": workflow, "t": tenant},
+            )
+            await session.execute(
+                text(
+                    "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                    "status, max_attempts, payload, content_type) VALUES (:r, :t, :w, 1, "
+                    "'succeeded', 1, '\\x7b7d', 'application/json')"
+                ),
+                {"r": run, "t": tenant, "w": workflow},
+            )
+        return run
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +71,33 @@ async def served(
 ) -> AsyncIterator[Served]:
     """The real server, built by the production factory, on an ephemeral port."""
     blob_root = tmp_path_factory.mktemp("artifacts")
-    settings = ArtifactsSettings(
-        server=server_settings("artifacts"),
-        database_url=database.app_url,
-        blob_root=blob_root,
-        tenancy_addr=tenancy.address,
-        entitlements_ttl=0.0,
+    execution = await execution_main.build_server(
+        execution_main.ExecutionSettings(
+            server_settings("execution"),
+            database.app_url,
+            tenancy.address,
+            "http://gateway.test",
+            entitlements_ttl=0.0,
+            max_attempts=1,
+        )
     )
-    built = await build_server(settings)
-    await built.start()
-    channel = internal_channel(f"127.0.0.1:{built.port}", INTERNAL_TOKEN)
-    # The stub's overloads cannot tell an aio channel from a sync one without grpc type stubs.
-    stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-    yield Served(stub, blob_root, tenancy)
-    await channel.close()
-    await built.stop(1.0)
+    db = Database(create_engine(database.app_url, pool_size=2))
+    async with running(execution) as execution_addr:
+        settings = ArtifactsSettings(
+            server=server_settings("artifacts"),
+            database_url=database.app_url,
+            blob_root=blob_root,
+            tenancy_addr=tenancy.address,
+            execution_addr=execution_addr,
+            entitlements_ttl=0.0,
+        )
+        async with running(await build_server(settings)) as address:
+            channel = internal_channel(address, INTERNAL_TOKEN)
+            # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
+            stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
+            yield Served(stub, blob_root, tenancy, db)
+            await channel.close()
+    await db.close()
 
 
 def as_tenant(tenant_id: uuid.UUID) -> tuple[tuple[str, str], ...]:
@@ -149,7 +184,8 @@ async def eventually(condition: str, check: Callable[[], bool]) -> None:
 
 
 async def test_upload_then_download_returns_the_exact_bytes(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
     content = b'{"order":42,"total":17.5}'
 
     artifact = await upload(
@@ -197,7 +233,7 @@ async def test_retention_is_what_the_upload_asks_at_most_the_plans(
     artifact = await upload(
         served,
         tenant,
-        uuid.uuid4(),
+        await served.new_run(tenant),
         "out.txt",
         [b"hi"],
         media_type="text/plain; charset=utf-8",
@@ -215,7 +251,12 @@ async def test_empty_artifact_downloads_with_its_content_type(served: Served) ->
     tenant = await served.new_tenant()
 
     artifact = await upload(
-        served, tenant, uuid.uuid4(), "empty.csv", [], media_type="text/csv; charset=utf-8"
+        served,
+        tenant,
+        await served.new_run(tenant),
+        "empty.csv",
+        [],
+        media_type="text/csv; charset=utf-8",
     )
 
     assert artifact.size_bytes == 0
@@ -231,7 +272,7 @@ async def test_non_ascii_name_gets_an_encoded_filename(served: Served) -> None:
     artifact = await upload(
         served,
         tenant,
-        uuid.uuid4(),
+        await served.new_run(tenant),
         'résumé "v2".txt',
         [b"x"],
         media_type="text/plain; charset=utf-8",
@@ -249,7 +290,12 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
     chunks = [content[i : i + 256 * KIB] for i in range(0, len(content), 256 * KIB)]
 
     artifact = await upload(
-        served, tenant, uuid.uuid4(), "big.bin", chunks, media_type="application/octet-stream"
+        served,
+        tenant,
+        await served.new_run(tenant),
+        "big.bin",
+        chunks,
+        media_type="application/octet-stream",
     )
 
     digest = hashlib.sha256(content).hexdigest()
@@ -264,7 +310,8 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
 
 
 async def test_upload_must_start_with_metadata(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
 
     with pytest.raises(grpc.aio.AioRpcError) as chunk_first:
         await send(served, tenant, [pb.UploadArtifactRequest(chunk=b"x")])
@@ -309,7 +356,8 @@ async def test_bad_metadata_is_refused(
 
 
 async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await upload(served, tenant, run, "a.bin", [b"a" * 1000, b"b" * (MIB + 1)])
@@ -324,7 +372,8 @@ async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> 
 
 
 async def test_reupload_with_same_content_returns_the_first_artifact(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
 
     first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
     again = await upload(served, tenant, run, "out.json", [b"[1,", b"2,3]"])
@@ -334,7 +383,8 @@ async def test_reupload_with_same_content_returns_the_first_artifact(served: Ser
 
 
 async def test_identical_content_under_two_names_is_stored_once(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
 
     a = await upload(served, tenant, run, "a.json", [b"{}"])
     b = await upload(served, tenant, run, "b.json", [b"{}"])
@@ -345,7 +395,8 @@ async def test_identical_content_under_two_names_is_stored_once(served: Served) 
 
 
 async def test_reupload_with_different_content_is_refused(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
     first = await upload(served, tenant, run, "out.json", [b"[1,2,3]"])
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -358,7 +409,8 @@ async def test_reupload_with_different_content_is_refused(served: Served) -> Non
 
 
 async def test_concurrent_identical_uploads_make_one_artifact(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
 
     results = await asyncio.gather(
         *(upload(served, tenant, run, "same.json", [b'{"a":1}']) for _ in range(5))
@@ -368,7 +420,8 @@ async def test_concurrent_identical_uploads_make_one_artifact(served: Served) ->
 
 
 async def test_list_by_run_pages_newest_first(served: Served) -> None:
-    tenant, run, other_run = await served.new_tenant(), uuid.uuid4(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run, other_run = await served.new_run(tenant), await served.new_run(tenant)
     uploaded = [
         await upload(served, tenant, run, f"part-{i}.json", [str(i).encode()]) for i in range(5)
     ]
@@ -396,7 +449,8 @@ async def test_list_by_run_pages_newest_first(served: Served) -> None:
 
 
 async def test_list_refuses_a_foreign_or_garbled_page_token(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
     for i in range(2):
         await upload(served, tenant, run, f"{i}.json", [b"1"])
     first: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
@@ -415,7 +469,8 @@ async def test_list_refuses_a_foreign_or_garbled_page_token(served: Served) -> N
 
 
 async def test_page_size_defaults_caps_and_refuses_negatives(served: Served) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
     for i in range(3):
         await upload(served, tenant, run, f"{i}.json", [b"1"])
 
@@ -437,7 +492,8 @@ async def test_page_size_defaults_caps_and_refuses_negatives(served: Served) -> 
 
 
 async def test_another_tenant_cannot_see_the_artifact(served: Served) -> None:
-    tenant_a, tenant_b, run = await served.new_tenant(), await served.new_tenant(), uuid.uuid4()
+    tenant_a, tenant_b = await served.new_tenant(), await served.new_tenant()
+    run = await served.new_run(tenant_a)
     artifact = await upload(served, tenant_a, run, "secret.json", [b'{"k":"v"}'])
 
     with pytest.raises(grpc.aio.AioRpcError) as got:
@@ -458,9 +514,6 @@ async def test_another_tenant_cannot_see_the_artifact(served: Served) -> None:
         assert reason(caught.value) == "ARTIFACT_NOT_FOUND"
     assert list(by_run.artifacts) == []
     assert list(everything.artifacts) == []
-    # The same run, step and name is free in another tenant.
-    theirs = await upload(served, tenant_b, run, "secret.json", [b"other"])
-    assert theirs.id != artifact.id
 
 
 async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> None:
@@ -486,7 +539,7 @@ async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> N
 
 async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
     tenant = await served.new_tenant()
-    artifact = await upload(served, tenant, uuid.uuid4(), "gone.json", [b"{}"])
+    artifact = await upload(served, tenant, await served.new_run(tenant), "gone.json", [b"{}"])
     blob = served.blob_root / str(tenant) / "sha256" / artifact.sha256[:2] / artifact.sha256
     blob.unlink()
 
@@ -500,7 +553,8 @@ async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
 async def test_cancelled_upload_leaves_no_row_blob_or_temp_file(
     served: Served, app_db: Database
 ) -> None:
-    tenant, run = await served.new_tenant(), uuid.uuid4()
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
     tenant_dir = served.blob_root / str(tenant)
     release = asyncio.Event()
 
@@ -535,7 +589,7 @@ async def test_storage_quota_counts_new_content_once_and_stores_nothing_over_it(
 ) -> None:
     tenant = await served.new_tenant("enterprise")
     await served.tenancy.set_limits(tenant, artifact_storage_bytes=10)
-    run = uuid.uuid4()
+    run = await served.new_run(tenant)
     await upload(served, tenant, run, "a.bin", [b"12345678"], media_type="application/octet-stream")
     # The same content again costs nothing: it is stored once.
     await upload(served, tenant, run, "b.bin", [b"12345678"], media_type="application/octet-stream")
@@ -557,7 +611,7 @@ async def test_storage_quota_counts_new_content_once_and_stores_nothing_over_it(
 async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Served) -> None:
     tenant = await served.new_tenant("enterprise")
     await served.tenancy.set_limits(tenant, artifact_storage_bytes=10)
-    run = uuid.uuid4()
+    run = await served.new_run(tenant)
     results = await asyncio.gather(
         *(
             upload(served, tenant, run, f"{i}.bin", [f"{i:04d}".encode()], media_type="text/plain")
@@ -572,3 +626,18 @@ async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Ser
         for r in results
         if r not in stored
     )
+
+
+async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None:
+    owner, intruder = await served.new_tenant(), await served.new_tenant()
+    run = await served.new_run(owner)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, intruder, run, "x.json", [b"{}"])
+
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(caught.value) == "RUN_NOT_FOUND"
+    listed = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(), metadata=as_tenant(intruder)
+    )
+    assert list(listed.artifacts) == []

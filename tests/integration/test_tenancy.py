@@ -423,3 +423,12 @@ async def test_watchers_hear_of_plan_status_and_key_changes(tenancy: Tenancy) ->
                 pass
         assert not notice.reset
     stream.cancel()
+
+
+async def test_a_tenant_claimed_twice_is_refused(tenancy: Tenancy) -> None:
+    tenant_a, _ = await new_tenant(tenancy)
+    tenant_b, _ = await new_tenant(tenancy)
+    twice = (("x-aias-tenant-id", str(tenant_a)), ("x-aias-tenant-id", str(tenant_b)))
+    assert await refused(
+        tenancy.stub.GetCurrentTenant(pb.GetCurrentTenantRequest(), metadata=twice)
+    ) == (grpc.StatusCode.INVALID_ARGUMENT, "AMBIGUOUS_CALLER")

@@ -1,0 +1,42 @@
+"""Which runs belong to which tenant, as execution knows them, so an upload names a real run."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from aias.core.cache import TtlCache
+from aias.core.errors import NotFound, Unavailable
+from aias.execution.v1 import execution_service_pb2 as execution_pb
+from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
+
+_TIMEOUT_SECONDS = 5.0
+
+
+class RunOwners:
+    """Asks execution whether a run is the tenant's; a yes is kept, since runs never move."""
+
+    def __init__(self, channel: grpc.aio.Channel, max_entries: int = 100_000) -> None:
+        self._stub = execution_grpc.ExecutionServiceStub(channel)
+        self._known: TtlCache[tuple[uuid.UUID, uuid.UUID], bool] = TtlCache(3600.0, max_entries)
+
+    async def check(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
+        """Returns when the run exists for the tenant; NotFound otherwise."""
+        if self._known.get((tenant_id, run_id)):
+            return
+        try:
+            await self._stub.GetRun(
+                execution_pb.GetRunRequest(run_id=str(run_id)),
+                metadata=(("x-aias-tenant-id", str(tenant_id)),),
+                timeout=_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    "RUN_NOT_FOUND", f"run {run_id} does not exist for this tenant"
+                ) from None
+            raise Unavailable(
+                "EXECUTION_UNAVAILABLE", "the execution service did not answer; retry shortly"
+            ) from None
+        self._known.put((tenant_id, run_id), True)
