@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
@@ -197,34 +198,51 @@ def _readyz(gateway: int) -> int:
 async def test_launcher_restarts_killed_processes_on_their_ports() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="aias-launcher-") as tmp,
-        _launcher(Path(tmp), AIAS_ADMIN_TOKEN=ADMIN_TOKEN) as run,
+        # A short lease: the killed worker's runs are taken over within the test.
+        _launcher(Path(tmp), AIAS_ADMIN_TOKEN=ADMIN_TOKEN, AIAS_WORKER_LEASE_SECONDS="3") as run,
     ):
         assert "operator token: the AIAS_ADMIN_TOKEN you set\n" in run.printed()
         assert ADMIN_TOKEN not in run.printed()
-        before = {name: run.ready(name) for name in ("execution-worker", "execution")}
-        for info in before.values():
-            os.kill(info["pid"], signal.SIGKILL)
-        for name, old in before.items():
-            assert _wait_until(functools.partial(_restarted, run, name, old["pid"]), 30)
-            new = run.ready(name)
-            assert (new["port"], new["metrics_port"]) == (old["port"], old["metrics_port"])
-            assert _serving(new["port"])
-        # Dying again soon after a restart doubles the back-off.
-        again = run.ready("execution-worker")["pid"]
-        os.kill(again, signal.SIGKILL)
-        assert _wait_until(functools.partial(_restarted, run, "execution-worker", again), 30)
-
-        # The rest of the suite finds them again where they were: a webhook becomes a run that
-        # the restarted execution queues and the restarted worker executes.
         gateway = run.ready("gateway")["port"]
-        assert _wait_until(lambda: _readyz(gateway) == 200, 30)
         async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{gateway}") as http:
-            tenant = await new_tenant(http)
+            tenant = await new_tenant(http, "enterprise")
             _endpoint, secret = await new_endpoint(http, tenant)
-            async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER) as response:
-                assert response.status == 202
-                run_id = (await response.json())["run_id"]
-            assert (await wait_for_run(http, tenant, run_id))["status"] == "succeeded"
+            accepted: list[str] = []
+            loading = asyncio.Event()
+
+            async def load() -> None:
+                """Webhooks while processes die: refusals are fine, a 202 must become a run."""
+                while not loading.is_set():
+                    async with http.post(
+                        f"/api/webhooks/{tenant.id}/{secret}", json=ORDER
+                    ) as response:
+                        if response.status == 202:
+                            accepted.append((await response.json())["run_id"])
+                    await asyncio.sleep(0.01)
+
+            loader = asyncio.create_task(load())
+            await asyncio.sleep(0.5)
+            before = {name: run.ready(name) for name in ("execution-worker", "execution")}
+            for info in before.values():
+                os.kill(info["pid"], signal.SIGKILL)
+            for name, old in before.items():
+                assert _wait_until(functools.partial(_restarted, run, name, old["pid"]), 30)
+                new = run.ready(name)
+                assert (new["port"], new["metrics_port"]) == (old["port"], old["metrics_port"])
+                assert _serving(new["port"])
+            # Dying again soon after a restart doubles the back-off.
+            again = run.ready("execution-worker")["pid"]
+            os.kill(again, signal.SIGKILL)
+            assert _wait_until(functools.partial(_restarted, run, "execution-worker", again), 30)
+            assert _wait_until(lambda: _readyz(gateway) == 200, 30)
+            await asyncio.sleep(0.5)  # the restarted processes take load too
+            loading.set()
+            await loader
+
+            # Every 202 is one run, and every one of them ends, despite the kills.
+            assert len(accepted) == len(set(accepted)) > 0
+            for run_id in accepted:
+                assert (await wait_for_run(http, tenant, run_id))["status"] == "succeeded"
 
         # The console says what happened in words, the log as JSON.
         worker_port = before["execution-worker"]["port"]
