@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib.metadata import version
 
 import grpc
 from aiohttp import web
@@ -20,6 +22,7 @@ from gateway.backends import BACKENDS, Backends
 from gateway.errors import GatewayError, error_response, json_response
 from gateway.ingress import MAX_BODY_BYTES, BodyReader, InflightLimit, check_head, defer_continue
 from gateway.metrics import HttpMetrics
+from gateway.openapi import build_document, render_docs
 from gateway.proxy import RpcProxy
 from gateway.settings import GatewaySettings
 from gateway.template import Router
@@ -36,6 +39,8 @@ BACKEND_POOL = web.AppKey("backends", Backends)
 PROXY = web.AppKey("proxy", RpcProxy)
 ENTITLEMENT_CHANGES = web.AppKey("entitlement_changes", EntitlementsCache)
 INFLIGHT = web.AppKey("inflight", InflightLimit)
+API_DOCUMENT = web.AppKey("api_document", bytes)
+API_PAGE = web.AppKey("api_page", bytes)
 REQUEST_ID = web.RequestKey("request_id", str)
 ROUTE_LABEL = web.RequestKey("route", str)
 
@@ -44,13 +49,15 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _UNMATCHED = "unmatched"
 
 
-def build_router() -> Router[Handler]:
+def build_router(routes: list[RpcRoute]) -> Router[Handler]:
     """The fixed routes and one route per google.api.http binding of every backend."""
     router: Router[Handler] = Router()
     router.add("GET", "/healthz", _healthz)
     router.add("GET", "/readyz", _readyz)
     router.add("GET", "/metrics", _metrics)
-    for route in build_routes(BACKENDS):
+    router.add("GET", "/openapi.json", _openapi)
+    router.add("GET", "/docs", _docs)
+    for route in routes:
         router.add(route.http_method, route.template, _rpc_handler(route))
     return router
 
@@ -59,7 +66,11 @@ def init_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; backends are connected when it starts and closed when it stops."""
     app = web.Application(middlewares=[_observe, _errors, _guard], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
-    app[ROUTER] = build_router()
+    routes = build_routes(BACKENDS)
+    app[ROUTER] = build_router(routes)
+    document = build_document(routes, version("aias"))
+    app[API_DOCUMENT] = json.dumps(document, ensure_ascii=False).encode()
+    app[API_PAGE] = render_docs(document).encode()
     app[METRICS] = HttpMetrics()
     app[INFLIGHT] = InflightLimit(settings.max_inflight)
     app.cleanup_ctx.append(_backends)
@@ -112,6 +123,14 @@ async def _readyz(request: web.Request, params: Mapping[str, str]) -> web.Stream
     ready = all(state == "SERVING" for state in backends.values())
     body = {"status": "ready" if ready else "not_ready", "backends": backends}
     return json_response(body, 200 if ready else 503)
+
+
+async def _openapi(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    return web.Response(body=request.app[API_DOCUMENT], content_type="application/json")
+
+
+async def _docs(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    return web.Response(body=request.app[API_PAGE], content_type="text/html", charset="utf-8")
 
 
 async def _metrics(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:

@@ -164,7 +164,7 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
             "DEADLINE_EXCEEDED",
             f"the {route.backend} service did not start the download in time",
         ) from None
-    status, headers = response_head(initial, keep_length=True)
+    status, headers = response_head(initial, keep_length=True, status=route.success_status)
     headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
     response = web.StreamResponse(status=status, headers=headers)
     declared = response.content_length

@@ -94,6 +94,8 @@ class RpcRoute:
     response_class: type[Message]
     server_streaming: bool
     admission: Admission | None = None
+    # What a success answers with unless the RPC says otherwise (`x-http-code`).
+    success_status: int = 200
 
     @property
     def raw_request(self) -> bool:
@@ -160,6 +162,7 @@ def _route(
         response_class=GetMessageClass(method.output_type),
         server_streaming=method.server_streaming,
         admission=_admission(method),
+        success_status=method.GetOptions().Extensions[access_pb2.success_status] or 200,
     )
     _check(route, where)
     return route
@@ -381,12 +384,14 @@ def header_name(key: str) -> str:
     return "-".join(_HEADER_WORDS.get(word, word.capitalize()) for word in key.split("-"))
 
 
-def response_head(metadata: Any, *, keep_length: bool) -> tuple[int, dict[str, str]]:
+def response_head(
+    metadata: Any, *, keep_length: bool, status: int = 200
+) -> tuple[int, dict[str, str]]:
     """The HTTP status (from `x-http-code`) and headers (from `x-http-header-*`) in metadata.
 
     Content-Length is kept only for streamed bodies; aiohttp measures any other body itself.
     """
-    status, headers = 200, {}
+    headers: dict[str, str] = {}
     for key, value in metadata or ():
         if not isinstance(value, str):
             continue
@@ -402,7 +407,7 @@ def response_head(metadata: Any, *, keep_length: bool) -> tuple[int, dict[str, s
 
 def render_unary(route: RpcRoute, response: Message, metadata: Any) -> web.Response:
     """JSON, or raw bytes when the response is a google.api.HttpBody."""
-    status, headers = response_head(metadata, keep_length=False)
+    status, headers = response_head(metadata, keep_length=False, status=route.success_status)
     if route.raw_response:
         raw: Any = getattr(response, route.response_body) if route.response_body else response
         headers["Content-Type"] = raw.content_type or DEFAULT_CONTENT_TYPE

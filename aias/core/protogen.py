@@ -23,6 +23,9 @@ GENERATED_PACKAGES = (
     "aias/billing/v1",
 )
 IMAGE = REPO / "build" / "aias.binpb"
+# The same image inside the package: the gateway reads the protos' comments from it for the
+# OpenAPI document (generated modules carry no comments).
+PACKAGED_IMAGE = "aias/api/v1/descriptors.binpb"
 
 
 def proto_files() -> list[Path]:
@@ -53,9 +56,9 @@ def generate(out_dir: Path, image: Path | None) -> None:
         f"--mypy_out=quiet:{out_dir}",
         f"--mypy_grpc_out=quiet:{out_dir}",
     ]
-    if image is not None:
-        image.parent.mkdir(parents=True, exist_ok=True)
-        args += [f"--descriptor_set_out={image}", "--include_imports", "--include_source_info"]
+    packaged = out_dir / PACKAGED_IMAGE
+    packaged.parent.mkdir(parents=True, exist_ok=True)
+    args += [f"--descriptor_set_out={packaged}", "--include_imports", "--include_source_info"]
     # mypy-protobuf's plugins are console scripts next to this interpreter.
     bindir = Path(sys.executable).parent
     args += [
@@ -64,6 +67,9 @@ def generate(out_dir: Path, image: Path | None) -> None:
     ]
     if protoc.main([*args, *files]) != 0:
         raise SystemExit("protoc failed; see the messages above")
+    if image is not None:
+        image.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(packaged, image)
     for package in GENERATED_PACKAGES:
         folder = out_dir / package
         folder.mkdir(parents=True, exist_ok=True)

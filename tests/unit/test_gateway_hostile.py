@@ -26,8 +26,10 @@ from hypothesis import strategies as st
 
 from aias.core.logging import JsonFormatter
 from gateway.app import build_router
+from gateway.backends import BACKENDS
 from gateway.ingress import MAX_BODY_BYTES
 from gateway.server import serving
+from gateway.transcoder import build_routes
 from tests.conftest import INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     ADMIN_TOKEN,
@@ -261,7 +263,9 @@ def _path(template: str, segments: list[str]) -> str:
     return re.sub(r"\{[^}]+\}", lambda _: quote(next(values, "x"), safe=""), template)
 
 
-_TEMPLATES = sorted({route.template.source for route in build_router().routes})
+_TEMPLATES = sorted(
+    {route.template.source for route in build_router(build_routes(BACKENDS)).routes}
+)
 _paths = st.one_of(
     st.builds(
         _path,
