@@ -29,6 +29,7 @@ from gateway.template import Router
 from gateway.transcoder import RpcRoute, build_routes
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
 
 Handler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
 
@@ -156,18 +157,28 @@ async def _observe(
     request_id_var.set(request[REQUEST_ID])
     tenant_id_var.set("")
     started = time.perf_counter()
-    status = 500
+    status, sent = 500, 0
     try:
         response = await handler(request)
-        status = response.status
+        status, sent = response.status, response.body_length
         return response
     except asyncio.CancelledError:
         status = 499
         raise
     finally:
-        request.app[METRICS].observe(
-            request[ROUTE_LABEL], request.method, status, time.perf_counter() - started
-        )
+        elapsed = time.perf_counter() - started
+        request.app[METRICS].observe(request[ROUTE_LABEL], request.method, status, elapsed)
+        if request.app[SETTINGS].access_log:
+            # request_id and tenant_id come from the context, as on every line.
+            access_log.info(
+                "request",
+                extra={
+                    **_log_fields(request),
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "bytes": sent,
+                },
+            )
 
 
 @web.middleware

@@ -10,9 +10,12 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.protobuf import duration_pb2, json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 
-from aias.core.clients import error_info
-from aias.core.errors import clip
+from aias.core.clients import STATUS_DETAILS_KEY, error_info
+from aias.core.errors import ERROR_DOMAIN, clip
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ HTTP_STATUS_OVERRIDE = "http_status"
 # The reason a backend gives when the caller's internal credential is missing or wrong.
 MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
+# How long a client should wait before retrying when a backend is down.
+BACKEND_RETRY_AFTER = "1"
 # The most any error message says, whatever a backend put in it.
 MAX_MESSAGE_CHARS = 1024
 
@@ -61,6 +66,8 @@ class GatewayError(Exception):
         headers: Mapping[str, str] | None = None,
         detail: str = "",
         close: bool = False,
+        field: str = "",
+        details: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -72,6 +79,58 @@ class GatewayError(Exception):
         self.detail = detail
         # The connection cannot carry another request: its body was left unread or unfinished.
         self.close = close
+        # The request field at fault, for a BadRequest detail.
+        self.field = field
+        # AIP-193 details as a backend sent them (JSON form); the gateway's own errors make theirs.
+        self.details = details
+
+    def details_json(self) -> list[dict[str, Any]]:
+        """The error's details: a backend's as sent, else ErrorInfo, BadRequest and RetryInfo."""
+        if self.details is not None:
+            return self.details
+        made: list[Message] = [error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN)]
+        if self.field:
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=clip(self.field), description=clip(self.message, MAX_MESSAGE_CHARS)
+            )
+            made.append(error_details_pb2.BadRequest(field_violations=[violation]))
+        if (retry := self.headers.get("Retry-After", "")).isdigit():
+            delay = duration_pb2.Duration(seconds=int(retry))
+            made.append(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [_detail_json(message) for message in made]
+
+
+# The detail types a client may see; DebugInfo (stack traces) and unknown types are dropped.
+_PUBLIC_DETAILS: tuple[type[Message], ...] = (
+    error_details_pb2.ErrorInfo,
+    error_details_pb2.BadRequest,
+    error_details_pb2.RetryInfo,
+    error_details_pb2.QuotaFailure,
+    error_details_pb2.PreconditionFailure,
+    error_details_pb2.ResourceInfo,
+    error_details_pb2.Help,
+    error_details_pb2.LocalizedMessage,
+)
+
+
+def _detail_json(message: Message) -> dict[str, Any]:
+    body = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return {"@type": f"type.googleapis.com/{message.DESCRIPTOR.full_name}", **body}
+
+
+def _backend_details(metadata: Any) -> list[dict[str, Any]]:
+    """The public details of the google.rpc.Status a backend sent, as JSON."""
+    found: list[dict[str, Any]] = []
+    for key, value in metadata or ():
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        for packed in status_pb2.Status.FromString(value).details:
+            for kind in _PUBLIC_DETAILS:
+                if packed.Is(kind.DESCRIPTOR):
+                    message = kind()
+                    packed.Unpack(message)
+                    found.append(_detail_json(message))
+    return found
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
@@ -84,7 +143,13 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
         details = error.details() or code.name
         if code == grpc.StatusCode.UNAVAILABLE:
             message = f"the {backend} service is unavailable; retry later"
-            return GatewayError(code, "BACKEND_UNAVAILABLE", message, detail=details)
+            return GatewayError(
+                code,
+                "BACKEND_UNAVAILABLE",
+                message,
+                detail=details,
+                headers={"Retry-After": BACKEND_RETRY_AFTER},
+            )
         if HTTP_STATUS[code] >= 500:
             message = f"the {backend} service failed ({code.name}); quote the request id"
             return GatewayError(code, code.name, message, detail=details)
@@ -103,6 +168,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
     headers = {}
     if (retry := metadata.get(RETRY_AFTER, "")).isdigit():
         headers["Retry-After"] = retry
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        headers["Retry-After"] = BACKEND_RETRY_AFTER
     override = metadata.get(HTTP_STATUS_OVERRIDE, "")
     http_status = int(override) if override.isdigit() and 400 <= int(override) <= 599 else None
     return GatewayError(
@@ -111,6 +178,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
         message or error.details() or code.name,
         http_status=http_status,
         headers=headers,
+        details=_backend_details(error.trailing_metadata()),
     )
 
 
@@ -127,7 +195,7 @@ def json_response(
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
-    """The one error shape: {"error": {code, status, message, reason, request_id}}."""
+    """The one error shape: {"error": {code, status, message, reason, request_id, details}}."""
     headers = dict(error.headers)
     if error.http_status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
@@ -138,6 +206,7 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
             "message": clip(error.message, MAX_MESSAGE_CHARS),
             "reason": error.reason,
             "request_id": request_id,
+            "details": error.details_json(),
         }
     }
     response = json_response(body, error.http_status, headers)

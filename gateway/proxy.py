@@ -40,6 +40,8 @@ FORWARDED_HEADERS = (
     "User-Agent",
     "Range",
 )
+TRACE_HEADERS = ("traceparent", "tracestate")
+MAX_TRACE_HEADER_CHARS = 512
 # A unary RPC, and a download's first chunk, must arrive within this; after the first
 # chunk a download streams for as long as the bytes keep coming.
 CALL_TIMEOUT_SECONDS = 30.0
@@ -140,12 +142,22 @@ def _check_authorization(authorization: str) -> None:
 
 
 def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [
+    """The client headers a backend may see: a short allowlist, never credentials or x-aias-*."""
+    allowed = [
         (FORWARDED_HEADER_PREFIX + name.lower(), value)
         for name in FORWARDED_HEADERS
         # gRPC refuses metadata values outside printable ASCII; such a header is not forwarded.
         if (value := headers.get(name)) is not None and PRINTABLE_ASCII.fullmatch(value)
     ]
+    # W3C trace context keeps its own names, so tracing libraries on the backends find it.
+    allowed += [
+        (name, value)
+        for name in TRACE_HEADERS
+        if (value := headers.get(name)) is not None
+        and len(value) <= MAX_TRACE_HEADER_CHARS
+        and PRINTABLE_ASCII.fullmatch(value)
+    ]
+    return allowed
 
 
 async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.StreamResponse:

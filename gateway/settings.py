@@ -34,6 +34,7 @@ class GatewaySettings:
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
+    access_log: bool = True
 
 
 def load_settings(env: Env | None = None) -> GatewaySettings:
@@ -59,6 +60,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         body_buffer_bytes=env.integer(
             "AIAS_GATEWAY_BODY_BUFFER_BYTES", DEFAULT_BODY_BUFFER_BYTES, minimum=MAX_BODY_BYTES
         ),
+        access_log=env.flag("AIAS_GATEWAY_ACCESS_LOG", True),
     )
     env.check()
     return settings

@@ -220,8 +220,8 @@ def _resolve(descriptor: Descriptor, names: list[str]) -> FieldDescriptor | None
     return _resolve(field.message_type, names[1:])
 
 
-def _invalid(reason: str, message: str) -> GatewayError:
-    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _invalid(reason: str, message: str, field: str = "") -> GatewayError:
+    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, reason, message, field=field)
 
 
 def build_request(
@@ -232,6 +232,8 @@ def build_request(
     body: bytes,
 ) -> Message:
     """The RPC request: body first, then path parameters, query parameters and header fields."""
+    if route.body and not route.raw_request and body.strip():
+        _check_json_media_type(header_text(headers, "Content-Type"))
     message = route.request_class()
     try:
         if route.raw_request:
@@ -247,7 +249,7 @@ def build_request(
         bound = {*path_params, *([route.body] if route.body else [])}
         _apply_query(route, message, query, bound)
     except JsonMappingError as error:
-        raise _invalid(error.reason, str(error)) from None
+        raise _invalid(error.reason, str(error), error.field) from None
     _apply_headers(message, headers, bound)
     return message
 
@@ -269,6 +271,19 @@ def _integer(text: str) -> int | float:
 
 def _constant(name: str) -> Any:
     raise _NumberError(f"{name} is not a JSON number")
+
+
+def _check_json_media_type(content_type: str) -> None:
+    """A JSON body must be declared JSON: any other type is 415 (none at all is taken as JSON)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"this route takes application/json, not {clip(media)}; send the header "
+            "'Content-Type: application/json' (curl: --json)",
+            http_status=415,
+        )
 
 
 def _decode_json(body: bytes, empty: Any) -> Any:
@@ -299,7 +314,7 @@ def build_admission(admission: Admission, path_params: Mapping[str, str]) -> Mes
         for field_path, value in path_params.items():
             _set_path(message, field_path, value)
     except JsonMappingError as error:
-        raise _invalid(error.reason, str(error)) from None
+        raise _invalid(error.reason, str(error), error.field) from None
     return message
 
 

@@ -16,6 +16,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Every address a name resolves to gets calls in turn (`dns:///execution:50052` names all
+    # replicas); gRPC's default would send everything to the first.
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 

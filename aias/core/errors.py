@@ -25,12 +25,19 @@ class DomainError(Exception):
     code = "INTERNAL"
 
     def __init__(
-        self, reason: str, message: str, metadata: Mapping[str, str] | None = None
+        self,
+        reason: str,
+        message: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        field: str = "",
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
+        # The request field at fault (`steps[2].config.name`), for a BadRequest detail.
+        self.field = field
 
 
 class InvalidArgument(DomainError):
@@ -82,6 +89,12 @@ class PayloadTooLarge(ResourceExhausted):
         self, reason: str, message: str, metadata: Mapping[str, str] | None = None
     ) -> None:
         super().__init__(reason, message, {"http_status": "413", **(metadata or {})})
+
+
+# The ErrorInfo domain of every AIAS error.
+ERROR_DOMAIN = "aias.dev"
+RETRY_AFTER_SECONDS = "retry_after_seconds"
+LIMIT = "limit"
 
 
 class Unavailable(DomainError):

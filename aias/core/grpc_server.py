@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -35,24 +36,53 @@ from aias.core.context import (
     tenant_id_var,
 )
 from aias.core.db import CONNECTION_ERRORS
-from aias.core.errors import DomainError, InvalidArgument, Unauthenticated, Unavailable
+from aias.core.errors import (
+    ERROR_DOMAIN,
+    LIMIT,
+    RETRY_AFTER_SECONDS,
+    DomainError,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+    clip,
+)
 from aias.core.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-ERROR_DOMAIN = "aias.dev"
 
 
 def status_for(error: DomainError) -> grpc.Status:
-    """A google.rpc.Status with an ErrorInfo detail, ready for `context.abort_with_status`."""
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-    )
-    detail = any_pb2.Any()
-    detail.Pack(info)
+    """A google.rpc.Status with AIP-193 details, ready for `context.abort_with_status`.
+
+    Always an ErrorInfo; a BadRequest when a field is at fault, a RetryInfo when waiting helps,
+    a QuotaFailure when a limit was reached.
+    """
+    found: list[Message] = [
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
+    ]
+    if error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=clip(error.field), description=clip(error.message, 1024)
+        )
+        found.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if (retry := error.metadata.get(RETRY_AFTER_SECONDS, "")).isdigit():
+        found.append(
+            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=int(retry)))
+        )
+    if error.code == "RESOURCE_EXHAUSTED" and (limit := error.metadata.get(LIMIT)):
+        quota = error_details_pb2.QuotaFailure.Violation(subject=limit, description=error.message)
+        found.append(error_details_pb2.QuotaFailure(violations=[quota]))
+    details = []
+    for message in found:
+        packed = any_pb2.Any()
+        packed.Pack(message)
+        details.append(packed)
     status = status_pb2.Status(
-        code=getattr(code_pb2, error.code), message=error.message, details=[detail]
+        code=getattr(code_pb2, error.code), message=error.message, details=details
     )
     return rpc_status.to_status(status)
 
@@ -218,6 +248,10 @@ _DATABASE_DOWN = Unavailable(
 HEALTH_PROBE_SECONDS = 2.0
 
 
+class BindError(RuntimeError):
+    """The server's port is taken (or not allowed); the message says what to change."""
+
+
 @dataclass
 class Registration:
     """One gRPC service to add: its full name and the generated `add_..._to_server` call."""
@@ -301,6 +335,8 @@ def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
             ("grpc.http2.max_ping_strikes", 0),
+            # A second server on the same port fails to start instead of silently sharing it.
+            ("grpc.so_reuseport", 0),
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -312,9 +348,16 @@ def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        raise BindError(
+            f"{settings.service} cannot listen on {address}: the port is in use or not allowed; "
+            f"stop the other process or set AIAS_{settings.service.upper().replace('-', '_')}_PORT"
+        )
     return BuiltServer(server, port, health_servicer, names, metrics)
 
 
@@ -379,4 +422,7 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
         built = await build(settings)
         await serve(built, settings.server)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except BindError as error:
+        raise SystemExit(str(error)) from None

@@ -55,6 +55,18 @@ class Env:
             self._problems.append(f"{name} must be at least {minimum}, got {value}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        """true/false (also 1/0, yes/no, on/off)."""
+        raw = self._environ.get(name, "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self._problems.append(f"{name} must be true or false, got {raw!r}")
+        return default
+
     def optional_path(self, name: str) -> Path | None:
         """A path, or None when unset or "-"."""
         value = self.text(name, "-")

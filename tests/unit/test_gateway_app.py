@@ -160,6 +160,7 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
         self, request: execution_pb.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> execution_pb.GetRunResponse:
         self.requests.append(request)
+        self.seen.append(_metadata(context))
         await self._delay(request.run_id)
         run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_QUEUED)
         run.create_time.FromSeconds(1714557600)
@@ -280,6 +281,11 @@ async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
 
 def _key(token: str = API_KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def _json_key() -> dict[str, str]:
+    """The key, for a raw body sent as JSON (aiohttp labels raw bytes octet-stream)."""
+    return {**_key(), "Content-Type": "application/json"}
 
 
 async def _error(response: Any, status: int, reason: str) -> dict[str, Any]:
@@ -461,8 +467,11 @@ async def test_backend_error_info_decides_status_reason_and_headers(client: Clie
         "FAILED_PRECONDITION",
         "the workflow is disabled",
     )
-    await _error(busy, 429, "QUOTA_EXCEEDED")
+    error = await _error(busy, 429, "QUOTA_EXCEEDED")
     assert busy.headers["Retry-After"] == "60"
+    assert {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retry_delay": "60s"} in (
+        error["details"]
+    )
     error = await _error(missing, 404, "ARTIFACT_NOT_FOUND")
     assert error == {
         "code": 404,
@@ -470,6 +479,13 @@ async def test_backend_error_info_decides_status_reason_and_headers(client: Clie
         "message": "artifact a9 does not exist",
         "reason": "ARTIFACT_NOT_FOUND",
         "request_id": missing.headers["X-Request-ID"],
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "ARTIFACT_NOT_FOUND",
+                "domain": "aias.dev",
+            }
+        ],
     }
 
 
@@ -571,7 +587,7 @@ def _workflow(config_json: str) -> bytes:
 async def test_json_the_gateway_cannot_hold_is_400_invalid_json(
     client: Client, fakes: Fakes, config: str, problem: str
 ) -> None:
-    response = await client.post("/api/workflows", data=_workflow(config), headers=_key())
+    response = await client.post("/api/workflows", data=_workflow(config), headers=_json_key())
 
     error = await _error(response, 400, "INVALID_JSON")
     assert problem in error["message"]
@@ -580,7 +596,9 @@ async def test_json_the_gateway_cannot_hold_is_400_invalid_json(
 
 
 async def test_json_nested_32_deep_and_nul_characters_pass(client: Client, fakes: Fakes) -> None:
-    deep = await client.post("/api/workflows", data=_workflow("[" * 28 + "]" * 28), headers=_key())
+    deep = await client.post(
+        "/api/workflows", data=_workflow("[" * 28 + "]" * 28), headers=_json_key()
+    )
     nul = await client.post("/api/workflows", json={"name": "a\u0000b"}, headers=_key())
 
     assert (deep.status, nul.status) == (201, 201)
@@ -605,7 +623,7 @@ async def test_integers_beyond_the_field_name_the_field(client: Client) -> None:
 async def test_unencodable_or_huge_keys_are_400_with_a_short_message(
     client: Client, body: bytes
 ) -> None:
-    response = await client.post("/api/workflows", data=body, headers=_key())
+    response = await client.post("/api/workflows", data=body, headers=_json_key())
 
     assert response.status == 400
     assert len((await response.json())["error"]["message"]) < 200
@@ -776,3 +794,43 @@ async def test_admission_refuses_before_the_body_and_bounds_it(
     assert fakes.execution.requests == [], "nothing reached TriggerWebhook"
     fits = await client.post(f"/api/webhooks/{TENANT_ID}/tiny", data=b"x" * 16)
     assert fits.status == 202
+
+
+async def test_a_json_route_refuses_other_media_types_with_415(client: Client) -> None:
+    form = await client.post("/api/workflows", data={"name": "x"}, headers=_key())
+    body = await _error(form, 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert "application/x-www-form-urlencoded" in body["message"]
+    undeclared = await client.post(
+        "/api/workflows", data=b'{"name": "x"}', headers={**_key(), "Content-Type": ""}
+    )
+    assert undeclared.status == 201, "no Content-Type with a JSON body is taken as JSON"
+    problem_json = await client.post(
+        "/api/workflows",
+        data=b'{"name": "x"}',
+        headers={**_key(), "Content-Type": "application/merge-patch+json; charset=utf-8"},
+    )
+    assert problem_json.status == 201
+
+
+async def test_trace_context_is_forwarded_and_client_metadata_is_not(
+    client: Client, fakes: Fakes
+) -> None:
+    response = await client.get(
+        "/api/runs/r1",
+        headers={
+            **_key(),
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "tracestate": "vendor=x",
+            "X-Aias-Tenant-Id": "00000000-0000-0000-0000-000000000000",
+            "X-Aias-Role": "owner",
+            "Cookie": "session=s3cret",
+        },
+    )
+    assert response.status == 200
+    seen = fakes.execution.seen[-1]
+    assert seen["traceparent"] == "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert seen["tracestate"] == "vendor=x"
+    assert seen["x-aias-tenant-id"] == TENANT_ID, "the key's tenant, not the client's claim"
+    assert seen["x-aias-role"] == "admin"
+    assert "cookie" not in seen
+    assert seen["authorization"] == f"Bearer {INTERNAL_TOKEN}", "never the client's credential"

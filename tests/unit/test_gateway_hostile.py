@@ -75,7 +75,7 @@ class Reply:
         """The error body, checked to be the one shape every error has."""
         assert self.headers["content-type"].startswith("application/json"), self.body[:200]
         error: dict[str, Any] = json.loads(self.body)["error"]
-        assert set(error) == {"code", "status", "message", "reason", "request_id"}
+        assert set(error) == {"code", "status", "message", "reason", "request_id", "details"}
         assert error["code"] == self.status
         assert error["request_id"] == self.headers["x-request-id"]
         return error
@@ -528,7 +528,11 @@ async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             with pytest.raises(ConnectionRefusedError):
                 await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(process.wait(), 10) == 0
-    messages = [
-        json.loads(line)["message"] for line in (tmp_path / "gateway.log").read_text().splitlines()
-    ]
+    lines = [json.loads(line) for line in (tmp_path / "gateway.log").read_text().splitlines()]
+    messages = [line["message"] for line in lines if line["logger"] != "gateway.access"]
     assert messages[-2:] == ["shutting down", "stopped"]
+    # Both requests finished during the stop, and the access log says so.
+    served = [
+        (line["route"], line["status"]) for line in lines if line["logger"] == "gateway.access"
+    ]
+    assert ("/api/runs/{run_id}", 200) in served

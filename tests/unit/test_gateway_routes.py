@@ -730,5 +730,12 @@ def test_error_body_shape_and_authenticate_header() -> None:
             "message": "the key is not valid",
             "reason": "INVALID_API_KEY",
             "request_id": "req-1",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "INVALID_API_KEY",
+                    "domain": "aias.dev",
+                }
+            ],
         }
     }
