@@ -145,3 +145,60 @@ def test_dockerfile_generates_stubs_and_runs_unprivileged() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "python -m aias.core.protogen" in text
     assert re.search(r"^USER aias$", text, re.M)
+
+
+K8S = REPO / "deploy" / "k8s"
+K8S_VERSION = "1.33.0"
+
+
+def _manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [
+        document
+        for name in kustomization["resources"]
+        for document in yaml.safe_load_all((K8S / name).read_text())
+    ]
+
+
+def test_kubernetes_manifests_are_valid_for_the_api_version() -> None:
+    import kubernetes_validate
+
+    for document in _manifests():
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+    broken = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"}, "spec": {}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_every_process_kind_is_deployed_with_its_entry_point_and_probes(
+    scripts: dict[str, str],
+) -> None:
+    deployments = {d["metadata"]["name"]: d for d in _manifests() if d["kind"] == "Deployment"}
+    assert set(deployments) == {*GRPC_PORTS, "gateway"}
+    for name, deployment in deployments.items():
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["command"][0] in scripts, f"{name} runs a console script of the package"
+        assert "readinessProbe" in container
+        assert "livenessProbe" in container
+        assert spec["terminationGracePeriodSeconds"] > 10, "above the services' own drain time"
+        if name in GRPC_PORTS:
+            assert container["readinessProbe"]["grpc"]["port"] == GRPC_PORTS[name]
+
+
+def test_backend_addresses_name_headless_services_that_exist() -> None:
+    documents = _manifests()
+    services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
+    config = next(d for d in documents if d["kind"] == "ConfigMap")["data"]
+    for variable in (
+        "AIAS_TENANCY_ADDR",
+        "AIAS_EXECUTION_ADDR",
+        "AIAS_ARTIFACTS_ADDR",
+        "AIAS_BILLING_ADDR",
+    ):
+        host, port = config[variable].removeprefix("dns:///").rsplit(":", 1)
+        service = services[host.split(".")[0]]
+        assert service["spec"]["clusterIP"] == "None", "headless: every pod gets calls"
+        assert int(port) == service["spec"]["ports"][0]["port"]
+    secrets = (K8S / "secrets.env.example").read_text()
+    assert "AIAS_INTERNAL_TOKEN=\n" in secrets, "no secret has a value in the repository"
