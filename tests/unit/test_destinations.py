@@ -7,6 +7,8 @@ import re
 import pytest
 
 from aias.core.destinations import AddressPolicy, checked_url
+from aias.core.settings import Env, SettingsError
+from services.execution.worker_main import load_settings
 
 DENY = AddressPolicy()
 
@@ -88,6 +90,20 @@ def test_the_allowlist_opens_host_names_whatever_they_resolve_to() -> None:
 def test_a_malformed_allowlist_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is neither a network"):
         AddressPolicy.parse(text)
+
+
+def test_the_worker_reads_the_allowlist_and_names_a_bad_one() -> None:
+    environ = {
+        "AIAS_APP_DATABASE_URL": "postgresql://app@localhost/aias",
+        "AIAS_ARTIFACTS_ADDR": "localhost:50053",
+        "AIAS_TENANCY_ADDR": "localhost:50051",
+        "AIAS_INTERNAL_TOKEN": "t",
+    }
+    assert load_settings(Env(environ)).worker.http_allow == AddressPolicy()
+    opened = load_settings(Env({**environ, "AIAS_HTTP_STEP_ALLOW": "127.0.0.1,localhost"}))
+    assert opened.worker.http_allow == AddressPolicy.parse("127.0.0.1, localhost")
+    with pytest.raises(SettingsError, match="AIAS_HTTP_STEP_ALLOW: 'a b' is neither a network"):
+        load_settings(Env({**environ, "AIAS_HTTP_STEP_ALLOW": "a b"}))
 
 
 @pytest.mark.parametrize(
