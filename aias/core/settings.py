@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 class SettingsError(Exception):
@@ -66,6 +69,18 @@ class Env:
             return False
         self._problems.append(f"{name} must be true or false, got {raw!r}")
         return default
+
+    def parsed(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        """What `parse` makes of the value (its ValueError is a problem), or `default` when
+        unset."""
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as error:
+            self._problems.append(f"{name}: {error}")
+            return default
 
     def optional_path(self, name: str) -> Path | None:
         """A path, or None when unset or "-"."""

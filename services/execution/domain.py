@@ -142,3 +142,15 @@ def decode_payload(body: bytes, content_type: str) -> Any:
             for key, values in parse_qs(text, keep_blank_values=True).items()
         }
     return text
+
+
+def decode_response(body: bytes, content_type: str) -> Any:
+    """An http_request step's response body: decoded like a run's input, except that a body
+    which is not what its Content-Type says is kept as text rather than refused (the server,
+    not the tenant, wrote it); an empty body is null."""
+    if not body:
+        return None
+    try:
+        return decode_payload(body, content_type)
+    except InvalidArgument:
+        return body.decode("utf-8", errors="replace")

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from aias.core.errors import DomainError, clip
-from services.execution.domain import decode_payload
+from services.execution.domain import decode_payload, decode_response
 from services.execution.steps import (
     ArtifactOutput,
+    HttpRequest,
+    HttpResponse,
     StepContext,
     StepFailed,
     canonical_json,
+    read_response,
     run_step,
     sha256_hex,
 )
@@ -39,7 +42,8 @@ STEP_CRASHED = "STEP_CRASHED"
 JSON = "application/json"
 
 # A request is (header length, value length), the JSON header, the value. A reply is
-# (metadata length, value length, artifact length), the JSON metadata, the value, the artifact.
+# (metadata length, value length, artifact length), the JSON metadata, the value, the artifact
+# (or the body of the request an http_request step asks the worker to send).
 _REQUEST = struct.Struct(">II")
 _REPLY = struct.Struct(">III")
 _READY = b"R"
@@ -70,13 +74,18 @@ class StepLimits:
 
 @dataclass(frozen=True)
 class StepCall:
-    """A step to run on the current value (bytes of `content_type`) in its run's context."""
+    """A step to run on the current value (bytes of `content_type`) in its run's context.
+
+    With `response`, the call reads an http_request step's response (the value is its body)
+    into the step's value instead.
+    """
 
     type: str
     config: Mapping[str, Any]
     value: bytes
     content_type: str
     context: StepContext
+    response: HttpResponse | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class StepOutcome:
     stop: bool
     output_sha256: str
     artifact: ArtifactOutput | None
+    request: HttpRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +198,7 @@ class StepRunner:
                 "context": {"run": call.context.run, "workflow": call.context.workflow},
                 "timeout": limits.timeout,
                 "output_bytes": limits.output_bytes,
+                "response": None if call.response is None else call.response.describe(),
             },
             separators=(",", ":"),
         ).encode()
@@ -300,12 +311,13 @@ def _parse_reply(meta_bytes: bytes, value: bytes, artifact: bytes) -> _Reply:
     if "error" in meta:
         reason, text = meta["error"], meta["text"]
         return _Reply(None, f"{reason}: {text}" if reason else str(text), reusable)
-    spec = meta["artifact"]
+    spec, asked = meta["artifact"], meta["request"]
     output = None
     if spec is not None:
         output = ArtifactOutput(str(spec["name"]), str(spec["media_type"]), artifact)
+    request = None if asked is None else HttpRequest.from_description(asked, artifact)
     outcome = StepOutcome(
-        value, str(meta["message"]), meta["stop"] is True, str(meta["sha256"]), output
+        value, str(meta["message"]), meta["stop"] is True, str(meta["sha256"]), output, request
     )
     return _Reply(outcome, "", reusable)
 
@@ -396,16 +408,26 @@ def _answer(
 
 def _run(header: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes, bytes]:
     limit: int = header["output_bytes"]
-    context = StepContext(header["context"]["run"], header["context"]["workflow"])
-    result = run_step(
-        header["type"], header["config"], decode_payload(raw, header["content_type"]), context
-    )
+    if header["response"] is not None:
+        response = HttpResponse.from_description(header["response"])
+        result = read_response(response, decode_response(raw, header["content_type"]))
+    else:
+        context = StepContext(header["context"]["run"], header["context"]["workflow"])
+        result = run_step(
+            header["type"], header["config"], decode_payload(raw, header["content_type"]), context
+        )
     if isinstance(result.value, str) and len(result.value) > limit:
         # Certainly too large (JSON is at least as long): refused before it is copied.
         raise DomainError(STEP_OUTPUT_TOO_LARGE, _over_limit(limit))
     output = canonical_json(result.value)
-    artifact = result.artifact
-    if len(output) > limit or (artifact is not None and len(artifact.content) > limit):
+    artifact, request = result.artifact, result.request
+    if artifact is not None:
+        attachment = artifact.content
+    elif request is not None:
+        attachment = request.body
+    else:
+        attachment = b""
+    if len(output) > limit or len(attachment) > limit:
         raise DomainError(STEP_OUTPUT_TOO_LARGE, _over_limit(limit))
     forward = (
         output
@@ -421,8 +443,9 @@ def _run(header: dict[str, Any], raw: bytes) -> tuple[dict[str, Any], bytes, byt
         "artifact": None
         if artifact is None
         else {"name": artifact.name, "media_type": artifact.media_type},
+        "request": None if request is None else request.describe(),
     }
-    return meta, forward, b"" if artifact is None else artifact.content
+    return meta, forward, attachment
 
 
 def _reply(parts: tuple[dict[str, Any], bytes, bytes], retire: bool) -> list[bytes]:

@@ -1,4 +1,4 @@
-"""The deterministic step types and the integrations catalog; plain Python, no I/O."""
+"""The step types and the integrations catalog; plain Python, no I/O (the worker sends HTTP)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +16,10 @@ import jmespath.exceptions
 import jsonschema
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from yarl import URL
 
-from aias.core.errors import InvalidArgument
+from aias.core.destinations import checked_url, shown_url
+from aias.core.errors import InvalidArgument, clip
 from aias.core.text import checked_file_name
 
 ARTIFACT_FORMATS = {
@@ -60,14 +63,85 @@ class StepContext:
     workflow: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class HttpRequest:
+    """A request an http_request step asks the worker to send: rendered, not yet checked
+    against the destination policy (the worker's outbound client does that at every hop)."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    timeout: float
+    expect_status: tuple[int, ...] = ()
+
+    def accepts(self, status: int) -> bool:
+        """Whether `status` makes the step succeed: one of `expect_status`, else any 2xx."""
+        return status in self.expect_status if self.expect_status else 200 <= status < 300
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the body, as JSON (the body travels as raw bytes)."""
+        return {
+            "method": self.method,
+            "url": self.url,
+            "headers": self.headers,
+            "timeout": self.timeout,
+            "expect_status": self.expect_status,
+        }
+
+    @classmethod
+    def from_description(cls, data: Mapping[str, Any], body: bytes) -> HttpRequest:
+        return cls(
+            str(data["method"]),
+            str(data["url"]),
+            tuple((str(name), str(value)) for name, value in data["headers"]),
+            body,
+            float(data["timeout"]),
+            tuple(int(status) for status in data["expect_status"]),
+        )
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """What the worker received for an http_request step, handed back to a step process to
+    become the step's value (the body travels as the call's value)."""
+
+    method: str
+    url: str
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "url": self.url,
+            "status": self.status,
+            "reason": self.reason,
+            "headers": self.headers,
+        }
+
+    @classmethod
+    def from_description(cls, data: Mapping[str, Any]) -> HttpResponse:
+        return cls(
+            str(data["method"]),
+            str(data["url"]),
+            int(data["status"]),
+            str(data["reason"]),
+            tuple((str(name), str(value)) for name, value in data["headers"]),
+        )
+
+
 @dataclass
 class StepResult:
-    """What one step produced: the next value, whether the run continues, and any artifact."""
+    """What one step produced: the next value, whether the run continues, and any artifact or
+    request for the worker."""
 
     value: Any
     message: str
     stop: bool = False
     artifact: ArtifactOutput | None = None
+    request: HttpRequest | None = None
 
 
 def _text(config: dict[str, Any], key: str, where: str) -> str:
@@ -157,24 +231,33 @@ def _filter_run(config: dict[str, Any], value: Any, _context: StepContext) -> St
 # -- template ---------------------------------------------------------------------------------
 
 
-def _template_config(config: dict[str, Any], where: str) -> None:
+def _parse_template(template: str, where: str, key: str) -> None:
     try:
-        _sandbox().parse(_text(config, "template", where))
+        _sandbox().parse(template)
     except TemplateError as error:
         raise InvalidArgument(
-            "INVALID_STEP_CONFIG", f"{where}.config.template is not a valid template: {error}"
+            "INVALID_STEP_CONFIG", f"{where}.config.{key} is not a valid template: {error}"
         ) from None
 
 
-def _template_run(config: dict[str, Any], value: Any, context: StepContext) -> StepResult:
+def _render(template: str, value: Any, context: StepContext, what: str) -> str:
+    """`template` rendered with the template context: `input`, `run` and `workflow`."""
     try:
-        rendered = (
+        return (
             _sandbox()
-            .from_string(config["template"])
+            .from_string(template)
             .render(input=value, run=context.run, workflow=context.workflow)
         )
     except TemplateError as error:
-        raise StepFailed(f"template rendering failed: {error}") from None
+        raise StepFailed(f"{what} rendering failed: {error}") from None
+
+
+def _template_config(config: dict[str, Any], where: str) -> None:
+    _parse_template(_text(config, "template", where), where, "template")
+
+
+def _template_run(config: dict[str, Any], value: Any, context: StepContext) -> StepResult:
+    rendered = _render(config["template"], value, context, "template")
     return StepResult(rendered, f"rendered {len(rendered)} characters")
 
 
@@ -233,6 +316,166 @@ def _artifact_run(config: dict[str, Any], value: Any, _context: StepContext) -> 
     return StepResult(value, f"wrote {config['name']} ({len(content)} bytes)", artifact=output)
 
 
+# -- http_request -----------------------------------------------------------------------------
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+HTTP_FIELDS = ("method", "url", "headers", "body", "timeout_seconds", "expect_status")
+DEFAULT_HTTP_TIMEOUT = 10.0
+MAX_HTTP_TIMEOUT = 300.0
+MAX_HEADERS = 50
+MAX_HEADER_BYTES = 16 * 1024
+MAX_EXPECT_STATUS = 20
+# The connection and the framing belong to the HTTP client: a step that set them could smuggle
+# a second request into the connection or tell the server it is another host.
+_CLIENT_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "host",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Line breaks would split one header into two; tabs are allowed in values.
+_HEADER_VALUE_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_EXCERPT_CHARS = 200
+_BODY_SHAPE = 'must be {"json": "<JMESPath expression>"} or {"text": "<template>"}'
+
+
+def _http_config(config: dict[str, Any], where: str) -> None:
+    def bad(key: str, rule: str) -> InvalidArgument:
+        return InvalidArgument("INVALID_STEP_CONFIG", f"{where}.config.{key} {rule}")
+
+    for key in config:
+        if key not in HTTP_FIELDS:
+            raise bad(clip(key), f"is not a field of http_request ({', '.join(HTTP_FIELDS)})")
+    if config.get("method", "GET") not in HTTP_METHODS:
+        raise bad("method", f"must be one of {', '.join(HTTP_METHODS)}")
+    url = _text(config, "url", where)
+    _parse_template(url, where, "url")
+    if "{" not in url:
+        # Without template syntax the URL is known now, so a wrong one is refused now.
+        try:
+            checked_url(url.strip())
+        except ValueError as error:
+            raise bad("url", str(error)) from None
+    headers = config.get("headers", {})
+    if not isinstance(headers, dict) or len(headers) > MAX_HEADERS:
+        raise bad("headers", f"must be an object of at most {MAX_HEADERS} headers")
+    seen: set[str] = set()
+    for name, template in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise bad("headers", f"has {clip(repr(name))}, which is not a header name")
+        field_name = f"headers.{clip(name)}"
+        if name.lower() in _CLIENT_HEADERS:
+            raise bad(field_name, "is set by the HTTP client and cannot be configured")
+        if name.lower() in seen:
+            raise bad(field_name, "is given twice (header names ignore case)")
+        seen.add(name.lower())
+        if not isinstance(template, str):
+            raise bad(field_name, "must be a string (a template)")
+        _parse_template(template, where, field_name)
+    body = config.get("body")
+    if body is not None:
+        if not isinstance(body, dict) or len(body) != 1 or not set(body) <= {"json", "text"}:
+            raise bad("body", _BODY_SHAPE)
+        key, text = next(iter(body.items()))
+        if not isinstance(text, str) or not text.strip():
+            raise bad(f"body.{key}", "must be a non-empty string")
+        if key == "json":
+            _jmespath(text, where, "body.json")
+        else:
+            _parse_template(text, where, "body.text")
+    timeout = config.get("timeout_seconds", DEFAULT_HTTP_TIMEOUT)
+    if (
+        not isinstance(timeout, int | float)
+        or isinstance(timeout, bool)
+        or not 0 < timeout <= MAX_HTTP_TIMEOUT
+    ):
+        raise bad("timeout_seconds", f"must be a number above 0 and at most {MAX_HTTP_TIMEOUT:g}")
+    expected = config.get("expect_status", [])
+    if (
+        not isinstance(expected, list)
+        or len(expected) > MAX_EXPECT_STATUS
+        or not all(type(status) is int and 100 <= status <= 599 for status in expected)
+    ):
+        raise bad(
+            "expect_status",
+            f"must be a list of at most {MAX_EXPECT_STATUS} status codes (100 to 599)",
+        )
+
+
+def _http_run(config: dict[str, Any], value: Any, context: StepContext) -> StepResult:
+    """Renders the request; the worker sends it, and `read_response` makes the value."""
+    method = config.get("method", "GET")
+    rendered = _render(config["url"], value, context, "url").strip()
+    try:
+        url = checked_url(rendered)
+    except ValueError as error:
+        raise StepFailed(f"the rendered URL {error}") from None
+    headers: list[tuple[str, str]] = []
+    for name, template in config.get("headers", {}).items():
+        text = _render(template, value, context, f"header {name}")
+        if _HEADER_VALUE_UNSAFE.search(text):
+            raise StepFailed(f"header {name} rendered to a line break or control character")
+        headers.append((name, text))
+    if sum(len(name) + len(text.encode()) for name, text in headers) > MAX_HEADER_BYTES:
+        raise StepFailed(f"the rendered headers are over {MAX_HEADER_BYTES:,} bytes")
+    shape = config.get("body") or {}
+    body, media_type = b"", ""
+    if "json" in shape:
+        body, media_type = canonical_json(_search(shape["json"], value)), "application/json"
+    elif "text" in shape:
+        body = _render(shape["text"], value, context, "body").encode()
+        media_type = "text/plain; charset=utf-8"
+    if media_type and "content-type" not in {name.lower() for name, _ in headers}:
+        headers.append(("Content-Type", media_type))
+    request = HttpRequest(
+        method,
+        str(url),
+        tuple(headers),
+        body,
+        float(config.get("timeout_seconds", DEFAULT_HTTP_TIMEOUT)),
+        tuple(config.get("expect_status", ())),
+    )
+    return StepResult(None, f"{method} {shown_url(url)}", request=request)
+
+
+def read_response(response: HttpResponse, body: Any) -> StepResult:
+    """An http_request step's value: `status`, `headers` (lowercase names; repeated ones joined
+    with ", ") and `body` (decoded like a run's input; null when empty)."""
+    headers: dict[str, str] = {}
+    for name, text in response.headers:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    value = {"status": response.status, "headers": headers, "body": body}
+    shown = shown_url(URL(response.url))
+    return StepResult(
+        value, f"{response.method} {shown} answered {response.status} {response.reason}".rstrip()
+    )
+
+
+def status_failure(response: HttpResponse, body: bytes) -> str:
+    """Why a response the step does not accept fails it, quoting the start of its body."""
+    if 400 <= response.status < 500:
+        code = "HTTP_CLIENT_ERROR"
+    elif response.status >= 500:
+        code = "HTTP_SERVER_ERROR"
+    else:
+        code = "HTTP_UNEXPECTED_STATUS"
+    shown = shown_url(URL(response.url))
+    text = f"{code}: {response.method} {shown} answered {response.status} {response.reason}"
+    excerpt = " ".join(body[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace").split())
+    return f"{text.rstrip()}: {clip(excerpt, _EXCERPT_CHARS)}" if excerpt else text.rstrip()
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """One entry of the integrations catalog."""
@@ -281,7 +524,8 @@ STEP_TYPES: dict[str, StepSpec] = {
         StepSpec(
             "template",
             "Template",
-            "Render text with a sandboxed Jinja2 template.",
+            "Render text with a sandboxed Jinja2 template. It sees `input` (the current value), "
+            "`run` (`id`, `attempt`, `create_time`) and `workflow` (`id`, `version`).",
             True,
             _template_config,
             _template_run,
@@ -297,7 +541,16 @@ STEP_TYPES: dict[str, StepSpec] = {
         StepSpec("slack", "Slack message", "Post a message to a Slack channel.", False, _not_yet),
         StepSpec("email", "Email", "Send an email.", False, _not_yet),
         StepSpec(
-            "http_request", "HTTP request", "Call an external HTTP endpoint.", False, _not_yet
+            "http_request",
+            "HTTP request",
+            "Call an HTTP endpoint: a method, a URL and header templates (seeing `input`, `run` "
+            "and `workflow`, like the template step), a JSON or text body and a timeout; the "
+            "response's `status`, `headers` and `body` become the value. Private, loopback and "
+            "link-local addresses are refused. Its output is not deterministic: artifacts "
+            "after it are not reproducible.",
+            True,
+            _http_config,
+            _http_run,
         ),
     )
 }

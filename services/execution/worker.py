@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -17,14 +17,23 @@ from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.context import run_id_var, tenant_id_var
 from aias.core.db import Database, SystemPath, follow_notifications
+from aias.core.destinations import AddressPolicy
 from aias.core.entitlements import EntitlementsCache, Limits
 from aias.core.errors import NotFound, Unavailable
+from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
 from services.execution.models import RunRow, StepLogRow
 from services.execution.repository import ExecutionRepository, QueueRepository
 from services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
-from services.execution.steps import ArtifactOutput, StepContext, StepFailed
+from services.execution.steps import (
+    ArtifactOutput,
+    HttpRequest,
+    HttpResponse,
+    StepContext,
+    StepFailed,
+    status_failure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +65,8 @@ class WorkerConfig:
     # The most any step may have; a tenant's plan may allow less.
     step_timeout: float = 60.0
     step_output_bytes: int = 16 * 2**20
+    # Where http_request steps may go besides public addresses (AIAS_HTTP_STEP_ALLOW).
+    http_allow: AddressPolicy = field(default_factory=AddressPolicy)
 
 
 class Worker:
@@ -76,6 +87,7 @@ class Worker:
         self._listen_url = listen_url
         self._artifacts = artifacts
         self._config = config
+        self._outbound = OutboundClient(config.http_allow)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,6 +112,7 @@ class Worker:
             for task in pending:
                 task.cancel()
         await asyncio.gather(*self._tasks, *listener, return_exceptions=True)
+        await self._outbound.close()
 
     async def _listen(self) -> None:
         """Wakes a claim loop on every NOTIFY, and on every reconnection (runs queued while
@@ -238,6 +251,8 @@ class Worker:
             try:
                 call = StepCall(step.type, step.config, value, content_type, context)
                 outcome = await self._steps.run(call, limits)
+                if outcome.request is not None:
+                    outcome = await self._send(call, outcome.request, limits)
                 if outcome.artifact is not None:
                     await self._upload(run, step.id, outcome.artifact)
                 done, value, content_type = outcome, outcome.value, JSON
@@ -271,6 +286,34 @@ class Worker:
         if limits.step_output_bytes is not None:
             output_bytes = min(output_bytes, limits.step_output_bytes)
         return StepLimits(timeout, output_bytes)
+
+    async def _send(self, call: StepCall, request: HttpRequest, limits: StepLimits) -> StepOutcome:
+        """Sends an http_request step's request from the worker, which the step processes have
+        no business doing; the response becomes the step's value in a step process, like any
+        input. 5xx answers, timeouts and broken connections may pass: they retry the run."""
+        try:
+            response = await self._outbound.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                body=request.body,
+                time_limit=min(request.timeout, limits.timeout),
+                max_body_bytes=limits.output_bytes,
+            )
+        except OutboundError as error:
+            if error.retryable:
+                raise RetryableError(str(error)) from None
+            raise StepFailed(str(error)) from None
+        head = HttpResponse(
+            request.method, response.url, response.status, response.reason, response.headers
+        )
+        if not request.accepts(response.status):
+            failure = status_failure(head, response.body)
+            if response.status >= 500:
+                raise RetryableError(failure)
+            raise StepFailed(failure)
+        read = replace(call, value=response.body, content_type=response.content_type, response=head)
+        return await self._steps.run(read, limits)
 
     async def _log(
         self,

@@ -8,6 +8,7 @@ from datetime import timedelta
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine, libpq_url
+from aias.core.destinations import ALLOW_SETTING, AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
@@ -48,6 +49,7 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
             step_output_bytes=env.integer(
                 "AIAS_STEP_OUTPUT_BYTES", 16 * MIB, minimum=1024, maximum=2**31
             ),
+            http_allow=env.parsed(ALLOW_SETTING, AddressPolicy.parse, AddressPolicy()),
         ),
         step_processes=env.integer("AIAS_STEP_PROCESSES", concurrency, minimum=1, maximum=256),
         # Below 64 MiB the interpreter and the step libraries alone would not fit.

@@ -64,6 +64,8 @@ def stack(
             "AIAS_STRIPE_API_KEY": API_KEY,
             "AIAS_STRIPE_API_BASE": fake_stripe.url,
             "AIAS_STRIPE_PRICE_PLANS": "pro_yearly=pro",
+            # The endpoints http_request steps call in the tests listen on 127.0.0.1.
+            "AIAS_HTTP_STEP_ALLOW": "127.0.0.1",
         },
     )
     running.start()

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, libpq_url
+from aias.core.destinations import AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.localdb import LocalDatabase
 from services.execution.sandbox import StepRunner
@@ -119,6 +120,7 @@ def _worker(
     worker_id: str,
     concurrency: int = 2,
     step_timeout: float = 5.0,
+    http_allow: AddressPolicy | None = None,
 ) -> Worker:
     channel = internal_channel(artifacts, INTERNAL_TOKEN)
     entitlements = EntitlementsCache(internal_channel(tenancy.address, INTERNAL_TOKEN))
@@ -130,6 +132,7 @@ def _worker(
         retry_base=0.05,
         retry_max=0.1,
         step_timeout=step_timeout,
+        http_allow=http_allow or AddressPolicy(),
     )
     return Worker(
         db,
