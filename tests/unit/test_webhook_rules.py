@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures as the webhook ingest checks them."""
+"""Standard Webhooks signatures as the webhook ingest checks them, and update masks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from google.protobuf import field_mask_pb2
 from standardwebhooks import Webhook
 
 from aias.core import signing
-from aias.core.errors import InvalidArgument, Unauthenticated
+from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
+from aias.core.protoconv import update_paths
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
 # The example secret of the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -87,3 +90,21 @@ def test_a_secret_without_the_prefix_or_padding_is_the_same_key() -> None:
     key = signing.parse_secret(SPEC_SECRET, "s")
     assert signing.parse_secret(SPEC_SECRET.removeprefix("whsec_"), "s") == key
     signing.check_headers("m", str(int(time.time())), "v1,x", time.time())
+
+
+def test_an_empty_mask_means_the_fields_the_request_sets() -> None:
+    allowed = ("plan", "status", "clear_limit_overrides")
+    request = tenancy_pb.UpdateTenantRequest(tenant_id="t", plan="pro")
+    assert update_paths(request, field_mask_pb2.FieldMask(), allowed) == {"plan"}
+    request.clear_limit_overrides.append("workflows")
+    assert update_paths(request, field_mask_pb2.FieldMask(), allowed) == {
+        "plan",
+        "clear_limit_overrides",
+    }
+    star = field_mask_pb2.FieldMask(paths=["*"])
+    assert update_paths(request, star, allowed) == set(allowed)
+    named = field_mask_pb2.FieldMask(paths=["status"])
+    assert update_paths(request, named, allowed) == {"status"}
+    with pytest.raises(DomainError) as caught:
+        update_paths(request, field_mask_pb2.FieldMask(paths=["plan", "tenant_id"]), allowed)
+    assert caught.value.reason == "INVALID_UPDATE_MASK"
