@@ -29,7 +29,7 @@ from services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
     RunStatus,
     StepDefinition,
-    decode_payload,
+    check_payload,
     validate_name,
     validate_steps,
 )
@@ -220,7 +220,7 @@ class ExecutionService:
                 "INVALID_IDEMPOTENCY_KEY",
                 f"the idempotency key is longer than {MAX_IDEMPOTENCY_KEY_CHARS} characters",
             )
-        decode_payload(body, content_type)
+        check_payload(body, content_type)
         key = idempotency_key.strip()
         ticket = None
         try:
@@ -244,7 +244,7 @@ class ExecutionService:
                     attempt=0,
                     max_attempts=self._max_attempts,
                     payload=body,
-                    content_type=content_type or "application/json",
+                    content_type=content_type,
                     idempotency_key=key or None,
                     error="",
                 )

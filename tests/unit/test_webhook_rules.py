@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures as the webhook ingest checks them, and update masks."""
+"""Standard Webhooks signatures, webhook bodies as workflows see them, and update masks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aias.core import signing
 from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
 from aias.core.protoconv import update_paths
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from services.execution.domain import check_payload, decode_payload
 
 # The example secret of the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -90,6 +91,43 @@ def test_a_secret_without_the_prefix_or_padding_is_the_same_key() -> None:
     key = signing.parse_secret(SPEC_SECRET, "s")
     assert signing.parse_secret(SPEC_SECRET.removeprefix("whsec_"), "s") == key
     signing.check_headers("m", str(int(time.time())), "v1,x", time.time())
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "expected"),
+    [
+        (b'{"a": [1]}', "application/cloudevents+json", {"a": [1]}),
+        (b"[1, 2]", "", [1, 2]),
+        (b"", "", None),
+        (b"a,b\n1,2\n", "text/csv", {"content_type": "text/csv", "text": "a,b\n1,2\n"}),
+        (b"<a/>", "image/svg+xml", {"content_type": "image/svg+xml", "text": "<a/>"}),
+        (b"caf\xe9", "text/plain", {"content_type": "text/plain", "base64": "Y2Fm6Q=="}),
+        (
+            b"x",
+            "text/plain; charset=nope",
+            {"content_type": "text/plain; charset=nope", "base64": "eA=="},
+        ),
+        (
+            b"\x00\x01",
+            "application/octet-stream",
+            {"content_type": "application/octet-stream", "base64": "AAE="},
+        ),
+        (b"42", "", {"content_type": "", "base64": "NDI="}),
+    ],
+)
+def test_bodies_as_a_workflow_gets_them(body: bytes, content_type: str, expected: Any) -> None:
+    assert decode_payload(body, content_type) == expected
+    check_payload(body, content_type)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"{oops", "application/json"), (b"[1,", ""), (b"{NaN", "application/x-www-form-urlencoded")],
+)
+def test_bodies_that_claim_json_must_be_json(body: bytes, content_type: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        check_payload(body, content_type)
+    assert caught.value.reason == "INVALID_PAYLOAD"
 
 
 def test_an_empty_mask_means_the_fields_the_request_sets() -> None:
