@@ -52,7 +52,11 @@ class StepDefinition:
 
 
 def validate_steps(steps: list[StepDefinition]) -> list[StepDefinition]:
-    """Checks every step up front, so a workflow that is stored can run."""
+    """Checks every step up front, so a workflow that is stored can run.
+
+    A refusal names the step (by id, and by index in `steps[i]`) and the field at fault;
+    ErrorInfo metadata carries `step_index` and `step_id` for clients that point at it.
+    """
     if not steps:
         raise InvalidArgument("NO_STEPS", "a workflow needs at least one step")
     if len(steps) > MAX_STEPS:
@@ -64,26 +68,36 @@ def validate_steps(steps: list[StepDefinition]) -> list[StepDefinition]:
             raise InvalidArgument(
                 "INVALID_STEP_ID",
                 f"{where}.id must be 1 to 64 letters, digits, '_' or '-', got {clip(repr(step.id))}",
+                {"step_index": str(index)},
             )
-        if step.id in seen:
+        try:
+            _validate_step(step, where, seen)
+        except InvalidArgument as error:
             raise InvalidArgument(
-                "DUPLICATE_STEP_ID", f"{where}.id {clip(repr(step.id))} is used twice"
-            )
+                error.reason,
+                f"step {step.id!r}: {error.message}",
+                {**error.metadata, "step_index": str(index), "step_id": step.id},
+            ) from None
         seen.add(step.id)
-        spec: StepSpec | None = STEP_TYPES.get(step.type)
-        if spec is None:
-            raise InvalidArgument(
-                "UNKNOWN_STEP_TYPE",
-                f"{where}.type {clip(repr(step.type))} is not a step type; see "
-                "GET /api/integrations for the catalog",
-            )
-        if not spec.available:
-            raise InvalidArgument(
-                "STEP_TYPE_COMING_SOON",
-                f"{where}.type {step.type!r} is coming soon and cannot be used yet",
-            )
-        spec.validate(step.config, where)
     return steps
+
+
+def _validate_step(step: StepDefinition, where: str, seen: set[str]) -> None:
+    if step.id in seen:
+        raise InvalidArgument("DUPLICATE_STEP_ID", f"{where}.id {step.id!r} is used twice")
+    spec: StepSpec | None = STEP_TYPES.get(step.type)
+    if spec is None:
+        raise InvalidArgument(
+            "UNKNOWN_STEP_TYPE",
+            f"{where}.type {clip(repr(step.type))} is not a step type; see "
+            "GET /api/integrations for the catalog",
+        )
+    if not spec.available:
+        raise InvalidArgument(
+            "STEP_TYPE_COMING_SOON",
+            f"{where}.type {step.type!r} is coming soon and cannot be used yet",
+        )
+    spec.validate(step.config, where)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -340,8 +340,8 @@ def _check_step_types(steps: list[StepDefinition], entitlements: TenantEntitleme
                 "allowed_step_types",
                 len(allowed),
                 entitlements.plan,
-                f"steps[{index}].type {step.type!r} is not one of the plan's step types "
-                f"({', '.join(sorted(allowed))})",
+                f"step {step.id!r}: steps[{index}].type {step.type!r} is not one of the plan's "
+                f"step types ({', '.join(sorted(allowed))})",
             )
 
 
