@@ -51,6 +51,11 @@ class StepDefinition:
         return {"id": self.id, "type": self.type, "config": self.config}
 
 
+def steps_from_json(stored: list[dict[str, Any]]) -> list[StepDefinition]:
+    """The steps of a stored workflow version."""
+    return [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in stored]
+
+
 def validate_steps(steps: list[StepDefinition]) -> list[StepDefinition]:
     """Checks every step up front, so a workflow that is stored can run.
 
