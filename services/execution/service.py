@@ -316,7 +316,9 @@ class ExecutionService:
         entitlements = await self._active(tenant_id)
         async with self._db.tenant(tenant_id) as session:
             repo = ExecutionRepository(session)
-            if await repo.workflow(wid) is None:
+            # Locked: a concurrent delete of the workflow either sees this endpoint and deletes
+            # it too, or has deleted the workflow first and this creation finds none.
+            if await repo.workflow(wid, for_update=True) is None:
                 raise _workflow_not_found(wid)
             _check_count(
                 entitlements,
