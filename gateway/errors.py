@@ -15,35 +15,15 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from aias.core.clients import STATUS_DETAILS_KEY, error_info
-from aias.core.errors import ERROR_DOMAIN, clip
+from aias.core.errors import ERROR_DOMAIN, HTTP_STATUS_BY_CODE, clip, http_status
 
 log = logging.getLogger(__name__)
 
-# grpc-gateway's table (runtime.HTTPStatusFromCode).
+# The one table, shared with the services that record what they answered, by grpc's codes.
 HTTP_STATUS: Mapping[grpc.StatusCode, int] = MappingProxyType(
-    {
-        grpc.StatusCode.OK: 200,
-        grpc.StatusCode.CANCELLED: 499,
-        grpc.StatusCode.UNKNOWN: 500,
-        grpc.StatusCode.INVALID_ARGUMENT: 400,
-        grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-        grpc.StatusCode.NOT_FOUND: 404,
-        grpc.StatusCode.ALREADY_EXISTS: 409,
-        grpc.StatusCode.PERMISSION_DENIED: 403,
-        grpc.StatusCode.UNAUTHENTICATED: 401,
-        grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-        grpc.StatusCode.FAILED_PRECONDITION: 400,
-        grpc.StatusCode.ABORTED: 409,
-        grpc.StatusCode.OUT_OF_RANGE: 400,
-        grpc.StatusCode.UNIMPLEMENTED: 501,
-        grpc.StatusCode.INTERNAL: 500,
-        grpc.StatusCode.UNAVAILABLE: 503,
-        grpc.StatusCode.DATA_LOSS: 500,
-    }
+    {grpc.StatusCode[name]: status for name, status in HTTP_STATUS_BY_CODE.items()}
 )
 
-# ErrorInfo metadata a backend sets to refine the HTTP answer (a disabled workflow is 409).
-HTTP_STATUS_OVERRIDE = "http_status"
 # The reason a backend gives when the caller's internal credential is missing or wrong.
 MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
@@ -170,13 +150,11 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
         headers["Retry-After"] = retry
     elif code == grpc.StatusCode.UNAVAILABLE:
         headers["Retry-After"] = BACKEND_RETRY_AFTER
-    override = metadata.get(HTTP_STATUS_OVERRIDE, "")
-    http_status = int(override) if override.isdigit() and 400 <= int(override) <= 599 else None
     return GatewayError(
         code,
         reason or code.name,
         message or error.details() or code.name,
-        http_status=http_status,
+        http_status=http_status(code.name, metadata),
         headers=headers,
         details=_backend_details(error.trailing_metadata()),
     )

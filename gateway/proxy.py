@@ -67,7 +67,9 @@ class RpcProxy:
         tenant_id_var.set(caller.tenant_id)
         metadata = [*caller.metadata(), *_forwarded(request.headers)]
         limit = self._bodies.limit(
-            await self._admit(route, path_params, metadata) if route.admission else 0
+            await self._admit(route, path_params, request.headers, metadata)
+            if route.admission
+            else 0
         )
         # The body's room is held until the call ends: the request message holds its bytes.
         held: AbstractAsyncContextManager[None] = (
@@ -85,7 +87,11 @@ class RpcProxy:
             return await self._call(route, request, message, metadata)
 
     async def _admit(
-        self, route: RpcRoute, path_params: Mapping[str, str], metadata: list[tuple[str, str]]
+        self,
+        route: RpcRoute,
+        path_params: Mapping[str, str],
+        headers: Mapping[str, str],
+        metadata: list[tuple[str, str]],
     ) -> int:
         """Asks the route's admission RPC before any body is read; its refusal is the answer."""
         admission = route.admission
@@ -97,7 +103,7 @@ class RpcProxy:
         )
         try:
             reply = await call(
-                build_admission(admission, path_params),
+                build_admission(admission, path_params, headers),
                 metadata=metadata,
                 timeout=CALL_TIMEOUT_SECONDS,
             )

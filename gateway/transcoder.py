@@ -39,12 +39,20 @@ from gateway.template import PathTemplate
 HTTP_BODY = "google.api.HttpBody"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
-# Request fields filled from headers when the request message has them and nothing else binds
-# them; the first header present wins (Standard Webhooks' webhook-id stands in for the key).
+# Request fields (string, or int64 for a size) filled from headers when the request message has
+# them and nothing else binds them; the first header present wins (Standard Webhooks'
+# webhook-id stands in for the key). Admission requests get them too, so a check that needs
+# only headers is made before the body is read.
 HEADER_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("stripe_signature", ("Stripe-Signature",)),
     ("idempotency_key", ("Idempotency-Key", "Webhook-Id")),
+    ("webhook_id", ("Webhook-Id",)),
+    ("webhook_timestamp", ("Webhook-Timestamp",)),
+    ("webhook_signature", ("Webhook-Signature",)),
+    ("content_length", ("Content-Length",)),
 )
+# No body the gateway reads has a longer size (it reads less than 8 MiB).
+_MAX_LENGTH_DIGITS = 18
 # Headers the backends keep in 255-character columns; longer ones are refused here, where the
 # client learns which header it was.
 _STORED_HEADERS = frozenset({"Content-Type", "Idempotency-Key", "Webhook-Id"})
@@ -307,14 +315,17 @@ def _decode_json(body: bytes, empty: Any) -> Any:
     return value
 
 
-def build_admission(admission: Admission, path_params: Mapping[str, str]) -> Message:
-    """The admission request: the route's path parameters, nothing else."""
+def build_admission(
+    admission: Admission, path_params: Mapping[str, str], headers: Mapping[str, str]
+) -> Message:
+    """The admission request: the route's path parameters and header fields, no body."""
     message = admission.request_class()
     try:
         for field_path, value in path_params.items():
             _set_path(message, field_path, value)
     except JsonMappingError as error:
         raise _invalid(error.reason, str(error), error.field) from None
+    _apply_headers(message, headers, set(path_params))
     return message
 
 
@@ -374,12 +385,15 @@ def _apply_headers(message: Message, headers: Mapping[str, str], bound: set[str]
     fields = descriptor_of(message).fields_by_name
     for name, header_names in HEADER_FIELDS:
         field = fields.get(name)
-        if field is None or name in bound or field.type != FieldDescriptor.TYPE_STRING:
-            continue
-        if field.is_repeated or getattr(message, name):
+        if field is None or name in bound or field.is_repeated or getattr(message, name):
             continue
         value = next((header_text(headers, h) for h in header_names if headers.get(h)), "")
-        setattr(message, name, value)
+        if field.type == FieldDescriptor.TYPE_STRING:
+            setattr(message, name, value)
+        elif field.type == FieldDescriptor.TYPE_INT64 and (
+            value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS
+        ):
+            setattr(message, name, int(value))
 
 
 def header_text(headers: Mapping[str, str], name: str) -> str:

@@ -57,8 +57,16 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "CreateWorkflow": Rule.MEMBER,
         _E + "GetWorkflow": Rule.MEMBER,
         _E + "ListWorkflows": Rule.MEMBER,
+        _E + "UpdateWorkflow": Rule.MEMBER,
+        _E + "DeleteWorkflow": Rule.MEMBER,
+        _E + "ListWorkflowVersions": Rule.MEMBER,
         _E + "CreateWebhookEndpoint": Rule.ADMIN,
         _E + "ListWebhookEndpoints": Rule.MEMBER,
+        _E + "UpdateWebhookEndpoint": Rule.ADMIN,
+        _E + "DeleteWebhookEndpoint": Rule.ADMIN,
+        _E + "RotateWebhookEndpointSecret": Rule.ADMIN,
+        # Deliveries show refusal details (a disabled endpoint, a bad signature) for admins.
+        _E + "ListWebhookDeliveries": Rule.ADMIN,
         _E + "TriggerWebhook": Rule.PUBLIC,
         # The gateway's check before it reads a webhook's body: as public as the webhook.
         _E + "AdmitWebhook": Rule.PUBLIC,

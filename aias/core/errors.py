@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
 # How much of a client's own input an error message quotes back:
 # enough to recognise the value, never a way to make the gateway echo megabytes.
@@ -101,3 +102,37 @@ class Unavailable(DomainError):
     """A dependency is down; the same request may succeed later."""
 
     code = "UNAVAILABLE"
+
+
+# The HTTP status of each gRPC code, by name: grpc-gateway's table (runtime.HTTPStatusFromCode).
+HTTP_STATUS_BY_CODE: Mapping[str, int] = MappingProxyType(
+    {
+        "OK": 200,
+        "CANCELLED": 499,
+        "UNKNOWN": 500,
+        "INVALID_ARGUMENT": 400,
+        "DEADLINE_EXCEEDED": 504,
+        "NOT_FOUND": 404,
+        "ALREADY_EXISTS": 409,
+        "PERMISSION_DENIED": 403,
+        "UNAUTHENTICATED": 401,
+        "RESOURCE_EXHAUSTED": 429,
+        "FAILED_PRECONDITION": 400,
+        "ABORTED": 409,
+        "OUT_OF_RANGE": 400,
+        "UNIMPLEMENTED": 501,
+        "INTERNAL": 500,
+        "UNAVAILABLE": 503,
+        "DATA_LOSS": 500,
+    }
+)
+# ErrorInfo metadata with which an error refines its HTTP status (a disabled workflow is 409).
+HTTP_STATUS_OVERRIDE = "http_status"
+
+
+def http_status(code: str, metadata: Mapping[str, str]) -> int:
+    """The HTTP status an error is answered with: its code's, unless its metadata refines it."""
+    override = metadata.get(HTTP_STATUS_OVERRIDE, "")
+    if override.isdigit() and 400 <= int(override) <= 599:
+        return int(override)
+    return HTTP_STATUS_BY_CODE[code]

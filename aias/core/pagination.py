@@ -46,10 +46,7 @@ def decode_token(token: str, scope: str = "") -> PageCursor | None:
     """None for the first page; InvalidArgument for a token this list did not issue."""
     if not token:
         return None
-    invalid = InvalidArgument(
-        "INVALID_PAGE_TOKEN",
-        "page_token is not one this list returned for the same filter; start again without it",
-    )
+    invalid = _invalid_token()
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         cursor = PageCursor(datetime.fromisoformat(payload["t"]), uuid.UUID(payload["i"]))
@@ -59,6 +56,33 @@ def decode_token(token: str, scope: str = "") -> PageCursor | None:
     if not same_scope or cursor.create_time.tzinfo is None:
         raise invalid
     return cursor
+
+
+def encode_number_token(number: int, scope: str = "") -> str:
+    """A token for lists keyed by a number (e.g. versions, newest first): the last one's."""
+    payload = {"n": number, "s": scope}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def decode_number_token(token: str, scope: str = "") -> int | None:
+    """None for the first page; InvalidArgument for a token this list did not issue."""
+    if not token:
+        return None
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token.encode()))
+        number, same_scope = payload["n"], payload["s"] == scope
+    except (binascii.Error, UnicodeError, ValueError, KeyError, TypeError):
+        number, same_scope = None, False
+    if not same_scope or not isinstance(number, int) or isinstance(number, bool):
+        raise _invalid_token()
+    return number
+
+
+def _invalid_token() -> InvalidArgument:
+    return InvalidArgument(
+        "INVALID_PAGE_TOKEN",
+        "page_token is not one this list returned for the same filter; start again without it",
+    )
 
 
 class _Keyed(Protocol):

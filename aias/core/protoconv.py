@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from aias.core.errors import InvalidArgument, clip
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -21,3 +25,32 @@ def struct(value: dict[str, Any]) -> struct_pb2.Struct:
     message = struct_pb2.Struct()
     message.update(value)
     return message
+
+
+def update_paths(
+    request: Message, mask: field_mask_pb2.FieldMask, allowed: Collection[str]
+) -> set[str]:
+    """The fields an update changes: its mask (`*` is every allowed field), or, with an empty
+    mask, the allowed fields the request sets, as grpc-gateway infers a PATCH's mask."""
+    paths = set(mask.paths)
+    if not paths:
+        return {name for name in allowed if _is_set(request, name)}
+    if paths == {"*"}:
+        return set(allowed)
+    unknown = sorted(paths - set(allowed))
+    if unknown:
+        raise InvalidArgument(
+            "INVALID_UPDATE_MASK",
+            f"update_mask names {clip(', '.join(unknown))}, which cannot be changed; it may name "
+            f"{', '.join(sorted(allowed))}, or '*' for all of them",
+        )
+    return paths
+
+
+def _is_set(request: Message, name: str) -> bool:
+    field = request.DESCRIPTOR.fields_by_name[name]
+    if field.is_repeated:
+        return len(getattr(request, name)) > 0
+    if field.has_presence:
+        return request.HasField(name)
+    return bool(getattr(request, name))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs
 
 from aias.core.errors import InvalidArgument, clip
 from aias.core.text import checked_text
@@ -52,8 +52,17 @@ class StepDefinition:
         return {"id": self.id, "type": self.type, "config": self.config}
 
 
+def steps_from_json(stored: list[dict[str, Any]]) -> list[StepDefinition]:
+    """The steps of a stored workflow version."""
+    return [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in stored]
+
+
 def validate_steps(steps: list[StepDefinition]) -> list[StepDefinition]:
-    """Checks every step up front, so a workflow that is stored can run."""
+    """Checks every step up front, so a workflow that is stored can run.
+
+    A refusal names the step (by id, and by index in `steps[i]`) and the field at fault;
+    ErrorInfo metadata carries `step_index` and `step_id` for clients that point at it.
+    """
     if not steps:
         raise InvalidArgument("NO_STEPS", "a workflow needs at least one step")
     if len(steps) > MAX_STEPS:
@@ -65,26 +74,36 @@ def validate_steps(steps: list[StepDefinition]) -> list[StepDefinition]:
             raise InvalidArgument(
                 "INVALID_STEP_ID",
                 f"{where}.id must be 1 to 64 letters, digits, '_' or '-', got {clip(repr(step.id))}",
+                {"step_index": str(index)},
             )
-        if step.id in seen:
+        try:
+            _validate_step(step, where, seen)
+        except InvalidArgument as error:
             raise InvalidArgument(
-                "DUPLICATE_STEP_ID", f"{where}.id {clip(repr(step.id))} is used twice"
-            )
+                error.reason,
+                f"step {step.id!r}: {error.message}",
+                {**error.metadata, "step_index": str(index), "step_id": step.id},
+            ) from None
         seen.add(step.id)
-        spec: StepSpec | None = STEP_TYPES.get(step.type)
-        if spec is None:
-            raise InvalidArgument(
-                "UNKNOWN_STEP_TYPE",
-                f"{where}.type {clip(repr(step.type))} is not a step type; see "
-                "GET /api/integrations for the catalog",
-            )
-        if not spec.available:
-            raise InvalidArgument(
-                "STEP_TYPE_COMING_SOON",
-                f"{where}.type {step.type!r} is coming soon and cannot be used yet",
-            )
-        spec.validate(step.config, where)
     return steps
+
+
+def _validate_step(step: StepDefinition, where: str, seen: set[str]) -> None:
+    if step.id in seen:
+        raise InvalidArgument("DUPLICATE_STEP_ID", f"{where}.id {step.id!r} is used twice")
+    spec: StepSpec | None = STEP_TYPES.get(step.type)
+    if spec is None:
+        raise InvalidArgument(
+            "UNKNOWN_STEP_TYPE",
+            f"{where}.type {clip(repr(step.type))} is not a step type; see "
+            "GET /api/integrations for the catalog",
+        )
+    if not spec.available:
+        raise InvalidArgument(
+            "STEP_TYPE_COMING_SOON",
+            f"{where}.type {step.type!r} is coming soon and cannot be used yet",
+        )
+    spec.validate(step.config, where)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -107,8 +126,8 @@ def _strict_json(body: bytes) -> Any:
     """JSON with finite numbers only and at most MAX_PAYLOAD_DEPTH levels of nesting."""
     invalid = InvalidArgument(
         "INVALID_PAYLOAD",
-        "the body is declared (or defaults to) JSON but is not valid JSON (NaN and Infinity "
-        "are not JSON); send valid JSON or a text/plain body",
+        "the body is JSON (declared, or an object or array sent without a type) but not valid "
+        "JSON (NaN and Infinity are not JSON); send valid JSON or a text/plain body",
     )
     too_deep = InvalidArgument(
         "PAYLOAD_TOO_DEEP", f"the JSON body nests deeper than {MAX_PAYLOAD_DEPTH} levels"
@@ -124,33 +143,69 @@ def _strict_json(body: bytes) -> Any:
     return value
 
 
+# Bodies given to a workflow as text; anything else that is not JSON is given as base64.
+_TEXT_TYPES = frozenset({"application/xml", "application/x-www-form-urlencoded"})
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _charset(content_type: str) -> str:
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"') or "utf-8"
+    return "utf-8"
+
+
+def _is_json(media: str, body: bytes) -> bool:
+    """Declared JSON; or no type and a body that is plainly an object or array.
+
+    curl -d sends JSON as a form unless told otherwise, so a form body that is plainly an
+    object or array is JSON too.
+    """
+    if media == "application/json" or media.endswith("+json"):
+        return True
+    return media in ("", "application/x-www-form-urlencoded") and body.lstrip()[:1] in (
+        b"{",
+        b"[",
+    )
+
+
+def check_payload(body: bytes, content_type: str) -> None:
+    """Refuses a body the run could not decode (invalid or too deep JSON), decoding nothing else."""
+    if _is_json(_media_type(content_type), body):
+        _strict_json(body)
+
+
 def decode_payload(body: bytes, content_type: str) -> Any:
-    """The run's input value: JSON for JSON bodies, a dict for forms, otherwise the text."""
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media in ("", "application/json") or media.endswith("+json"):
-        if not body.strip() and media == "":
-            return None
+    """The run's input value.
+
+    JSON bodies are the parsed value (an empty body without a type is null). Any other body is
+    `{"content_type", "text"}` for text types (text/*, XML, forms) in their charset, and
+    `{"content_type", "base64"}` for everything else or text that does not decode.
+    """
+    media = _media_type(content_type)
+    if not body.strip() and media == "":
+        return None
+    if _is_json(media, body):
         return _strict_json(body)
-    text = body.decode("utf-8", errors="replace")
-    if media == "application/x-www-form-urlencoded":
-        # curl -d sends this type by default; a body that is plainly JSON is taken as JSON.
-        if text.lstrip()[:1] in ("{", "["):
-            with contextlib.suppress(InvalidArgument):
-                return _strict_json(body)
-        return {
-            key: values if len(values) > 1 else values[0]
-            for key, values in parse_qs(text, keep_blank_values=True).items()
-        }
-    return text
+    if media.startswith("text/") or media in _TEXT_TYPES or media.endswith("+xml"):
+        try:
+            return {"content_type": content_type, "text": body.decode(_charset(content_type))}
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return {"content_type": content_type, "base64": base64.b64encode(body).decode("ascii")}
 
 
 def decode_response(body: bytes, content_type: str) -> Any:
-    """An http_request step's response body: decoded like a run's input, except that a body
-    which is not what its Content-Type says is kept as text rather than refused (the server,
-    not the tenant, wrote it); an empty body is null."""
+    """An http_request step's response body: JSON when it is JSON, otherwise its text (the
+    server, not the tenant, wrote it, so a body that is not what it claims is kept as text);
+    an empty body is null."""
     if not body:
         return None
-    try:
-        return decode_payload(body, content_type)
-    except InvalidArgument:
-        return body.decode("utf-8", errors="replace")
+    if _is_json(_media_type(content_type), body):
+        with contextlib.suppress(InvalidArgument):
+            return _strict_json(body)
+    return body.decode("utf-8", errors="replace")

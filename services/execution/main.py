@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine, libpq_url
@@ -12,9 +13,14 @@ from aias.core.ratelimit import RateLimiter
 from aias.core.settings import Env, ServerSettings
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
 from services.execution.quota import DEFAULT_BLOCK, RunQuota
-from services.execution.service import ExecutionService
+from services.execution.service import (
+    DEFAULT_ROTATION_GRACE,
+    MAX_ROTATION_GRACE,
+    ExecutionService,
+)
 from services.execution.servicer import ExecutionServicer
 from services.execution.targets import WebhookTargets
 
@@ -31,6 +37,8 @@ class ExecutionSettings:
     max_attempts: int
     redis_url: str = ""
     quota_block: int = DEFAULT_BLOCK
+    rotation_grace: timedelta = DEFAULT_ROTATION_GRACE
+    deliveries_kept: int = DEFAULT_KEPT
 
 
 def load_settings(env: Env | None = None) -> ExecutionSettings:
@@ -46,6 +54,16 @@ def load_settings(env: Env | None = None) -> ExecutionSettings:
         ),
         redis_url=env.redis_url("AIAS_REDIS_URL"),
         quota_block=env.integer("AIAS_RUN_QUOTA_BLOCK", DEFAULT_BLOCK, minimum=1, maximum=10_000),
+        rotation_grace=timedelta(
+            seconds=env.integer(
+                "AIAS_SECRET_ROTATION_GRACE_SECONDS",
+                int(DEFAULT_ROTATION_GRACE.total_seconds()),
+                maximum=int(MAX_ROTATION_GRACE.total_seconds()),
+            )
+        ),
+        deliveries_kept=env.integer(
+            "AIAS_WEBHOOK_DELIVERIES_KEPT", DEFAULT_KEPT, minimum=1, maximum=10_000_000
+        ),
     )
     env.check()
     return settings
@@ -59,6 +77,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     quota = RunQuota(tenancy, settings.quota_block)
     rates = RateLimiter(settings.redis_url)
     targets = WebhookTargets(db, libpq_url(settings.database_url))
+    deliveries = DeliveryLog(db, settings.deliveries_kept)
     service = ExecutionService(
         db,
         entitlements,
@@ -67,6 +86,8 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         targets,
         settings.public_url,
         settings.max_attempts,
+        deliveries=deliveries,
+        rotation_grace=settings.rotation_grace,
     )
     servicer = ExecutionServicer(service)
     built = build_grpc_server(
@@ -87,6 +108,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         entitlements.stop,
         quota.close,
         targets.stop,
+        deliveries.close,
     ]
     return built
 

@@ -36,6 +36,8 @@ class WorkflowRow(Base):
     current_version: Mapped[int]
     create_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
     update_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
+    # Soft deletion: runs, logs and artifacts keep pointing at the workflow and its versions.
+    delete_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
 
 
 class WorkflowVersionRow(Base):
@@ -60,6 +62,13 @@ class WebhookEndpointRow(Base):
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
     enabled: Mapped[bool]
     create_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
+    # The secret a rotation replaced, accepted until its expire time.
+    previous_secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_secret_expire_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    # The Standard Webhooks key deliveries must be signed with. Kept as is, not hashed: checking
+    # an HMAC needs the key itself.
+    signing_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    delete_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
 
 
 class RunRow(Base):
@@ -78,6 +87,8 @@ class RunRow(Base):
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(255))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 of the body, so a repeated idempotency key with another body is told apart.
+    payload_sha256: Mapped[bytes | None] = mapped_column(LargeBinary)
     error: Mapped[str] = mapped_column(default="")
     available_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -105,3 +116,20 @@ class StepLogRow(Base):
     output_bytes: Mapped[int] = mapped_column(BigInteger)
     output_sha256: Mapped[str] = mapped_column(String(64))
     error: Mapped[str]
+
+
+class WebhookDeliveryRow(Base):
+    """One delivery to an endpoint and what it was answered, for the tenant's diagnostics."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID]
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("execution.webhook_endpoints.id"))
+    # When the delivery was received (named for the shared keyset pagination).
+    create_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
+    http_status: Mapped[int]
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str]
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[uuid.UUID | None]

@@ -5,15 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, case, delete, func, null, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
 from services.execution.models import (
     RunRow,
     StepLogRow,
+    WebhookDeliveryRow,
     WebhookEndpointRow,
     WorkflowRow,
     WorkflowVersionRow,
@@ -27,6 +28,11 @@ class WebhookTarget:
     workflow_id: uuid.UUID
     workflow_version: int
     workflow_enabled: bool
+    # The endpoint or its workflow is deleted.
+    deleted: bool
+    # Set when the URL holds the secret a rotation replaced: it is accepted until then.
+    secret_expire_time: datetime | None
+    signing_key: bytes | None
 
 
 @dataclass(frozen=True)
@@ -47,8 +53,16 @@ class ExecutionRepository:
             for row in rows:
                 await self._session.refresh(row)
 
-    async def workflow(self, workflow_id: uuid.UUID) -> WorkflowRow | None:
-        return await self._session.get(WorkflowRow, workflow_id)
+    async def workflow(
+        self, workflow_id: uuid.UUID, *, for_update: bool = False
+    ) -> WorkflowRow | None:
+        """The workflow unless it is deleted; `for_update` locks it until the transaction ends."""
+        query = select(WorkflowRow).where(
+            WorkflowRow.id == workflow_id, WorkflowRow.delete_time.is_(None)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return (await self._session.execute(query)).scalar_one_or_none()
 
     async def workflow_version(
         self, workflow_id: uuid.UUID, version: int
@@ -67,26 +81,71 @@ class ExecutionRepository:
         )
         return {row.workflow_id: row for row in (await self._session.execute(query)).scalars()}
 
-    async def workflows(self, cursor: PageCursor | None, limit: int) -> list[WorkflowRow]:
-        query = newest_first(select(WorkflowRow), WorkflowRow, cursor, limit)
+    async def workflow_versions(
+        self, workflow_id: uuid.UUID, before: int | None, limit: int
+    ) -> list[WorkflowVersionRow]:
+        """A workflow's versions, newest first, below version `before` when given."""
+        query = select(WorkflowVersionRow).where(WorkflowVersionRow.workflow_id == workflow_id)
+        if before is not None:
+            query = query.where(WorkflowVersionRow.version < before)
+        query = query.order_by(WorkflowVersionRow.version.desc()).limit(limit)
         return list((await self._session.execute(query)).scalars())
+
+    async def workflows(self, cursor: PageCursor | None, limit: int) -> list[WorkflowRow]:
+        live = select(WorkflowRow).where(WorkflowRow.delete_time.is_(None))
+        query = newest_first(live, WorkflowRow, cursor, limit)
+        return list((await self._session.execute(query)).scalars())
+
+    async def endpoint(
+        self, endpoint_id: uuid.UUID, *, for_update: bool = False
+    ) -> WebhookEndpointRow | None:
+        """The endpoint unless it is deleted; `for_update` locks it until the transaction ends."""
+        query = select(WebhookEndpointRow).where(
+            WebhookEndpointRow.id == endpoint_id, WebhookEndpointRow.delete_time.is_(None)
+        )
+        if for_update:
+            query = query.with_for_update()
+        return (await self._session.execute(query)).scalar_one_or_none()
 
     async def endpoints(self, cursor: PageCursor | None, limit: int) -> list[WebhookEndpointRow]:
-        query = newest_first(select(WebhookEndpointRow), WebhookEndpointRow, cursor, limit)
+        live = select(WebhookEndpointRow).where(WebhookEndpointRow.delete_time.is_(None))
+        query = newest_first(live, WebhookEndpointRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 
+    async def delete_endpoints_of(self, workflow_id: uuid.UUID, when: datetime) -> None:
+        """Soft-deletes the endpoints of a workflow that is being deleted."""
+        await self._session.execute(
+            update(WebhookEndpointRow)
+            .where(
+                WebhookEndpointRow.workflow_id == workflow_id,
+                WebhookEndpointRow.delete_time.is_(None),
+            )
+            .values(delete_time=when)
+        )
+
     async def webhook_target(self, secret_hash: bytes) -> WebhookTarget | None:
-        """The endpoint a secret opens and the workflow it triggers, in one query."""
+        """The endpoint a secret opens (current or previous) and its workflow, in one query.
+
+        Deleted and expired targets are found too, so a delivery to them can be recorded; the
+        caller refuses them.
+        """
+        endpoint, workflow = WebhookEndpointRow, WorkflowRow
+        current = endpoint.secret_hash == secret_hash
         query = (
             select(
-                WebhookEndpointRow.id,
-                WebhookEndpointRow.enabled,
-                WorkflowRow.id,
-                WorkflowRow.current_version,
-                WorkflowRow.enabled,
+                endpoint.id,
+                endpoint.enabled,
+                workflow.id,
+                workflow.current_version,
+                workflow.enabled,
+                or_(endpoint.delete_time.is_not(None), workflow.delete_time.is_not(None)),
+                case((current, null()), else_=endpoint.previous_secret_expire_time),
+                endpoint.signing_key,
             )
-            .join(WorkflowRow, WorkflowRow.id == WebhookEndpointRow.workflow_id)
-            .where(WebhookEndpointRow.secret_hash == secret_hash)
+            .join(workflow, workflow.id == endpoint.workflow_id)
+            .where(or_(current, endpoint.previous_secret_hash == secret_hash))
+            .order_by(current.desc())
+            .limit(1)
         )
         row = (await self._session.execute(query)).one_or_none()
         return WebhookTarget(*row) if row is not None else None
@@ -101,13 +160,13 @@ class ExecutionRepository:
     async def count_workflows(self, tenant_id: uuid.UUID) -> int:
         """How many workflows the tenant has, locked against concurrent creation."""
         await self._lock_count(tenant_id, "workflows")
-        query = select(func.count()).select_from(WorkflowRow)
+        query = select(func.count()).where(WorkflowRow.delete_time.is_(None))
         return int((await self._session.execute(query)).scalar_one())
 
     async def count_endpoints(self, tenant_id: uuid.UUID) -> int:
         """How many webhook endpoints the tenant has, locked against concurrent creation."""
         await self._lock_count(tenant_id, "endpoints")
-        query = select(func.count()).select_from(WebhookEndpointRow)
+        query = select(func.count()).where(WebhookEndpointRow.delete_time.is_(None))
         return int((await self._session.execute(query)).scalar_one())
 
     async def lock_idempotency_key(self, endpoint_id: uuid.UUID, key: str) -> None:
@@ -131,6 +190,43 @@ class ExecutionRepository:
             .limit(1)
         )
         return (await self._session.execute(query)).scalar_one_or_none()
+
+    async def deliveries(
+        self, endpoint_id: uuid.UUID | None, cursor: PageCursor | None, limit: int
+    ) -> list[WebhookDeliveryRow]:
+        query = select(WebhookDeliveryRow)
+        if endpoint_id is not None:
+            query = query.where(WebhookDeliveryRow.endpoint_id == endpoint_id)
+        query = newest_first(query, WebhookDeliveryRow, cursor, limit)
+        return list((await self._session.execute(query)).scalars())
+
+    async def prune_deliveries(self, keep: int, batch: int) -> int:
+        """Deletes up to `batch` of the tenant's deliveries older than its `keep` newest."""
+        newest_first_order = (WebhookDeliveryRow.create_time.desc(), WebhookDeliveryRow.id.desc())
+        oldest_kept = (
+            await self._session.execute(
+                select(WebhookDeliveryRow.create_time, WebhookDeliveryRow.id)
+                .order_by(*newest_first_order)
+                .offset(keep - 1)
+                .limit(1)
+            )
+        ).first()
+        if oldest_kept is None:
+            return 0
+        older = (
+            select(WebhookDeliveryRow.id)
+            .where(
+                tuple_(WebhookDeliveryRow.create_time, WebhookDeliveryRow.id)
+                < tuple_(oldest_kept.create_time, oldest_kept.id)
+            )
+            .limit(batch)
+        )
+        deleted = await self._session.execute(
+            delete(WebhookDeliveryRow)
+            .where(WebhookDeliveryRow.id.in_(older))
+            .returning(WebhookDeliveryRow.id)
+        )
+        return len(deleted.all())
 
     async def run(self, run_id: uuid.UUID) -> RunRow | None:
         return await self._session.get(RunRow, run_id)

@@ -2,19 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import grpc
 from google.protobuf import json_format
 
 from aias.core.context import HTTP_CODE, require_tenant
-from aias.core.protoconv import struct, timestamp
+from aias.core.protoconv import struct, timestamp, update_paths
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
-from services.execution.domain import RunStatus, StepDefinition, StepStatus
-from services.execution.models import RunRow, StepLogRow, WebhookEndpointRow
-from services.execution.service import ExecutionService, WorkflowView
+from services.execution.domain import RunStatus, StepDefinition, StepStatus, steps_from_json
+from services.execution.models import (
+    RunRow,
+    StepLogRow,
+    WebhookDeliveryRow,
+    WebhookEndpointRow,
+    WorkflowVersionRow,
+)
+from services.execution.service import (
+    EndpointChanges,
+    ExecutionService,
+    WebhookAdmission,
+    WebhookCall,
+    WorkflowChanges,
+    WorkflowView,
+)
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 STEP_STATUS = {status: pb.StepStatus.Value(f"STEP_STATUS_{status.name}") for status in StepStatus}
+WORKFLOW_FIELDS = ("name", "steps", "enabled")
+ENDPOINT_FIELDS = ("name", "enabled", "signing_secret", "generate_signing_secret")
+
+
+def steps_pb(steps: Iterable[StepDefinition]) -> list[pb.Step]:
+    return [pb.Step(id=s.id, type=s.type, config=struct(s.config)) for s in steps]
+
+
+def steps_of(steps: Iterable[pb.Step]) -> list[StepDefinition]:
+    return [StepDefinition(s.id, s.type, json_format.MessageToDict(s.config)) for s in steps]
 
 
 def workflow_pb(view: WorkflowView) -> pb.Workflow:
@@ -24,9 +49,18 @@ def workflow_pb(view: WorkflowView) -> pb.Workflow:
         name=row.name,
         version=row.current_version,
         enabled=row.enabled,
-        steps=[pb.Step(id=s.id, type=s.type, config=struct(s.config)) for s in view.steps],
+        steps=steps_pb(view.steps),
         create_time=timestamp(row.create_time),
         update_time=timestamp(row.update_time),
+    )
+
+
+def version_pb(row: WorkflowVersionRow) -> pb.WorkflowVersion:
+    return pb.WorkflowVersion(
+        workflow_id=str(row.workflow_id),
+        version=row.version,
+        steps=steps_pb(steps_from_json(row.steps)),
+        create_time=timestamp(row.create_time),
     )
 
 
@@ -39,6 +73,21 @@ def endpoint_pb(row: WebhookEndpointRow, url: str = "") -> pb.WebhookEndpoint:
         enabled=row.enabled,
         url=url,
         create_time=timestamp(row.create_time),
+        signature_required=row.signing_key is not None,
+        previous_secret_expire_time=timestamp(row.previous_secret_expire_time),
+    )
+
+
+def delivery_pb(row: WebhookDeliveryRow) -> pb.WebhookDelivery:
+    return pb.WebhookDelivery(
+        id=str(row.id),
+        endpoint_id=str(row.endpoint_id),
+        receive_time=timestamp(row.create_time),
+        http_status=row.http_status,
+        reason=row.reason,
+        message=row.message,
+        size_bytes=row.size_bytes,
+        run_id=str(row.run_id) if row.run_id else "",
     )
 
 
@@ -79,11 +128,10 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateWorkflowResponse:
-        steps = [
-            StepDefinition(s.id, s.type, json_format.MessageToDict(s.config)) for s in request.steps
-        ]
         enabled = request.enabled if request.HasField("enabled") else True
-        view = await self._service.create_workflow(require_tenant(), request.name, steps, enabled)
+        view = await self._service.create_workflow(
+            require_tenant(), request.name, steps_of(request.steps), enabled
+        )
         await context.send_initial_metadata(((HTTP_CODE, "201"),))
         return pb.CreateWorkflowResponse(workflow=workflow_pb(view))
 
@@ -103,15 +151,47 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
             workflows=[workflow_pb(v) for v in page.items], next_page_token=page.next_page_token
         )
 
+    async def UpdateWorkflow(
+        self, request: pb.UpdateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateWorkflowResponse:
+        paths = update_paths(request, request.update_mask, WORKFLOW_FIELDS)
+        changes = WorkflowChanges(
+            name=request.name if "name" in paths else None,
+            steps=steps_of(request.steps) if "steps" in paths else None,
+            enabled=request.enabled if "enabled" in paths else None,
+        )
+        view = await self._service.update_workflow(require_tenant(), request.workflow_id, changes)
+        return pb.UpdateWorkflowResponse(workflow=workflow_pb(view))
+
+    async def DeleteWorkflow(
+        self, request: pb.DeleteWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteWorkflowResponse:
+        await self._service.delete_workflow(require_tenant(), request.workflow_id)
+        return pb.DeleteWorkflowResponse()
+
+    async def ListWorkflowVersions(
+        self, request: pb.ListWorkflowVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkflowVersionsResponse:
+        page = await self._service.list_workflow_versions(
+            require_tenant(), request.workflow_id, request.page_size, request.page_token
+        )
+        return pb.ListWorkflowVersionsResponse(
+            versions=[version_pb(v) for v in page.items], next_page_token=page.next_page_token
+        )
+
     async def CreateWebhookEndpoint(
         self, request: pb.CreateWebhookEndpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateWebhookEndpointResponse:
-        row, secret, url = await self._service.create_endpoint(
-            require_tenant(), request.workflow_id, request.name
+        row, secret, url, signing_secret = await self._service.create_endpoint(
+            require_tenant(),
+            request.workflow_id,
+            request.name,
+            request.signing_secret,
+            request.generate_signing_secret,
         )
         await context.send_initial_metadata(((HTTP_CODE, "201"),))
         return pb.CreateWebhookEndpointResponse(
-            webhook_endpoint=endpoint_pb(row, url), secret=secret
+            webhook_endpoint=endpoint_pb(row, url), secret=secret, signing_secret=signing_secret
         )
 
     async def ListWebhookEndpoints(
@@ -125,18 +205,69 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
             next_page_token=page.next_page_token,
         )
 
+    async def UpdateWebhookEndpoint(
+        self, request: pb.UpdateWebhookEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateWebhookEndpointResponse:
+        paths = update_paths(request, request.update_mask, ENDPOINT_FIELDS)
+        changes = EndpointChanges(
+            name=request.name if "name" in paths else None,
+            enabled=request.enabled if "enabled" in paths else None,
+            signing_secret=request.signing_secret if "signing_secret" in paths else None,
+            generate_signing_secret="generate_signing_secret" in paths
+            and request.generate_signing_secret,
+        )
+        row, signing_secret = await self._service.update_endpoint(
+            require_tenant(), request.endpoint_id, changes
+        )
+        return pb.UpdateWebhookEndpointResponse(
+            webhook_endpoint=endpoint_pb(row), signing_secret=signing_secret
+        )
+
+    async def DeleteWebhookEndpoint(
+        self, request: pb.DeleteWebhookEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteWebhookEndpointResponse:
+        await self._service.delete_endpoint(require_tenant(), request.endpoint_id)
+        return pb.DeleteWebhookEndpointResponse()
+
+    async def RotateWebhookEndpointSecret(
+        self, request: pb.RotateWebhookEndpointSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateWebhookEndpointSecretResponse:
+        grace = request.grace_period.ToTimedelta() if request.HasField("grace_period") else None
+        row, secret, url = await self._service.rotate_endpoint_secret(
+            require_tenant(), request.endpoint_id, grace
+        )
+        return pb.RotateWebhookEndpointSecretResponse(
+            webhook_endpoint=endpoint_pb(row, url), secret=secret
+        )
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWebhookDeliveriesResponse:
+        page = await self._service.list_deliveries(
+            require_tenant(), request.endpoint_id, request.page_size, request.page_token
+        )
+        return pb.ListWebhookDeliveriesResponse(
+            webhook_deliveries=[delivery_pb(r) for r in page.items],
+            next_page_token=page.next_page_token,
+        )
+
     async def TriggerWebhook(
         self, request: pb.TriggerWebhookRequest, context: grpc.aio.ServicerContext
     ) -> pb.TriggerWebhookResponse:
-        run, created = await self._service.trigger(
-            request.tenant_id,
-            request.secret,
-            request.http_body.data,
-            request.http_body.content_type,
-            request.idempotency_key,
+        run = await self._service.trigger(
+            WebhookCall(
+                tenant=request.tenant_id,
+                secret=request.secret,
+                body=request.http_body.data,
+                content_type=request.http_body.content_type,
+                idempotency_key=request.idempotency_key,
+                webhook_id=request.webhook_id,
+                webhook_timestamp=request.webhook_timestamp,
+                webhook_signature=request.webhook_signature,
+            )
         )
-        # 202: the run is queued; a repeated idempotency key gets 200 and the first run.
-        await context.send_initial_metadata(((HTTP_CODE, "202" if created else "200"),))
+        # 202 for a new run and for a repeat alike: a repeat is answered as the first one was.
+        await context.send_initial_metadata(((HTTP_CODE, "202"),))
         return pb.TriggerWebhookResponse(
             run_id=str(run.id), status=RUN_STATUS[RunStatus(run.status)]
         )
@@ -144,7 +275,16 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     async def AdmitWebhook(
         self, request: pb.AdmitWebhookRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdmitWebhookResponse:
-        limit = await self._service.admit(request.tenant_id, request.secret)
+        limit = await self._service.admit(
+            WebhookAdmission(
+                tenant=request.tenant_id,
+                secret=request.secret,
+                content_length=request.content_length,
+                webhook_id=request.webhook_id,
+                webhook_timestamp=request.webhook_timestamp,
+                webhook_signature=request.webhook_signature,
+            )
+        )
         return pb.AdmitWebhookResponse(max_body_bytes=limit)
 
     async def GetRun(

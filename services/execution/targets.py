@@ -47,7 +47,11 @@ class WebhookTargets:
 
     def _forget(self, tenant_id: str) -> None:
         with contextlib.suppress(ValueError):
-            self._cache.forget(uuid.UUID(tenant_id))
+            self.forget(uuid.UUID(tenant_id))
+
+    def forget(self, tenant_id: uuid.UUID) -> None:
+        """Drops a tenant's entries; the process that made a change need not wait for the notice."""
+        self._cache.forget(tenant_id)
 
     async def resolve(self, tenant_id: uuid.UUID, secret_hash: bytes) -> WebhookTarget | None:
         key = (tenant_id, secret_hash)

@@ -24,6 +24,8 @@ async def test_webhook_to_artifact(http: aiohttp.ClientSession) -> None:
         "enabled",
         "url",
         "create_time",
+        "signature_required",
+        "previous_secret_expire_time",
     }
 
     async with http.get(
@@ -219,7 +221,7 @@ async def test_idempotency_key_returns_the_first_run(http: aiohttp.ClientSession
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER, headers=headers) as r:
         first = (await expect(r, 202))["run_id"]
     async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER, headers=headers) as r:
-        assert r.status == 200
+        assert r.status == 202  # as the first answer was
         assert (await r.json())["run_id"] == first
     async with http.get("/api/runs", headers=tenant.auth) as response:
         assert [run["id"] for run in (await expect(response, 200))["runs"]] == [first]

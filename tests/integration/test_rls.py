@@ -19,6 +19,7 @@ TENANT_TABLES = [
     ("execution", "webhook_endpoints"),
     ("execution", "runs"),
     ("execution", "step_logs"),
+    ("execution", "webhook_deliveries"),
     ("artifacts", "artifacts"),
     ("billing", "customers"),
     ("billing", "subscriptions"),

@@ -102,7 +102,7 @@ async def test_a_step_gives_the_same_result_as_in_process(
 
 
 async def test_the_first_step_decodes_the_payload(runner: StepRunner) -> None:
-    call = StepCall("template", {"template": "<{{ input }}>"}, b"hello", "text/plain", CONTEXT)
+    call = StepCall("template", {"template": "<{{ input.text }}>"}, b"hello", "text/plain", CONTEXT)
     assert (await runner.run(call, LIMITS)).value == b'"<hello>"'
     broken = StepCall("transform", {"expression": "a"}, b"{nope", JSON, CONTEXT)
     with pytest.raises(StepFailed, match=r"^INVALID_PAYLOAD: "):

@@ -26,6 +26,7 @@ from gateway.template import PathTemplate, Router, TemplateError
 from gateway.transcoder import (
     RpcRoute,
     TranscodeError,
+    build_admission,
     build_request,
     build_routes,
     render_unary,
@@ -456,6 +457,30 @@ def test_real_trigger_webhook_maps_path_body_and_headers() -> None:
     assert isinstance(request, execution_pb.TriggerWebhookRequest)
     assert (request.tenant_id, request.secret, request.idempotency_key) == ("t1", "s3", "idem")
     assert (request.http_body.data, request.http_body.content_type) == (b"hello", "text/plain")
+
+
+def test_the_webhook_and_its_admission_get_the_standard_webhooks_headers() -> None:
+    route = next(r for r in build_routes(BACKENDS) if r.rpc.endswith("/TriggerWebhook"))
+    assert route.admission is not None
+    headers = {
+        "Webhook-Id": "msg_1",
+        "Webhook-Timestamp": "1700000000",
+        "Webhook-Signature": "v1,c2ln v1,b3RoZXI=",
+        "Content-Length": "5",
+    }
+    request = _build(route, {"tenant_id": "t1", "secret": "s"}, headers=headers, body=b"hello")
+    admission = build_admission(
+        route.admission, {"tenant_id": "t1", "secret": "s"}, CIMultiDict(headers)
+    )
+
+    assert isinstance(admission, execution_pb.AdmitWebhookRequest)
+    signed = ("msg_1", "1700000000", "v1,c2ln v1,b3RoZXI=")
+    for message in (request, admission):
+        assert (message.webhook_id, message.webhook_timestamp, message.webhook_signature) == signed
+    assert (request.idempotency_key, admission.content_length) == ("msg_1", 5)
+    chunked = build_admission(route.admission, {"tenant_id": "t1", "secret": "s"}, CIMultiDict())
+    assert isinstance(chunked, execution_pb.AdmitWebhookRequest)
+    assert chunked.content_length == 0
 
 
 def test_query_parameters_convert_types_repeat_and_nest(

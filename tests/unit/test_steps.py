@@ -111,8 +111,12 @@ def test_bad_workflows_are_rejected_with_a_reason(steps: list[StepDefinition], r
     [
         (b'{"a":1}', "application/json", {"a": 1}),
         (b'{"a":1}', "application/x-www-form-urlencoded", {"a": 1}),
-        (b"a=1&b=2&b=3", "application/x-www-form-urlencoded", {"a": "1", "b": ["2", "3"]}),
-        (b"hello", "text/plain", "hello"),
+        (
+            b"a=1&b=2&b=3",
+            "application/x-www-form-urlencoded",
+            {"content_type": "application/x-www-form-urlencoded", "text": "a=1&b=2&b=3"},
+        ),
+        (b"hello", "text/plain", {"content_type": "text/plain", "text": "hello"}),
         (b"", "", None),
     ],
 )
