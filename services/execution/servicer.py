@@ -12,9 +12,21 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
 from services.execution.models import RunRow, StepLogRow, WebhookEndpointRow
 from services.execution.service import ExecutionService, WorkflowView
+from services.execution.steps import STEP_TYPES, StepSpec
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 STEP_STATUS = {status: pb.StepStatus.Value(f"STEP_STATUS_{status.name}") for status in StepStatus}
+
+
+def integration_pb(spec: StepSpec) -> pb.Integration:
+    return pb.Integration(
+        type=spec.type,
+        title=spec.title,
+        description=spec.description,
+        status=pb.INTEGRATION_STATUS_AVAILABLE
+        if spec.available
+        else pb.INTEGRATION_STATUS_COMING_SOON,
+    )
 
 
 def workflow_pb(view: WorkflowView) -> pb.Workflow:
@@ -75,6 +87,13 @@ def step_log_pb(row: StepLogRow) -> pb.StepLog:
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     def __init__(self, service: ExecutionService) -> None:
         self._service = service
+
+    async def ListIntegrations(
+        self, request: pb.ListIntegrationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListIntegrationsResponse:
+        # sorted() is stable: within each group the catalog keeps its own order.
+        specs = sorted(STEP_TYPES.values(), key=lambda spec: not spec.available)
+        return pb.ListIntegrationsResponse(integrations=[integration_pb(s) for s in specs])
 
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
