@@ -55,6 +55,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _T + "ReserveUsage": Rule.INTERNAL,
         _T + "ReleaseUsage": Rule.INTERNAL,
         _E + "ListIntegrations": Rule.MEMBER,
+        _E + "GetRunStats": Rule.ADMIN,
         _E + "CreateWorkflow": Rule.MEMBER,
         _E + "GetWorkflow": Rule.MEMBER,
         _E + "ListWorkflows": Rule.MEMBER,

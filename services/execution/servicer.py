@@ -11,7 +11,7 @@ from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
 from services.execution.models import RunRow, StepLogRow, WebhookEndpointRow
-from services.execution.service import ExecutionService, WorkflowView
+from services.execution.service import ExecutionService, RunStats, WorkflowView
 from services.execution.steps import STEP_TYPES, StepSpec
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
@@ -26,6 +26,33 @@ def integration_pb(spec: StepSpec) -> pb.Integration:
         status=pb.INTEGRATION_STATUS_AVAILABLE
         if spec.available
         else pb.INTEGRATION_STATUS_COMING_SOON,
+    )
+
+
+def status_counts_pb(counts: dict[str, int]) -> list[pb.RunStatusCount]:
+    """Every status, zeros included, in lifecycle order."""
+    return [
+        pb.RunStatusCount(status=RUN_STATUS[status], count=counts.get(status.value, 0))
+        for status in RunStatus
+    ]
+
+
+def run_stats_pb(stats: RunStats) -> pb.GetRunStatsResponse:
+    return pb.GetRunStatsResponse(
+        last_hour=status_counts_pb(stats.counts.hour),
+        last_day=status_counts_pb(stats.counts.day),
+        latest_failures=[
+            pb.RunFailure(
+                run=run_pb(run),
+                step_id=step.step_id if step else "",
+                step_type=step.type if step else "",
+                error=step.error if step else run.error,
+            )
+            for run, step in stats.failures
+        ],
+        queued_runs=stats.queue.queued,
+        oldest_queued_time=timestamp(stats.queue.oldest_due_time),
+        read_time=timestamp(stats.queue.read_time),
     )
 
 
@@ -94,6 +121,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         # sorted() is stable: within each group the catalog keeps its own order.
         specs = sorted(STEP_TYPES.values(), key=lambda spec: not spec.available)
         return pb.ListIntegrationsResponse(integrations=[integration_pb(s) for s in specs])
+
+    async def GetRunStats(
+        self, request: pb.GetRunStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRunStatsResponse:
+        stats = await self._service.run_stats(require_tenant(), request.failure_count)
+        return run_stats_pb(stats)
 
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
