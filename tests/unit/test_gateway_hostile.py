@@ -28,7 +28,7 @@ from aias.core.logging import JsonFormatter
 from gateway.app import build_router
 from gateway.ingress import MAX_BODY_BYTES
 from gateway.server import serving
-from tests.conftest import INTERNAL_TOKEN
+from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     ADMIN_TOKEN,
     API_KEY,
@@ -444,6 +444,7 @@ async def gateway_process(
         "AIAS_GATEWAY_PORT": "0",
         "AIAS_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "AIAS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIAS_DASHBOARD_SECRET": DASHBOARD_SECRET,
         "AIAS_READY_FILE": str(ready),
         "AIAS_SHUTDOWN_GRACE_SECONDS": "5",
         **{f"AIAS_{name.upper()}_ADDR": address for name, address in fakes.addresses.items()},
