@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy import func, update
 
 from aias.core.clients import internal_channel
@@ -17,6 +18,7 @@ from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution import main as execution_main
+from services.execution.metrics import QueueSampler, RunMetrics
 from services.execution.models import RunRow, StepLogRow
 from services.execution.steps import STEP_TYPES
 from tests.conftest import INTERNAL_TOKEN, server_settings
@@ -195,3 +197,29 @@ async def test_run_stats_are_for_admins_and_check_their_input(
     assert (empty.queued_runs, len(empty.latest_failures)) == (0, 0)
     assert not empty.HasField("oldest_queued_time")
     assert {row.count for row in empty.last_day} == {0}
+
+
+async def test_the_queue_sampler_measures_every_tenants_queue(
+    execution: pb_grpc.ExecutionServiceStub, tenancy: Tenancy, app_db: Database
+) -> None:
+    # The suite's database is shared: only what this test adds is compared.
+    registry = CollectorRegistry()
+    sampler = QueueSampler(app_db, RunMetrics(registry))
+    await sampler.sample()
+    depth_before = registry.get_sample_value("aias_run_queue_depth")
+    assert depth_before is not None
+
+    first, (waiting, _due) = await _queue_runs(execution, tenancy, 2)
+    await _queue_runs(execution, tenancy, 1)
+    async with app_db.tenant(first) as session:
+        await session.execute(
+            update(RunRow)
+            .where(RunRow.id == waiting)
+            .values(available_time=func.now() - timedelta(minutes=40))
+        )
+    await sampler.sample()
+
+    assert registry.get_sample_value("aias_run_queue_depth") == depth_before + 3
+    oldest = registry.get_sample_value("aias_run_queue_oldest_age_seconds")
+    assert oldest is not None
+    assert oldest >= 40 * 60
