@@ -462,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"\nAIAS is up.\n  gateway:        {gateway}\n"
+            f"  dashboard:      {gateway}/dashboard (sign in with an admin API key)\n"
             f"  operator token: {token_at}\n"
             f"  services:       "
             + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())
