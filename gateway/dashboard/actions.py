@@ -22,7 +22,9 @@ class RunAction:
 # run lifecycle work needs no change here when it lands.
 RUN_ACTIONS = (
     RunAction("cancel", "Cancel run", "CancelRun", frozenset({"queued", "running"})),
-    RunAction("retry", "Retry run", "RetryRun", frozenset({"failed", "cancelled"})),
+    RunAction(
+        "retry", "Retry run", "RetryRun", frozenset({"succeeded", "failed", "skipped", "cancelled"})
+    ),
 )
 
 

@@ -140,8 +140,9 @@ class Reader:
         )
         return list(reply.integrations)
 
-    async def run_action(self, rpc: str, run_id: str) -> None:
-        """Calls an ExecutionService RPC that takes a run's id (cancel, retry) by its name."""
+    async def run_action(self, rpc: str, run_id: str) -> str:
+        """Calls an ExecutionService RPC that takes a run's id (cancel, retry) by its name;
+        returns the id of the run it answers with (a retry's new run), else the run's own."""
         method = EXECUTION_SERVICE.methods_by_name[rpc]
         request_class = GetMessageClass(method.input_type)
         call = self._stubs.backends.channel("execution").unary_unary(
@@ -149,4 +150,7 @@ class Reader:
             request_serializer=request_class.SerializeToString,
             response_deserializer=GetMessageClass(method.output_type).FromString,
         )
-        await self._ask("execution", call, request_class(run_id=run_id))
+        reply = await self._ask("execution", call, request_class(run_id=run_id))
+        if "run" in reply.DESCRIPTOR.fields_by_name and reply.HasField("run"):
+            return str(reply.run.id)
+        return run_id

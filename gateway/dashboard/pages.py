@@ -421,9 +421,9 @@ async def _run_action(
         raise GatewayError(
             grpc.StatusCode.NOT_FOUND, "ACTION_NOT_FOUND", "execution offers no such run action"
         )
-    await visit.reader.run_action(action.rpc, params["run_id"])
+    shown = await visit.reader.run_action(action.rpc, params["run_id"])
     done = urlencode({"done": action.name})
-    return redirect(f"/dashboard/runs/{quote(params['run_id'], safe='')}?{done}")
+    return redirect(f"/dashboard/runs/{quote(shown, safe='')}?{done}")
 
 
 @signed_in

@@ -259,14 +259,21 @@ async def test_sign_in_goes_back_only_to_a_dashboard_page(client: Client) -> Non
 async def test_a_run_action_is_a_button_that_calls_its_rpc_with_the_form_token(
     client: Client, fakes: Fakes
 ) -> None:
-    # GetRun stands in for an action RPC: it takes a run id, as cancel and retry do.
+    # GetRun and ListRunLogs stand in for action RPCs: they take a run id, as cancel and retry
+    # do; GetRun answers with a run (as a retry does with its new one), ListRunLogs does not.
     client.app[DASHBOARD].run_actions = offered(
-        [RunAction("recheck", "Check again", "GetRun", frozenset({"queued"}))]
+        [
+            RunAction("recheck", "Check again", "GetRun", frozenset({"queued"})),
+            RunAction("relog", "Read the log", "ListRunLogs", frozenset({"queued"})),
+            RunAction("later", "Later", "ListRunLogs", frozenset({"succeeded"})),
+        ]
     )
     await _sign_in(client)
     page = await (await client.get("/dashboard/runs/run-7")).text()
     assert 'action="/dashboard/runs/run-7/actions/recheck"' in page
     assert "Check again" in page
+    assert "Read the log" in page
+    assert "/actions/later" not in page, "not offered for a queued run"
     token = await _token(client, "/dashboard/runs/run-7")
 
     refused = await client.post("/dashboard/runs/run-7/actions/recheck", data={})
@@ -280,6 +287,10 @@ async def test_a_run_action_is_a_button_that_calls_its_rpc_with_the_form_token(
     assert done.status == 303
     assert done.headers["Location"] == "/dashboard/runs/run-7?done=recheck"
     assert fakes.execution.requests[calls_before:] == [execution_pb.GetRunRequest(run_id="run-7")]
+    relogged = await client.post(
+        "/dashboard/runs/run-7/actions/relog", data={"csrf_token": token}, allow_redirects=False
+    )
+    assert relogged.headers["Location"] == "/dashboard/runs/run-7?done=relog"
     unknown = await client.post("/dashboard/runs/run-7/actions/launch", data={"csrf_token": token})
     assert unknown.status == 404
 
