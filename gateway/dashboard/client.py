@@ -44,10 +44,6 @@ class Reader:
         self._caller = caller
         self._timeout = timeout_seconds
 
-    @property
-    def caller(self) -> Caller:
-        return self._caller
-
     async def _ask(
         self, backend: str, method: Any, request: Message, caller: Caller | None = None
     ) -> Any:
