@@ -52,7 +52,13 @@ class Sessions:
         )
 
     async def load(self, request: web.Request) -> Session:
-        return await self._storage.load_session(request)
+        """The request's session; a cookie that does not decrypt is no session (a new one)."""
+        try:
+            return await self._storage.load_session(request)
+        except UnicodeEncodeError:
+            # aiohttp hands undecodable cookie bytes on as lone surrogates, which the storage
+            # cannot even try to decrypt.
+            return await self._storage.new_session()
 
     async def save(
         self, request: web.Request, response: web.StreamResponse, session: Session

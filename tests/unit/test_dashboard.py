@@ -25,6 +25,7 @@ from gateway.dashboard.client import Reader, Stubs
 from gateway.dashboard.panels import PANELS, load_panels, usage_bar
 from gateway.dashboard.render import age, duration, parse_time, size, utc
 from gateway.dashboard.state import DASHBOARD
+from gateway.server import serving
 from tests.conftest import INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     API_KEY,
@@ -35,6 +36,7 @@ from tests.unit.test_gateway_app import (
     gateway_settings,
     running_fakes,
 )
+from tests.unit.test_gateway_hostile import exchange, request
 
 Client = TestClient[Request, Application]
 CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
@@ -234,6 +236,15 @@ async def test_a_tampered_cookie_is_no_session(client: Client) -> None:
     response = await client.get("/dashboard/runs", allow_redirects=False)
     assert response.status == 303
     assert response.headers["Location"] == "/dashboard/login?next=%2Fdashboard%2Fruns"
+
+
+async def test_a_cookie_that_is_not_even_text_is_no_session(fakes: Fakes) -> None:
+    async with serving(gateway_settings(fakes.addresses)) as port:
+        for cookie in (b"aias_dashboard=\xff\xfe", b"aias_dashboard=not-fernet", b"\xff"):
+            raw = request("GET", "/dashboard/login", {"Cookie": cookie})
+            reply = await exchange(port, raw)
+            assert reply.status == 200, (cookie, reply.body[:200])
+            assert b"<h1>Sign in</h1>" in reply.body
 
 
 async def test_sign_in_goes_back_only_to_a_dashboard_page(client: Client) -> None:
