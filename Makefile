@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 STUBS := build/aias.binpb
 
-.PHONY: run test lint typecheck buf-lint pytest protos bench clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench clean
 
 run: $(STUBS)
 	$(PY) -m aias.core.launcher
@@ -44,7 +44,11 @@ typecheck: $(STUBS)
 buf-lint: $(STUBS) $(BUF)
 	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml
 
-pytest: $(STUBS) $(BUF)
+# Debian's chromium and promtool for the browser and alert-rules tests, when missing.
+test-tools:
+	@tools/install-test-tools.sh
+
+pytest: $(STUBS) $(BUF) test-tools
 	$(PY) -m pytest -q
 
 bench: $(STUBS)

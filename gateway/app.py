@@ -19,6 +19,8 @@ from aias.core.context import request_id_var, tenant_id_var
 from aias.core.entitlements import EntitlementsCache
 from gateway.auth import Authenticator
 from gateway.backends import BACKENDS, Backends
+from gateway.dashboard.pages import ROUTES as DASHBOARD_ROUTES
+from gateway.dashboard.state import DASHBOARD, Dashboard
 from gateway.errors import GatewayError, error_response, json_response
 from gateway.ingress import MAX_BODY_BYTES, BodyReader, InflightLimit, check_head, defer_continue
 from gateway.metrics import HttpMetrics
@@ -51,13 +53,16 @@ _UNMATCHED = "unmatched"
 
 
 def build_router(routes: list[RpcRoute]) -> Router[Handler]:
-    """The fixed routes and one route per google.api.http binding of every backend."""
+    """The fixed routes, the dashboard's, and one route per google.api.http binding of every
+    backend."""
     router: Router[Handler] = Router()
     router.add("GET", "/healthz", _healthz)
     router.add("GET", "/readyz", _readyz)
     router.add("GET", "/metrics", _metrics)
     router.add("GET", "/openapi.json", _openapi)
     router.add("GET", "/docs", _docs)
+    for method, template, handler in DASHBOARD_ROUTES:
+        router.add(method, template, handler)
     for route in routes:
         router.add(route.http_method, route.template, _rpc_handler(route))
     return router
@@ -96,6 +101,7 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         authenticator,
         BodyReader(settings.body_buffer_bytes, settings.body_timeout_seconds),
     )
+    app[DASHBOARD] = Dashboard(settings, backends, authenticator, app[PROXY])
     await changes.start()
     yield
     await changes.stop()

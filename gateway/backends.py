@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from aias.artifacts.v1 import artifacts_service_pb2
 from aias.billing.v1 import billing_service_pb2
 from aias.core.clients import internal_channel
+from aias.core.version import VERSION_METADATA
 from aias.execution.v1 import execution_service_pb2
 from aias.tenancy.v1 import tenancy_service_pb2
 
@@ -35,6 +36,14 @@ BACKENDS: tuple[BackendSpec, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class BackendHealth:
+    """A backend's grpc.health.v1 state (or the failed call's code) and the version it reported."""
+
+    state: str
+    version: str
+
+
 class Backends:
     """One channel per backend, opened together and closed together."""
 
@@ -51,17 +60,25 @@ class Backends:
 
     async def health(self, timeout_seconds: float) -> dict[str, str]:
         """Each backend's grpc.health.v1 state for the whole server, or the failed call's code."""
+        checked = await self.check(timeout_seconds)
+        return {name: found.state for name, found in checked.items()}
 
-        async def check(channel: grpc.aio.Channel) -> str:
-            stub = health_pb2_grpc.HealthStub(channel)
+    async def check(self, timeout_seconds: float) -> dict[str, BackendHealth]:
+        """Each backend's health state and version, asked of all of them at once."""
+
+        async def ask(channel: grpc.aio.Channel) -> BackendHealth:
+            call = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_seconds
+            )
             try:
-                reply = await stub.Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_seconds
-                )
+                reply = await call
+                metadata = await call.initial_metadata()
             except grpc.aio.AioRpcError as error:
-                return str(error.code().name)
-            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+                return BackendHealth(str(error.code().name), "")
+            version = dict(metadata or ()).get(VERSION_METADATA, "")
+            state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            return BackendHealth(str(state), str(version))
 
         names = list(self._channels)
-        states = await asyncio.gather(*(check(self._channels[name]) for name in names))
-        return dict(zip(names, states, strict=True))
+        found = await asyncio.gather(*(ask(self._channels[name]) for name in names))
+        return dict(zip(names, found, strict=True))

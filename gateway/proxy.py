@@ -13,7 +13,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from aias.api.v1 import annotations_pb2 as access_pb2
-from aias.core.context import FORWARDED_HEADER_PREFIX, tenant_id_var
+from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.errors import GatewayError, from_rpc_error
@@ -60,10 +60,20 @@ class RpcProxy:
     async def handle(
         self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
     ) -> web.StreamResponse:
+        caller = await self.authenticate(route.access, request, request_id)
+        return await self.forward(route, request, path_params, caller)
+
+    async def authenticate(self, access: int, request: web.Request, request_id: str) -> Caller:
+        """The caller an access rule lets through, from the request's Authorization header."""
         authorization = request.headers.get("Authorization")
-        if route.access != access_pb2.ACCESS_PUBLIC and authorization is not None:
+        if access != access_pb2.ACCESS_PUBLIC and authorization is not None:
             _check_authorization(authorization)
-        caller = await self._auth.authenticate(route.access, authorization, request_id)
+        return await self._auth.authenticate(access, authorization, request_id)
+
+    async def forward(
+        self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], caller: Caller
+    ) -> web.StreamResponse:
+        """Serves the request with the route's RPC, acting as an already authenticated caller."""
         tenant_id_var.set(caller.tenant_id)
         metadata = [*caller.metadata(), *_forwarded(request.headers)]
         limit = self._bodies.limit(

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from aias.core.settings import Env
 from gateway.backends import BACKENDS
+from gateway.dashboard.session import MIN_SECRET_CHARS
 from gateway.ingress import MAX_BODY_BYTES
 
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_INFLIGHT = 1024
+DEFAULT_PUBLIC_URL = "http://localhost:8080"
 # Two bodies of the largest size: with the copies a body makes on its way to the backend
 # (decoded request, serialized message) this keeps a gateway process well under 150 MiB.
 DEFAULT_BODY_BUFFER_BYTES = 2 * MAX_BODY_BYTES
@@ -20,12 +22,14 @@ DEFAULT_BODY_BUFFER_BYTES = 2 * MAX_BODY_BYTES
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """Where to listen, the two credentials, where each backend is, and what clients may hold."""
+    """Where to listen, the credentials and the dashboard's cookie secret, where each backend
+    is, what clients may hold, and the URL clients reach the gateway at."""
 
     host: str
     port: int
     internal_token: str
     admin_token: str
+    dashboard_secret: str
     backends: Mapping[str, str]
     log_level: str
     ready_file: Path | None
@@ -35,6 +39,7 @@ class GatewaySettings:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
     access_log: bool = True
+    public_url: str = DEFAULT_PUBLIC_URL
 
 
 def load_settings(env: Env | None = None) -> GatewaySettings:
@@ -45,6 +50,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         port=env.integer("AIAS_GATEWAY_PORT", 8080, maximum=65535),
         internal_token=env.text("AIAS_INTERNAL_TOKEN"),
         admin_token=env.text("AIAS_ADMIN_TOKEN"),
+        dashboard_secret=env.secret("AIAS_DASHBOARD_SECRET", MIN_SECRET_CHARS),
         backends={spec.name: env.address(spec.address_variable) for spec in BACKENDS},
         log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
         ready_file=env.optional_path("AIAS_READY_FILE"),
@@ -61,6 +67,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
             "AIAS_GATEWAY_BODY_BUFFER_BYTES", DEFAULT_BODY_BUFFER_BYTES, minimum=MAX_BODY_BYTES
         ),
         access_log=env.flag("AIAS_GATEWAY_ACCESS_LOG", True),
+        public_url=env.text("AIAS_PUBLIC_URL", DEFAULT_PUBLIC_URL),
     )
     env.check()
     return settings

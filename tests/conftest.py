@@ -15,6 +15,7 @@ from aias.core.localdb import LocalDatabase, prepare
 from aias.core.settings import ServerSettings
 
 INTERNAL_TOKEN = "test-internal-token"
+DASHBOARD_SECRET = "test-dashboard-secret-0123456789abcdef"
 
 
 def server_settings(service: str, grace_seconds: float = 1.0) -> ServerSettings:

@@ -54,6 +54,8 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _T + "WatchEntitlements": Rule.INTERNAL,
         _T + "ReserveUsage": Rule.INTERNAL,
         _T + "ReleaseUsage": Rule.INTERNAL,
+        _E + "ListIntegrations": Rule.MEMBER,
+        _E + "GetRunStats": Rule.ADMIN,
         _E + "CreateWorkflow": Rule.MEMBER,
         _E + "GetWorkflow": Rule.MEMBER,
         _E + "ListWorkflows": Rule.MEMBER,

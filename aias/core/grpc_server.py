@@ -47,10 +47,13 @@ from aias.core.errors import (
     clip,
 )
 from aias.core.settings import ServerSettings
+from aias.core.version import VERSION_METADATA, package_version
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# The probe whose answer carries the process's version, so diagnostics can show it.
+HEALTH_CHECK = HEALTH_PREFIX + "Check"
 
 
 def status_for(error: DomainError) -> grpc.Status:
@@ -218,8 +221,12 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             )
 
     def _wrap_unary(self, method: str, public: bool, behavior: Any) -> Any:
+        announce = ((VERSION_METADATA, package_version()),) if method == HEALTH_CHECK else ()
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with self._serving(method, public, context):
+                if announce:
+                    await context.send_initial_metadata(announce)
                 return await behavior(request, context)
 
         return wrapper

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -181,6 +182,8 @@ class Stack:
     log_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
     grace_seconds: float = 10.0
+    # The gateway's session-cookie key; a stack given none makes one that lasts as long as it.
+    dashboard_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     children: dict[str, Child] = field(default_factory=dict)
     public_url: str = field(default="", init=False)
 
@@ -197,6 +200,7 @@ class Stack:
             **self.extra_env,
             "AIAS_INTERNAL_TOKEN": self.internal_token,
             "AIAS_ADMIN_TOKEN": self.admin_token,
+            "AIAS_DASHBOARD_SECRET": self.dashboard_secret,
             "AIAS_APP_DATABASE_URL": self.database.app_url,
             "AIAS_DATA_DIR": str(self.data_dir),
             "AIAS_PUBLIC_URL": self.public_url,
@@ -394,6 +398,7 @@ def launch(
     app_password = env.text("AIAS_APP_DB_PASSWORD", "") or None
     internal = env.text("AIAS_INTERNAL_TOKEN", "") or kept_secret(data_dir, "internal-token")
     admin = env.text("AIAS_ADMIN_TOKEN", "") or kept_secret(data_dir, "admin-token")
+    dashboard = env.text("AIAS_DASHBOARD_SECRET", "") or kept_secret(data_dir, "dashboard-secret")
     ports = {
         spec.name: 0 if any_port else env.integer(spec.port_env, spec.default_port, maximum=65535)
         for spec in PROCESSES
@@ -418,6 +423,7 @@ def launch(
         log_dir=log_dir,
         extra_env=dict(environ) if environ is not None else {},
         grace_seconds=grace,
+        dashboard_secret=dashboard,
     )
     try:
         stack.start()
@@ -456,6 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"\nAIAS is up.\n  gateway:        {gateway}\n"
+            f"  dashboard:      {gateway}/dashboard (sign in with an admin API key)\n"
             f"  operator token: {token_at}\n"
             f"  services:       "
             + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())

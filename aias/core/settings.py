@@ -32,6 +32,13 @@ class Env:
             return ""
         return default
 
+    def secret(self, name: str, min_chars: int) -> str:
+        """A required secret of at least `min_chars` characters (a random string)."""
+        value = self.text(name)
+        if value and len(value) < min_chars:
+            self._problems.append(f"{name} must be at least {min_chars} characters long")
+        return value
+
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:

@@ -36,6 +36,23 @@ class WebhookTarget:
 
 
 @dataclass(frozen=True)
+class StatusCounts:
+    """Runs created within the last hour and the last day, by their status now."""
+
+    hour: dict[str, int]
+    day: dict[str, int]
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """How many runs are queued, since when the longest-waiting due one waits, read when."""
+
+    queued: int
+    oldest_due_time: datetime | None
+    read_time: datetime
+
+
+@dataclass(frozen=True)
 class ClaimCandidate:
     run_id: uuid.UUID
     tenant_id: uuid.UUID
@@ -52,6 +69,52 @@ class ExecutionRepository:
         if refresh:
             for row in rows:
                 await self._session.refresh(row)
+
+    async def status_counts(self, hour: timedelta, day: timedelta) -> StatusCounts:
+        """Both windows in one scan of the day's runs (the tenant's create_time index)."""
+        recent = RunRow.create_time > func.now() - hour
+        query = (
+            select(RunRow.status, func.count(), func.count().filter(recent))
+            .where(RunRow.create_time > func.now() - day)
+            .group_by(RunRow.status)
+        )
+        rows = (await self._session.execute(query)).all()
+        return StatusCounts(
+            hour={status: int(n) for status, _, n in rows if n},
+            day={status: int(n) for status, n, _ in rows},
+        )
+
+    async def latest_failures(
+        self, within: timedelta, limit: int
+    ) -> list[tuple[RunRow, StepLogRow | None]]:
+        """The newest failed runs created within `within`, each with its last failed step."""
+        query = (
+            select(RunRow)
+            .where(RunRow.status == "failed", RunRow.create_time > func.now() - within)
+            .order_by(RunRow.create_time.desc(), RunRow.id.desc())
+            .limit(limit)
+        )
+        runs = list((await self._session.execute(query)).scalars())
+        steps: dict[uuid.UUID, StepLogRow] = {}
+        if runs:
+            failed = (
+                select(StepLogRow)
+                .where(StepLogRow.run_id.in_([r.id for r in runs]), StepLogRow.status == "failed")
+                .order_by(StepLogRow.attempt, StepLogRow.step_index, StepLogRow.id)
+            )
+            # Ordered oldest first, so each run keeps the step that failed its last attempt.
+            steps = {row.run_id: row for row in (await self._session.execute(failed)).scalars()}
+        return [(run, steps.get(run.id)) for run in runs]
+
+    async def queue_state(self) -> QueueState:
+        now = func.now()
+        query = select(
+            func.count(),
+            func.min(RunRow.available_time).filter(RunRow.available_time <= now),
+            now,
+        ).where(RunRow.status == "queued")
+        queued, oldest, read_time = (await self._session.execute(query)).one()
+        return QueueState(int(queued), oldest, read_time)
 
     async def workflow(
         self, workflow_id: uuid.UUID, *, for_update: bool = False

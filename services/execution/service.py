@@ -53,7 +53,12 @@ from services.execution.models import (
     WorkflowVersionRow,
 )
 from services.execution.quota import RunQuota
-from services.execution.repository import ExecutionRepository, WebhookTarget
+from services.execution.repository import (
+    ExecutionRepository,
+    QueueState,
+    StatusCounts,
+    WebhookTarget,
+)
 from services.execution.targets import WebhookTargets
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -63,6 +68,11 @@ DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 MAX_ROTATION_GRACE = timedelta(days=7)
 # The reason a delivery log gives an idempotent repeat, which is answered like the first one.
 IDEMPOTENT_REPEAT = "IDEMPOTENT_REPEAT"
+STATS_HOUR = timedelta(hours=1)
+STATS_DAY = timedelta(days=1)
+FAILURE_WINDOW = timedelta(days=7)
+DEFAULT_FAILURES = 10
+MAX_FAILURES = 50
 _ENDPOINT_NOT_FOUND = NotFound(
     "WEBHOOK_ENDPOINT_NOT_FOUND",
     "no webhook endpoint matches this URL; check the tenant id and secret",
@@ -131,6 +141,15 @@ class WebhookAdmission:
     webhook_signature: str = ""
 
 
+@dataclass(frozen=True)
+class RunStats:
+    """A tenant's runs by status, its latest failures with their failed step, its queue."""
+
+    counts: StatusCounts
+    failures: list[tuple[RunRow, StepLogRow | None]]
+    queue: QueueState
+
+
 _T = TypeVar("_T")
 
 
@@ -175,6 +194,22 @@ class ExecutionService:
         self._max_attempts = max_attempts
         self._deliveries = deliveries
         self._rotation_grace = rotation_grace
+
+    # -- diagnostics -------------------------------------------------------------------------
+
+    async def run_stats(self, tenant_id: uuid.UUID, failure_count: int) -> RunStats:
+        if not 0 <= failure_count <= MAX_FAILURES:
+            raise InvalidArgument(
+                "INVALID_FAILURE_COUNT",
+                f"failure_count must be between 0 and {MAX_FAILURES}, got {failure_count}",
+            )
+        # One transaction: the counts, failures and queue describe the same moment.
+        async with self._db.tenant(tenant_id) as session:
+            repo = ExecutionRepository(session)
+            counts = await repo.status_counts(STATS_HOUR, STATS_DAY)
+            failures = await repo.latest_failures(FAILURE_WINDOW, failure_count or DEFAULT_FAILURES)
+            queue = await repo.queue_state()
+        return RunStats(counts, failures, queue)
 
     # -- workflows ---------------------------------------------------------------------------
 

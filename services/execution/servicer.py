@@ -22,11 +22,13 @@ from services.execution.models import (
 from services.execution.service import (
     EndpointChanges,
     ExecutionService,
+    RunStats,
     WebhookAdmission,
     WebhookCall,
     WorkflowChanges,
     WorkflowView,
 )
+from services.execution.steps import STEP_TYPES, StepSpec
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 STEP_STATUS = {status: pb.StepStatus.Value(f"STEP_STATUS_{status.name}") for status in StepStatus}
@@ -40,6 +42,44 @@ def steps_pb(steps: Iterable[StepDefinition]) -> list[pb.Step]:
 
 def steps_of(steps: Iterable[pb.Step]) -> list[StepDefinition]:
     return [StepDefinition(s.id, s.type, json_format.MessageToDict(s.config)) for s in steps]
+
+
+def integration_pb(spec: StepSpec) -> pb.Integration:
+    return pb.Integration(
+        type=spec.type,
+        title=spec.title,
+        description=spec.description,
+        status=pb.INTEGRATION_STATUS_AVAILABLE
+        if spec.available
+        else pb.INTEGRATION_STATUS_COMING_SOON,
+    )
+
+
+def status_counts_pb(counts: dict[str, int]) -> list[pb.RunStatusCount]:
+    """Every status, zeros included, in lifecycle order."""
+    return [
+        pb.RunStatusCount(status=RUN_STATUS[status], count=counts.get(status.value, 0))
+        for status in RunStatus
+    ]
+
+
+def run_stats_pb(stats: RunStats) -> pb.GetRunStatsResponse:
+    return pb.GetRunStatsResponse(
+        last_hour=status_counts_pb(stats.counts.hour),
+        last_day=status_counts_pb(stats.counts.day),
+        latest_failures=[
+            pb.RunFailure(
+                run=run_pb(run),
+                step_id=step.step_id if step else "",
+                step_type=step.type if step else "",
+                error=step.error if step else run.error,
+            )
+            for run, step in stats.failures
+        ],
+        queued_runs=stats.queue.queued,
+        oldest_queued_time=timestamp(stats.queue.oldest_due_time),
+        read_time=timestamp(stats.queue.read_time),
+    )
 
 
 def workflow_pb(view: WorkflowView) -> pb.Workflow:
@@ -124,6 +164,19 @@ def step_log_pb(row: StepLogRow) -> pb.StepLog:
 class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     def __init__(self, service: ExecutionService) -> None:
         self._service = service
+
+    async def ListIntegrations(
+        self, request: pb.ListIntegrationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListIntegrationsResponse:
+        # sorted() is stable: within each group the catalog keeps its own order.
+        specs = sorted(STEP_TYPES.values(), key=lambda spec: not spec.available)
+        return pb.ListIntegrationsResponse(integrations=[integration_pb(s) for s in specs])
+
+    async def GetRunStats(
+        self, request: pb.GetRunStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRunStatsResponse:
+        stats = await self._service.run_stats(require_tenant(), request.failure_count)
+        return run_stats_pb(stats)
 
     async def CreateWorkflow(
         self, request: pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext

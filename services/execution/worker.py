@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
@@ -23,6 +24,7 @@ from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
+from services.execution.metrics import RunMetrics
 from services.execution.models import RunRow, StepLogRow
 from services.execution.repository import ExecutionRepository, QueueRepository
 from services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
@@ -80,8 +82,11 @@ class Worker:
         entitlements: EntitlementsCache,
         steps: StepRunner,
         config: WorkerConfig,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self._db = db
+        # Without the process's registry (tests), the counts go to one nobody scrapes.
+        self._metrics = metrics or RunMetrics(CollectorRegistry())
         self._steps = steps
         self._entitlements = entitlements
         self._listen_url = listen_url
@@ -373,6 +378,8 @@ class Worker:
             done = await QueueRepository(session).finish(
                 run.id, self._config.worker_id, status.value, error
             )
+        if done:
+            self._metrics.finished(status.value)
         log.info(
             "run finished" if done else "run finished after its lease was lost",
             extra={"status": status.value, "attempt": run.attempt},

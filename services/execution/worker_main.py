@@ -12,6 +12,7 @@ from aias.core.destinations import ALLOW_SETTING, AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
+from services.execution.metrics import QueueSampler, RunMetrics
 from services.execution.sandbox import StepRunner
 from services.execution.worker import Worker, WorkerConfig, new_worker_id
 
@@ -69,6 +70,10 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     steps = StepRunner(settings.step_processes, settings.step_memory_bytes)
+    built = build_grpc_server(settings.server, [])
+    # On the process's metrics port, beside its RPC metrics.
+    metrics = RunMetrics(built.metrics.registry)
+    sampler = QueueSampler(db, metrics)
     worker = Worker(
         db,
         libpq_url(settings.database_url),
@@ -76,9 +81,9 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         entitlements,
         steps,
         settings.worker,
+        metrics,
     )
-    built = build_grpc_server(settings.server, [])
-    built.on_start += [entitlements.start, steps.start, worker.start]
+    built.on_start += [entitlements.start, steps.start, worker.start, sampler.start]
 
     async def stop_worker() -> None:
         await worker.stop(settings.server.grace_seconds)
@@ -92,6 +97,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         entitlements.stop,
         steps.close,
         stop_worker,
+        sampler.stop,
     ]
     return built
 

@@ -31,7 +31,7 @@ from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from gateway.app import init_app
 from gateway.settings import GatewaySettings
 from services.billing import main as billing_main
-from tests.conftest import INTERNAL_TOKEN, server_settings
+from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
 from tests.stripe_fake import (
     API_KEY,
@@ -180,6 +180,7 @@ async def test_unconfigured_billing_is_503_at_the_gateway_and_refuses_checkout(
                     port=0,
                     internal_token=INTERNAL_TOKEN,
                     admin_token="operator",
+                    dashboard_secret=DASHBOARD_SECRET,
                     backends={
                         "tenancy": tenancy.address,
                         "execution": "127.0.0.1:9",

@@ -119,6 +119,7 @@ def test_secrets_have_no_defaults() -> None:
     for secret in (
         "AIAS_INTERNAL_TOKEN",
         "AIAS_ADMIN_TOKEN",
+        "AIAS_DASHBOARD_SECRET",
         "AIAS_OWNER_DB_PASSWORD",
         "AIAS_APP_DB_PASSWORD",
     ):

@@ -40,7 +40,7 @@ from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.app import ENTITLEMENT_CHANGES, init_app
 from gateway.ingress import MAX_BODY_BYTES
 from gateway.settings import GatewaySettings
-from tests.conftest import INTERNAL_TOKEN, server_settings
+from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 
 ADMIN_TOKEN = "operator-token-for-tests"
 API_KEY = "aias_test_key"
@@ -216,9 +216,10 @@ def _server(name: str, service: str, add: Any) -> BuiltServer:
 
 
 @asynccontextmanager
-async def running_fakes() -> AsyncIterator[Fakes]:
-    """Four fake backends behind the real server factory (internal credential checked)."""
-    fakes = Fakes()
+async def running_fakes(given: Fakes | None = None) -> AsyncIterator[Fakes]:
+    """Four fake backends (`given`, or the plain ones) behind the real server factory, which
+    checks the internal credential."""
+    fakes = given or Fakes()
     fakes.servers = {
         "tenancy": _server(
             "tenancy",
@@ -260,6 +261,7 @@ def gateway_settings(
         port=0,
         internal_token=internal_token,
         admin_token=ADMIN_TOKEN,
+        dashboard_secret=DASHBOARD_SECRET,
         backends=addresses,
         log_level="INFO",
         ready_file=None,
@@ -742,6 +744,7 @@ async def test_main_reports_the_bound_port_and_stops_on_sigterm(tmp_path: Path) 
         "AIAS_GATEWAY_PORT": "0",
         "AIAS_INTERNAL_TOKEN": INTERNAL_TOKEN,
         "AIAS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "AIAS_DASHBOARD_SECRET": DASHBOARD_SECRET,
         "AIAS_READY_FILE": str(ready),
         **{
             f"AIAS_{name}_ADDR": "127.0.0.1:9"
