@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from aias.cli import billing, tenants
+from aias.cli import billing, tenants, verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,6 +22,7 @@ def cli() -> None:
 cli.add_command(tenants.tenants)
 cli.add_command(tenants.plans)
 cli.add_command(billing.billing)
+cli.add_command(verify.verify)
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _T + "CreateTenant": Rule.OPERATOR,
         _T + "ListTenants": Rule.OPERATOR,
         _T + "UpdateTenant": Rule.OPERATOR,
+        _T + "DeleteTenant": Rule.OPERATOR,
         _T + "GetCurrentTenant": Rule.MEMBER,
         _T + "ListPlans": Rule.MEMBER,
         _T + "GetTenant": Rule.INTERNAL,

@@ -116,7 +116,8 @@ class EmbeddedPostgres:
         except (ProcessLookupError, ValueError, IndexError):
             return None
 
-    def _running_port(self) -> int | None:
+    def running_port(self) -> int | None:
+        """The port of a server running on this data folder, if one is."""
         found = self._postmaster()
         return None if found is None else found[0]
 
@@ -165,7 +166,7 @@ class EmbeddedPostgres:
                 f"--pwfile={self._password_file}",
             )
         self._wait_out_shutdown()
-        port = self._running_port()
+        port = self.running_port()
         if port is None:
             port = _free_port(self.preferred_port)
             options = (
@@ -195,7 +196,7 @@ class EmbeddedPostgres:
         Open sessions get `sessions_grace` seconds to end by themselves (a smart shutdown), then
         they are ended (a fast one).
         """
-        if self._running_port() is not None:
+        if self.running_port() is not None:
             if sessions_grace > 0:
                 try:
                     self._pg_ctl_stop("smart", sessions_grace)
@@ -203,7 +204,7 @@ class EmbeddedPostgres:
                     log.warning(
                         "sessions still open, ending them", extra={"pgdata": str(self.pgdata)}
                     )
-            if self._running_port() is not None:
+            if self.running_port() is not None:
                 self._pg_ctl_stop("fast", STOPPING_TIMEOUT)
             log.info("embedded PostgreSQL stopped")
         if self._guard is not None:

@@ -116,3 +116,13 @@ def prepare(
     migrate(owner_url, DEFAULT_APP_ROLE, app_password)
     app_url = _with_user(owner_url, DEFAULT_APP_ROLE, app_password)
     return LocalDatabase(owner_url, app_url, embedded)
+
+
+def running_owner_url(data_dir: Path) -> str | None:
+    """The owner role's URL of `make run`'s embedded server, when it is running (for tools)."""
+    port = EmbeddedPostgres(data_dir).running_port()
+    password_file = data_dir / "owner-db-password"
+    if port is None or not password_file.exists():
+        return None
+    password = password_file.read_text().strip()
+    return _with_user(f"postgresql://127.0.0.1:{port}/{DATABASE}", OWNER_ROLE, password)

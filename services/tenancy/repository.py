@@ -81,7 +81,7 @@ class TenancyRepository:
         query = select(func.count()).where(MemberRow.role == role)
         return int((await self._session.execute(query)).scalar_one())
 
-    async def delete(self, row: MemberRow) -> None:
+    async def delete(self, row: MemberRow | TenantRow) -> None:
         await self._session.delete(row)
         await self._session.flush()
 

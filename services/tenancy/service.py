@@ -182,6 +182,20 @@ class TenancyService:
                 tenant.allowed_step_types = None
         return tenant, effective_limits(tenant)
 
+    async def delete_tenant(self, tenant_id: str) -> None:
+        """Deletes a suspended tenant (its members, keys and usage go with it)."""
+        tid = parse_uuid(tenant_id, "tenant_id")
+        async with self._db.tenant(tid) as session:
+            repo = TenancyRepository(session)
+            tenant = await repo.tenant(tid, lock=True)
+            if tenant is None:
+                raise _not_found(tid)
+            if tenant.status != TenantStatus.SUSPENDED:
+                raise FailedPrecondition(
+                    "TENANT_ACTIVE", f"tenant {tid} is active; suspend it before deleting it"
+                )
+            await repo.delete(tenant)
+
     async def set_plan(
         self, tenant_id: str, plan: str, event_time: datetime
     ) -> tuple[TenantRow, bool]:

@@ -136,6 +136,12 @@ class TenancyServicer(pb_grpc.TenancyServiceServicer):
         tenant, limits = await self._service.update_tenant(request.tenant_id, change)
         return pb.UpdateTenantResponse(tenant=tenant_pb(tenant), limits=limits_to_pb(limits))
 
+    async def DeleteTenant(
+        self, request: pb.DeleteTenantRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteTenantResponse:
+        await self._service.delete_tenant(request.tenant_id)
+        return pb.DeleteTenantResponse()
+
     async def GetCurrentTenant(
         self, request: pb.GetCurrentTenantRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCurrentTenantResponse:
