@@ -22,8 +22,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from services.execution import main as execution_main
-from services.execution.models import RunRow
-from services.execution.repository import QueueRepository
+from services.execution.repository import ClaimedRun, Outcome, QueueRepository
 from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
@@ -170,14 +169,13 @@ async def test_pagination_walks_every_run_once(env: Env) -> None:
     assert reason(caught.value)[0] == "INVALID_PAGE_TOKEN"
 
 
-async def claim(db: Database, worker: str) -> RunRow | None:
+async def claim(db: Database, worker: str) -> ClaimedRun | None:
     """The next claimable run, taken under `worker`'s lease (concurrency limits aside)."""
     async with db.system(SystemPath.RUN_QUEUE) as session:
-        queue = QueueRepository(session)
-        candidate = await queue.next_claimable(())
-        if candidate is None:
-            return None
-        return await queue.start(candidate.run_id, worker, timedelta(seconds=60))
+        queue = QueueRepository(session, worker)
+        tenants = await queue.tenants_with_work(uuid.UUID(int=0), 1)
+        claimed = await queue.start({tenants[0]: 1}, timedelta(seconds=60)) if tenants else []
+    return claimed[0] if claimed else None
 
 
 async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
@@ -204,13 +202,14 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
         )
     taken = await claim(app_db, "worker-b")
     assert taken is not None
-    assert (taken.id, taken.attempt, taken.lease_owner) == (run_id, 2, "worker-b")
-    async with app_db.tenant(tenant) as session:
-        assert not await QueueRepository(session).heartbeat(
-            run_id, "worker-a", timedelta(seconds=60)
-        )
-        assert not await QueueRepository(session).finish(run_id, "worker-a", "succeeded", "")
-        assert await QueueRepository(session).release(run_id, "worker-b")
+    assert (taken.id, taken.attempt) == (run_id, 2)
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        late = QueueRepository(session, "worker-a")
+        assert await late.renew([(run_id, 1)], timedelta(seconds=60)) == {}
+        assert await late.finish([Outcome(run_id, 1, "succeeded")]) == set()
+        # Worker B shuts down: the run goes back, its interrupted attempt not counted.
+        released = Outcome(run_id, 2, "queued", counts=False)
+        assert await QueueRepository(session, "worker-b").requeue([released]) == {run_id}
     async with app_db.tenant(tenant) as session:
         status, attempt = (
             await session.execute(
