@@ -59,6 +59,10 @@ MAX_JSON_DEPTH = 32
 _MAX_INTEGER_DIGITS = 20
 # Response metadata that would corrupt the HTTP framing if copied as a header.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
+# Messages a query parameter can set: well-known types whose JSON form is one string.
+_TEXT_MESSAGES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
 # Header words whose usual spelling is not Title-Case.
 _HEADER_WORDS = {"etag": "ETag", "id": "ID", "md5": "MD5", "www": "WWW"}
 
@@ -341,7 +345,17 @@ def _set_query_leaf(
     target: Message, field: FieldDescriptor, text: str, name: str, seen: set[str]
 ) -> None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        raise _invalid("INVALID_FIELD_VALUE", f"{name}: a message cannot be a query parameter")
+        kind = field.message_type.full_name if field.message_type else ""
+        if kind not in _TEXT_MESSAGES or field.is_repeated:
+            raise _invalid("INVALID_FIELD_VALUE", f"{name}: a message cannot be a query parameter")
+        if name in seen:
+            raise _invalid("INVALID_FIELD_VALUE", f"{name}: given more than once")
+        seen.add(name)
+        # E.g. a Timestamp from its RFC 3339 text, as its JSON form is.
+        child = getattr(target, field.name)
+        child.SetInParent()
+        json_to_message(text, child, name)
+        return
     value = scalar_from_text(field, text, name)
     if field.is_repeated:
         append_scalar(getattr(target, field.name), value, name)

@@ -65,6 +65,8 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "GetRun": Rule.MEMBER,
         _E + "ListRuns": Rule.MEMBER,
         _E + "ListRunLogs": Rule.MEMBER,
+        _E + "CancelRun": Rule.MEMBER,
+        _E + "RetryRun": Rule.MEMBER,
         _A + "UploadArtifact": Rule.INTERNAL,
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,

@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
@@ -27,6 +28,16 @@ class WebhookTarget:
     workflow_id: uuid.UUID
     workflow_version: int
     workflow_enabled: bool
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """Which runs a list shows: every field left empty means no condition."""
+
+    workflow_id: uuid.UUID | None = None
+    statuses: frozenset[str] = frozenset()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 class ExecutionRepository:
@@ -126,15 +137,39 @@ class ExecutionRepository:
         )
         return (await self._session.execute(query)).scalar_one_or_none()
 
-    async def run(self, run_id: uuid.UUID) -> RunRow | None:
-        return await self._session.get(RunRow, run_id)
+    async def run(self, run_id: uuid.UUID, *, lock: bool = False) -> RunRow | None:
+        """The run; `lock` holds it against changes until the transaction ends."""
+        return await self._session.get(RunRow, run_id, with_for_update=lock or None)
 
-    async def runs(
-        self, workflow_id: uuid.UUID | None, cursor: PageCursor | None, limit: int
-    ) -> list[RunRow]:
+    async def cancel(self, run_id: uuid.UUID) -> RunRow:
+        """Ends a queued run as cancelled, now."""
+        return await self._update_run(run_id, status="cancelled", end_time=func.now())
+
+    async def ask_to_cancel(self, run_id: uuid.UUID) -> RunRow:
+        """Flags a running run, so its worker ends it as cancelled at the next step boundary."""
+        return await self._update_run(run_id, cancel_requested=True)
+
+    async def _update_run(self, run_id: uuid.UUID, **values: Any) -> RunRow:
+        """Sets columns of a run (SQL expressions allowed) and returns the run as written."""
+        query = (
+            update(RunRow)
+            .where(RunRow.id == run_id)
+            .values(**values)
+            .returning(RunRow)
+            .execution_options(populate_existing=True)
+        )
+        return (await self._session.execute(query)).scalar_one()
+
+    async def runs(self, where: RunFilter, cursor: PageCursor | None, limit: int) -> list[RunRow]:
         query = select(RunRow)
-        if workflow_id is not None:
-            query = query.where(RunRow.workflow_id == workflow_id)
+        if where.workflow_id is not None:
+            query = query.where(RunRow.workflow_id == where.workflow_id)
+        if where.statuses:
+            query = query.where(RunRow.status.in_(sorted(where.statuses)))
+        if where.created_after is not None:
+            query = query.where(RunRow.create_time > where.created_after)
+        if where.created_before is not None:
+            query = query.where(RunRow.create_time < where.created_before)
         query = newest_first(query, RunRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 

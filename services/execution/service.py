@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from aias.core.db import Database, parse_uuid
@@ -27,6 +28,7 @@ from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.core.ratelimit import RateLimiter
 from services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
+    FINAL_RUN_STATUSES,
     RunStatus,
     StepDefinition,
     decode_payload,
@@ -41,7 +43,7 @@ from services.execution.models import (
     WorkflowVersionRow,
 )
 from services.execution.quota import RunQuota
-from services.execution.repository import ExecutionRepository, WebhookTarget
+from services.execution.repository import ExecutionRepository, RunFilter, WebhookTarget
 from services.execution.targets import WebhookTargets
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -313,13 +315,38 @@ class ExecutionService:
         return run
 
     async def list_runs(
-        self, tenant_id: uuid.UUID, workflow_id: str, size: int, token: str
+        self,
+        tenant_id: uuid.UUID,
+        workflow_id: str,
+        statuses: Collection[RunStatus],
+        created_after: datetime | None,
+        created_before: datetime | None,
+        size: int,
+        token: str,
     ) -> Page[RunRow]:
-        wid = parse_uuid(workflow_id, "workflow_id") if workflow_id else None
-        limit, cursor = page_size(size), decode_token(token, str(wid or ""))
+        if created_after and created_before and created_after >= created_before:
+            raise InvalidArgument(
+                "INVALID_TIME_RANGE", "create_time_after must be earlier than create_time_before"
+            )
+        where = RunFilter(
+            workflow_id=parse_uuid(workflow_id, "workflow_id") if workflow_id else None,
+            statuses=frozenset(status.value for status in statuses),
+            created_after=created_after,
+            created_before=created_before,
+        )
+        # A page token is bound to the filter it was issued for.
+        scope = "|".join(
+            (
+                str(where.workflow_id or ""),
+                ",".join(sorted(where.statuses)),
+                created_after.isoformat() if created_after else "",
+                created_before.isoformat() if created_before else "",
+            )
+        )
+        limit, cursor = page_size(size), decode_token(token, scope)
         async with self._db.tenant(tenant_id) as session:
-            rows = await ExecutionRepository(session).runs(wid, cursor, limit + 1)
-        return Page(rows[:limit], next_page_token(rows, limit, str(wid or "")))
+            rows = await ExecutionRepository(session).runs(where, cursor, limit + 1)
+        return Page(rows[:limit], next_page_token(rows, limit, scope))
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: str) -> list[StepLogRow]:
         rid = parse_uuid(run_id, "run_id")
@@ -328,6 +355,72 @@ class ExecutionService:
             if await repo.run(rid) is None:
                 raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
             return await repo.step_logs(rid)
+
+    async def cancel_run(self, tenant_id: uuid.UUID, run_id: str) -> tuple[RunRow, bool]:
+        """Cancels a queued run at once (True), or asks the worker holding a running run to stop
+        at its next step boundary (False; the trigger on runs tells the worker at commit)."""
+        rid = parse_uuid(run_id, "run_id")
+        async with self._db.tenant(tenant_id) as session:
+            repo = ExecutionRepository(session)
+            # Locked, so no worker claims it while it is being cancelled.
+            run = await repo.run(rid, lock=True)
+            if run is None:
+                raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+            if run.status in FINAL_RUN_STATUSES:
+                raise FailedPrecondition(
+                    "RUN_FINISHED",
+                    f"run {rid} has already finished ({run.status}); only queued or running "
+                    "runs can be cancelled",
+                    {"http_status": "409"},
+                )
+            if run.status == RunStatus.QUEUED:
+                return await repo.cancel(rid), True
+            return await repo.ask_to_cancel(rid), False
+
+    async def retry_run(self, tenant_id: uuid.UUID, run_id: str) -> RunRow:
+        """A new queued run with the input and workflow version of a finished run, linked to it.
+
+        It is a run like any other: the tenant must be active and it takes one of the month's
+        runs, given back if the run is not committed.
+        """
+        rid = parse_uuid(run_id, "run_id")
+        entitlements = await self._active(tenant_id)
+        ticket = None
+        try:
+            async with self._db.tenant(tenant_id) as session:
+                repo = ExecutionRepository(session)
+                original = await repo.run(rid)
+                if original is None:
+                    raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+                if original.status not in FINAL_RUN_STATUSES:
+                    raise FailedPrecondition(
+                        "RUN_NOT_FINISHED",
+                        f"run {rid} is {original.status}; only a finished run can be retried "
+                        "(cancel it first)",
+                        {"http_status": "409"},
+                    )
+                ticket = await self._quota.take(entitlements)
+                run = RunRow(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant_id,
+                    workflow_id=original.workflow_id,
+                    workflow_version=original.workflow_version,
+                    endpoint_id=original.endpoint_id,
+                    status=RunStatus.QUEUED.value,
+                    attempt=0,
+                    max_attempts=self._max_attempts,
+                    payload=original.payload,
+                    content_type=original.content_type,
+                    error="",
+                    retry_of=original.id,
+                )
+                await repo.add(run)
+        except BaseException:
+            # Not committed: the reserved run was not used.
+            if ticket is not None:
+                self._quota.give_back(ticket)
+            raise
+        return run
 
 
 def _check_step_types(steps: list[StepDefinition], entitlements: TenantEntitlements) -> None:

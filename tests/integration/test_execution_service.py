@@ -246,3 +246,121 @@ async def test_admission_gives_the_plans_limit_and_follows_changes(
         await asyncio.sleep(0.05)
     assert refused is not None, "a disabled endpoint was still admitted after 2 s"
     assert reason(refused)[0] == "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+
+def http_code(metadata: grpc.aio.Metadata | None) -> str:
+    """The HTTP status the gateway would answer with, as the servicer chose it."""
+    return str(dict(metadata or ())["x-http-code"])
+
+
+async def test_cancelling_a_queued_run_cancels_it_at_once(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = (await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id
+
+    call = env.execution.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=meta)
+    cancelled = (await call).run
+
+    assert http_code(await call.initial_metadata()) == "200"
+    assert (cancelled.status, cancelled.cancel_requested) == (pb.RUN_STATUS_CANCELLED, False)
+    assert cancelled.HasField("end_time")
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await env.execution.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=meta)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(again.value) == ("RUN_FINISHED", {"http_status": "409"})
+
+
+async def test_cancelling_a_running_run_asks_its_worker_to_stop(env: Env, app_db: Database) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = uuid.UUID((await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id)
+    while (claimed := await claim(app_db, "worker-a")) is not None and claimed.id != run_id:
+        pass  # other tests' leftovers
+    assert claimed is not None
+
+    call = env.execution.CancelRun(pb.CancelRunRequest(run_id=str(run_id)), metadata=meta)
+    run = (await call).run
+
+    # The worker holding it stops at the next step boundary; see test_worker.
+    assert http_code(await call.initial_metadata()) == "202"
+    assert (run.status, run.cancel_requested) == (pb.RUN_STATUS_RUNNING, True)
+
+
+async def test_retry_queues_a_linked_run_with_the_same_input_and_version(
+    env: Env, app_db: Database
+) -> None:
+    tenant, secret, meta = await endpoint(env)
+    body = b'{"id": "retry-me"}'
+    original = (await env.execution.TriggerWebhook(delivery(tenant, secret, body))).run_id
+    with pytest.raises(grpc.aio.AioRpcError) as unfinished:
+        await env.execution.RetryRun(pb.RetryRunRequest(run_id=original), metadata=meta)
+    assert reason(unfinished.value) == ("RUN_NOT_FINISHED", {"http_status": "409"})
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=original), metadata=meta)
+
+    call = env.execution.RetryRun(pb.RetryRunRequest(run_id=original), metadata=meta)
+    retried = (await call).run
+
+    assert http_code(await call.initial_metadata()) == "202"
+    assert retried.id != original
+    assert (retried.status, retried.retry_of, retried.workflow_version) == (
+        pb.RUN_STATUS_QUEUED,
+        original,
+        1,
+    )
+    async with app_db.tenant(tenant) as session:
+        rows = await session.execute(
+            text("SELECT id::text, payload FROM execution.runs WHERE id IN (:a, :b)"),
+            {"a": original, "b": retried.id},
+        )
+        payloads = {row.id: row.payload for row in rows}
+    assert payloads == {original: body, retried.id: body}
+
+
+async def test_a_retry_counts_against_the_monthly_runs(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    await env.tenancy.UpdateTenant(
+        tenancy_pb.UpdateTenantRequest(tenant_id=tenant, limit_overrides={"runs_per_month": 2})
+    )
+    first = (await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=first), metadata=meta)
+    await env.execution.RetryRun(pb.RetryRunRequest(run_id=first), metadata=meta)
+
+    with pytest.raises(grpc.aio.AioRpcError) as third:
+        await env.execution.RetryRun(pb.RetryRunRequest(run_id=first), metadata=meta)
+
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(third.value)[0] == "QUOTA_EXCEEDED"
+
+
+async def test_runs_list_by_workflow_status_and_creation_time(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    other_workflow = (await env.execution.CreateWorkflow(WORKFLOW, metadata=meta)).workflow.id
+    runs = [(await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id for _ in range(4)]
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=runs[1]), metadata=meta)
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=runs[2]), metadata=meta)
+    created = {
+        run.id: run.create_time
+        for run in (await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)).runs
+    }
+
+    async def listed(**filters: object) -> list[str]:
+        request = pb.ListRunsRequest(**filters)  # type: ignore[arg-type]
+        return [run.id for run in (await env.execution.ListRuns(request, metadata=meta)).runs]
+
+    assert await listed(status=[pb.RUN_STATUS_CANCELLED]) == [runs[2], runs[1]]
+    assert await listed(status=[pb.RUN_STATUS_QUEUED, pb.RUN_STATUS_CANCELLED]) == runs[::-1]
+    assert await listed(workflow_id=other_workflow) == []
+    assert await listed(
+        create_time_after=created[runs[0]], create_time_before=created[runs[3]]
+    ) == [runs[2], runs[1]]
+    # A page token only continues the list it came from.
+    page = await env.execution.ListRuns(
+        pb.ListRunsRequest(page_size=1, status=[pb.RUN_STATUS_CANCELLED]), metadata=meta
+    )
+    assert [run.id for run in page.runs] == [runs[2]]
+    with pytest.raises(grpc.aio.AioRpcError) as other_filter:
+        await env.execution.ListRuns(
+            pb.ListRunsRequest(page_size=1, page_token=page.next_page_token), metadata=meta
+        )
+    assert reason(other_filter.value)[0] == "INVALID_PAGE_TOKEN"
+    with pytest.raises(grpc.aio.AioRpcError) as backwards:
+        await listed(create_time_after=created[runs[3]], create_time_before=created[runs[0]])
+    assert reason(backwards.value)[0] == "INVALID_TIME_RANGE"

@@ -470,6 +470,9 @@ def test_query_parameters_convert_types_repeat_and_nest(
     assert (request.limit, request.verbose, request.color) == (25, True, 1)
     assert (request.parent.id, request.parent.depth) == ("p", 3)
     assert _build(sample_routes["ListItems GET"], query="color=COLOR_BLUE").color == 2
+    # A Timestamp takes its JSON form, RFC 3339 text.
+    since = _build(sample_routes["ListItems GET"], query="since=2024-05-01T10:00:00Z").since
+    assert since.seconds == 1714557600
 
 
 @pytest.mark.parametrize(
@@ -483,6 +486,7 @@ def test_query_parameters_convert_types_repeat_and_nest(
         ("color=green", "INVALID_FIELD_VALUE", "color"),
         ("limit=1&limit=2", "INVALID_FIELD_VALUE", "limit"),
         ("since=2024", "INVALID_FIELD_VALUE", "since"),
+        ("since=2024-05-01T10:00:00Z&since=2024-05-02T10:00:00Z", "INVALID_FIELD_VALUE", "since"),
         ("sizes=1&sizes=99999999999", "INVALID_FIELD_VALUE", "sizes"),
     ],
 )
@@ -536,6 +540,8 @@ def test_json_output_prints_defaults_nulls_short_enums_and_rfc3339() -> None:
         "create_time": "2024-05-01T10:00:00.500Z",
         "start_time": None,
         "end_time": None,
+        "retry_of": "",
+        "cancel_requested": False,
     }
     tenant = tenancy_pb.Tenant(status=tenancy_pb.TENANT_STATUS_ACTIVE)
     assert message_to_json(tenant)["status"] == "active"
