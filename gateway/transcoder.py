@@ -201,8 +201,6 @@ def _check(route: RpcRoute, where: str) -> None:
         descriptor_of(route.response_class).fields_by_name
     ):
         raise TranscodeError(f"{where}: response_body {route.response_body!r} does not exist")
-    if route.server_streaming and not route.raw_response:
-        raise TranscodeError(f"{where}: a server-streaming RPC must return google.api.HttpBody")
     if route.admission is not None:
         admission_request = descriptor_of(route.admission.request_class)
         for field_path in PathTemplate.parse(route.template).fields:
@@ -421,7 +419,12 @@ def render_unary(route: RpcRoute, response: Message, metadata: Any) -> web.Respo
         raw: Any = getattr(response, route.response_body) if route.response_body else response
         headers["Content-Type"] = raw.content_type or DEFAULT_CONTENT_TYPE
         return web.Response(body=raw.data, status=status, headers=headers)
+    return json_response(render_json(route, response), status, headers)
+
+
+def render_json(route: RpcRoute, response: Message) -> Any:
+    """A response message (or its `response_body` field) as the public API's JSON."""
     if route.response_body:
         field = descriptor_of(response).fields_by_name[route.response_body]
-        return json_response(field_to_json(response, field), status, headers)
-    return json_response(message_to_json(response), status, headers)
+        return field_to_json(response, field)
+    return message_to_json(response)

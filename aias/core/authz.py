@@ -67,6 +67,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "ListRunLogs": Rule.MEMBER,
         _E + "CancelRun": Rule.MEMBER,
         _E + "RetryRun": Rule.MEMBER,
+        _E + "WatchRun": Rule.MEMBER,
         _A + "UploadArtifact": Rule.INTERNAL,
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,

@@ -181,6 +181,15 @@ class ExecutionRepository:
         )
         return list((await self._session.execute(query)).scalars())
 
+    async def step_logs_after(self, run_id: uuid.UUID, after_id: int) -> list[StepLogRow]:
+        """The run's log entries written after entry `after_id` (0: all), in the order written."""
+        query = (
+            select(StepLogRow)
+            .where(StepLogRow.run_id == run_id, StepLogRow.id > after_id)
+            .order_by(StepLogRow.id)
+        )
+        return list((await self._session.execute(query)).scalars())
+
 
 # -- the run queue ---------------------------------------------------------------------------
 # The worker's hot path, in SQL beside the functions that run it: each statement handles a

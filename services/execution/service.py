@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -23,6 +23,7 @@ from aias.core.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    Unavailable,
 )
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.core.ratelimit import RateLimiter
@@ -35,6 +36,7 @@ from services.execution.domain import (
     validate_name,
     validate_steps,
 )
+from services.execution.events import RunEvents
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -86,10 +88,12 @@ class ExecutionService:
         quota: RunQuota,
         rates: RateLimiter,
         targets: WebhookTargets,
+        events: RunEvents,
         public_url: str,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self._db = db
+        self._events = events
         self._entitlements = entitlements
         self._quota = quota
         self._rates = rates
@@ -421,6 +425,45 @@ class ExecutionService:
                 self._quota.give_back(ticket)
             raise
         return run
+
+    async def watch_run(
+        self, tenant_id: uuid.UUID, run_id: str
+    ) -> AsyncIterator[RunRow | StepLogRow]:
+        """The run, then its step logs and changes as they are committed, until it finishes.
+
+        Each notice (or missed notices) re-reads the run and the log entries not sent yet, in
+        the tenant's own transaction.
+        """
+        rid = parse_uuid(run_id, "run_id")
+        sent_log, sent_state = 0, None
+        with self._events.follow(rid) as changed:
+            while True:
+                changed.clear()
+                async with self._db.tenant(tenant_id) as session:
+                    repo = ExecutionRepository(session)
+                    # The run before its logs: once it reads as finished, every entry written
+                    # before it finished is committed, so the read after it sees them all.
+                    run = await repo.run(rid)
+                    if run is None:
+                        raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+                    logs = await repo.step_logs_after(rid, sent_log)
+                state = (run.status, run.attempt, run.cancel_requested)
+                if sent_state is None:
+                    sent_state = state
+                    yield run
+                for entry in logs:
+                    sent_log = entry.id
+                    yield entry
+                if state != sent_state:
+                    sent_state = state
+                    yield run
+                if run.status in FINAL_RUN_STATUSES:
+                    return
+                if self._events.closed:
+                    raise Unavailable(
+                        "SHUTTING_DOWN", "the execution service is stopping; follow the run again"
+                    )
+                await changed.wait()
 
 
 def _check_step_types(steps: list[StepDefinition], entitlements: TenantEntitlements) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 
 import grpc
@@ -212,3 +212,12 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         run = await self._service.retry_run(require_tenant(), request.run_id)
         await context.send_initial_metadata(((HTTP_CODE, "202"),))
         return pb.RetryRunResponse(run=run_pb(run))
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        async for event in self._service.watch_run(require_tenant(), request.run_id):
+            if isinstance(event, RunRow):
+                yield pb.WatchRunResponse(run=run_pb(event))
+            else:
+                yield pb.WatchRunResponse(step=step_log_pb(event))

@@ -1,10 +1,44 @@
-"""Runs over HTTP: cancel, retry and list filters."""
+"""Runs over HTTP: following one as it happens (NDJSON and SSE), cancel, retry and list filters."""
 
 from __future__ import annotations
 
-import aiohttp
+import json
+from typing import Any
 
-from tests.e2e.client import OPERATOR, ORDER, expect, new_endpoint, new_tenant
+import aiohttp
+import pytest
+
+from tests.e2e.client import OPERATOR, ORDER, Tenant, expect, new_endpoint, new_tenant
+
+
+async def _events(
+    http: aiohttp.ClientSession, tenant: Tenant, run_id: str, accept: str
+) -> list[dict[str, Any]]:
+    """Every item of the run's event stream, read until the stream ends."""
+    headers = {**tenant.auth, "Accept": accept}
+    async with http.get(f"/api/runs/{run_id}/events", headers=headers) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == accept
+        body = (await response.read()).decode()
+    if accept == "text/event-stream":
+        return [json.loads(event.removeprefix("data: ")) for event in body.split("\n\n") if event]
+    return [json.loads(line) for line in body.splitlines()]
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
+async def test_a_run_is_followed_until_it_ends(http: aiohttp.ClientSession, accept: str) -> None:
+    tenant = await new_tenant(http)
+    _endpoint, secret = await new_endpoint(http, tenant)
+    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json=ORDER) as response:
+        run_id = (await expect(response, 202))["run_id"]
+
+    items = await _events(http, tenant, run_id, accept)
+
+    runs = [item["run"] for item in items if item["run"]]
+    steps = [(item["step"]["step_id"], item["step"]["status"]) for item in items if item["step"]]
+    assert items[0]["run"]["id"] == run_id
+    assert runs[-1]["status"] == "succeeded"
+    assert steps == [("shape", "succeeded"), ("save", "succeeded")]
 
 
 async def test_cancel_retry_and_list_filters(http: aiohttp.ClientSession) -> None:

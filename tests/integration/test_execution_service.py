@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -22,7 +22,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from services.execution import main as execution_main
-from services.execution.repository import ClaimedRun, Outcome, QueueRepository
+from services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
 from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
@@ -364,3 +364,42 @@ async def test_runs_list_by_workflow_status_and_creation_time(env: Env) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as backwards:
         await listed(create_time_after=created[runs[3]], create_time_before=created[runs[0]])
     assert reason(backwards.value)[0] == "INVALID_TIME_RANGE"
+
+
+async def test_watching_a_run_follows_it_until_it_ends(env: Env, app_db: Database) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = uuid.UUID((await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id)
+    stream = env.execution.WatchRun(pb.WatchRunRequest(run_id=str(run_id)), metadata=meta)
+    events = aiter(stream)
+    assert (await anext(events)).run.status == pb.RUN_STATUS_QUEUED
+
+    # What a worker does, step by step: each change reaches the stream as it commits.
+    while (claimed := await claim(app_db, "worker-w")) is not None and claimed.id != run_id:
+        pass
+    assert (await anext(events)).run.status == pb.RUN_STATUS_RUNNING
+    now = datetime.now(UTC)
+    entry = StepLogEntry(
+        run_id, 1, 0, "shape", "transform", "succeeded", now, now, 0, "", 3, "", ""
+    )
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        await QueueRepository(session, "worker-w").add_logs([entry])
+    assert (await anext(events)).step.step_id == "shape"
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        await QueueRepository(session, "worker-w").finish([Outcome(run_id, 1, "succeeded")])
+    assert (await anext(events)).run.status == pb.RUN_STATUS_SUCCEEDED
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    # A finished run's watch gives the run and its log, then ends.
+    replay = env.execution.WatchRun(pb.WatchRunRequest(run_id=str(run_id)), metadata=meta)
+    assert [event.WhichOneof("event") async for event in replay] == ["run", "step"]
+
+
+async def test_watching_a_missing_run_is_not_found(env: Env) -> None:
+    _tenant, _secret, meta = await endpoint(env)
+    missing = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _event in env.execution.WatchRun(
+            pb.WatchRunRequest(run_id=missing), metadata=meta
+        ):
+            pass
+    assert reason(caught.value)[0] == "RUN_NOT_FOUND"

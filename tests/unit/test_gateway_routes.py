@@ -226,6 +226,11 @@ def test_every_annotated_method_of_every_backend_yields_a_route() -> None:
     download = by_rpc["/aias.artifacts.v1.ArtifactsService/DownloadArtifact"]
     assert download.server_streaming
     assert download.raw_response
+    # A stream of JSON messages: served as NDJSON or Server-Sent Events.
+    events = by_rpc["/aias.execution.v1.ExecutionService/WatchRun"]
+    assert (events.http_method, events.template) == ("GET", "/api/runs/{run_id}/events")
+    assert events.server_streaming
+    assert not events.raw_response
     assert by_rpc["/aias.tenancy.v1.TenancyService/GetCurrentTenant"].access == 0
 
 
@@ -249,7 +254,6 @@ def test_sample_descriptors_yield_every_binding_and_skip_unannotated(
     ("rpc", "problem"),
     [
         ("client", "client-streaming"),
-        ("stream", "must return google.api.HttpBody"),
         ("path", "'missing' is not a singular scalar"),
         ("body", "body field 'nope' does not exist"),
     ],
@@ -260,7 +264,6 @@ def test_bad_annotations_fail_at_start_up(rpc: str, problem: str) -> None:
         "client": _method(
             "M", "ItemRequest", "Item", _rule(post="/x", body="*"), client_streaming=True
         ),
-        "stream": _method("M", "ItemRequest", "Item", _rule(get="/x"), server_streaming=True),
         "path": _method("M", "ItemRequest", "Item", _rule(get="/x/{missing}")),
         "body": _method("M", "ItemRequest", "Item", _rule(post="/x", body="nope")),
     }
