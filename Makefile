@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 STUBS := build/aias.binpb
 
-.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-worker clean
 
 run: $(STUBS)
 	$(PY) -m aias.core.launcher
@@ -53,6 +53,9 @@ pytest: $(STUBS) $(BUF) test-tools
 
 bench: $(STUBS)
 	$(PY) -m bench.webhook_path
+
+bench-worker: $(STUBS)
+	$(PY) -m bench.worker_throughput
 
 clean:
 	rm -rf $(VENV) .tools build

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -15,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from aias.core.launcher import launch
+from bench.machine import describe
 
 
 async def _measure(
@@ -111,8 +111,7 @@ async def _run(url: str, admin: str, total: int, concurrency: int, rounds: int) 
         for _ in range(rounds):
             off.append(await _measure(session, "POST", unlimited, total, concurrency, json=PAYLOAD))
             on.append(await _measure(session, "POST", enforced, total, concurrency, json=PAYLOAD))
-    print(f"machine: {_cpu()}, {os.cpu_count()} cores, {platform.machine()}")
-    print(f"software: Python {platform.python_version()}, {platform.platform()}")
+    print("\n".join(describe()))
     print(f"requests per round: {total}, concurrency: {concurrency}, rounds: {rounds} (medians)")
     figures = (
         ("baseline GET /healthz (gateway only)", baseline),
@@ -126,17 +125,6 @@ async def _run(url: str, admin: str, total: int, concurrency: int, rounds: int) 
         )
     cost = 1 - _merge(on)["per_second"] / _merge(off)["per_second"]
     print(f"enforcement cost: {cost:.1%} of ingest throughput (budget: 10%)")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

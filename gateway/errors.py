@@ -172,12 +172,9 @@ def json_response(
     )
 
 
-def error_response(error: GatewayError, request_id: str) -> web.Response:
+def error_body(error: GatewayError, request_id: str) -> dict[str, Any]:
     """The one error shape: {"error": {code, status, message, reason, request_id, details}}."""
-    headers = dict(error.headers)
-    if error.http_status == 401:
-        headers.setdefault("WWW-Authenticate", "Bearer")
-    body = {
+    return {
         "error": {
             "code": error.http_status,
             "status": error.code.name,
@@ -187,7 +184,14 @@ def error_response(error: GatewayError, request_id: str) -> web.Response:
             "details": error.details_json(),
         }
     }
-    response = json_response(body, error.http_status, headers)
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    """A response with the error body and the error's status and headers."""
+    headers = dict(error.headers)
+    if error.http_status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    response = json_response(error_body(error, request_id), error.http_status, headers)
     if error.close:
         response.force_close()
     return response

@@ -269,6 +269,16 @@ def _success(route: RpcRoute, schemas: _Schemas) -> dict[str, Any]:
         schema = schemas.field(response.fields_by_name[route.response_body])
     else:
         schema = schemas.message_ref(response)
+    if route.server_streaming:
+        # One JSON message per line, or per `data:` event with Accept: text/event-stream; an
+        # error in mid-stream is a last item in the error shape.
+        return {
+            "description": "A stream of messages, until the backend ends it.",
+            "content": {
+                "application/x-ndjson": {"schema": schema},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
     return {"description": "Success.", "content": {"application/json": {"schema": schema}}}
 
 

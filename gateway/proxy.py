@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, nullcontext
@@ -16,7 +17,7 @@ from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
 from gateway.auth import Authenticator
 from gateway.backends import Backends
-from gateway.errors import GatewayError, from_rpc_error
+from gateway.errors import GatewayError, error_body, from_rpc_error
 from gateway.ingress import BodyReader
 from gateway.transcoder import (
     ADMISSION_LIMIT_FIELD,
@@ -25,6 +26,7 @@ from gateway.transcoder import (
     RpcRoute,
     build_admission,
     build_request,
+    render_json,
     render_unary,
     response_head,
 )
@@ -42,9 +44,16 @@ FORWARDED_HEADERS = (
 )
 TRACE_HEADERS = ("traceparent", "tracestate")
 MAX_TRACE_HEADER_CHARS = 512
-# A unary RPC, and a download's first chunk, must arrive within this; after the first
-# chunk a download streams for as long as the bytes keep coming.
+# A unary RPC, and a stream's first message, must arrive within this; after the first
+# message a stream goes on for as long as the backend keeps it open.
 CALL_TIMEOUT_SECONDS = 30.0
+NDJSON = "application/x-ndjson"
+EVENT_STREAM = "text/event-stream"
+# A JSON stream waiting for its next message checks this often whether its client is gone,
+# since aiohttp tells a handler only when it writes.
+CLIENT_CHECK_SECONDS = 1.0
+# An idle Server-Sent Events stream sends a comment this often, so proxies keep it open.
+KEEPALIVE_SECONDS = 15.0
 
 
 class RpcProxy:
@@ -94,7 +103,7 @@ class RpcProxy:
                 request.headers,
                 await self._bodies.read(request, limit) if route.body else b"",
             )
-            return await self._call(route, request, message, metadata)
+            return await self._call(route, request, message, metadata, caller.request_id)
 
     async def _admit(
         self,
@@ -127,6 +136,7 @@ class RpcProxy:
         request: web.Request,
         message: Message,
         metadata: list[tuple[str, str]],
+        request_id: str,
     ) -> web.StreamResponse:
         channel = self._backends.channel(route.backend)
         serializers: dict[str, Any] = {
@@ -135,7 +145,9 @@ class RpcProxy:
         }
         if route.server_streaming:
             stream = channel.unary_stream(route.rpc, **serializers)(message, metadata=metadata)
-            return await _stream(route, request, stream)
+            if route.raw_response:
+                return await _stream(route, request, stream)
+            return await _stream_json(route, request, stream, request_id)
         call = channel.unary_unary(route.rpc, **serializers)(
             message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
         )
@@ -176,12 +188,17 @@ def _forwarded(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return allowed
 
 
-async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.StreamResponse:
-    """Raw bytes as they arrive; errors before the first chunk still get the error body."""
-    chunks = call.__aiter__()
+# -- server-streaming RPCs: raw bytes (google.api.HttpBody) or JSON messages ------------------
+
+
+async def _first(route: RpcRoute, call: Any) -> tuple[Any, Any]:
+    """The stream's first message (None if it ended at once) and its initial metadata.
+
+    Until it arrives nothing is sent, so a failure here is answered with the error response.
+    """
     try:
         async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
-            first = await anext(chunks, None)
+            first = await call.read()
             initial = await call.initial_metadata()
     except grpc.aio.AioRpcError as error:
         raise from_rpc_error(error, route.backend) from None
@@ -190,8 +207,14 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
         raise GatewayError(
             grpc.StatusCode.DEADLINE_EXCEEDED,
             "DEADLINE_EXCEEDED",
-            f"the {route.backend} service did not start the download in time",
+            f"the {route.backend} service did not start the response in time",
         ) from None
+    return (None if first is grpc.aio.EOF else first), initial
+
+
+async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.StreamResponse:
+    """Raw bytes as they arrive; errors before the first chunk still get the error body."""
+    first, initial = await _first(route, call)
     status, headers = response_head(initial, keep_length=True, status=route.success_status)
     headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
     response = web.StreamResponse(status=status, headers=headers)
@@ -199,12 +222,12 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     await response.prepare(request)
     written = 0
     try:
-        if first is not None:
-            await response.write(first.data)
-            written += len(first.data)
-            async for chunk in chunks:
-                await response.write(chunk.data)
-                written += len(chunk.data)
+        chunk = first
+        while chunk is not None:
+            await response.write(chunk.data)
+            written += len(chunk.data)
+            received = await call.read()
+            chunk = None if received is grpc.aio.EOF else received
     except grpc.aio.AioRpcError as error:
         log.error(
             "download failed after the response started",
@@ -233,3 +256,69 @@ def _abort(request: web.Request) -> None:
     """Closing without the final chunk is how HTTP/1.1 tells a client the body is incomplete."""
     if request.transport is not None:
         request.transport.abort()
+
+
+async def _stream_json(
+    route: RpcRoute, request: web.Request, call: Any, request_id: str
+) -> web.StreamResponse:
+    """Each message as a line of JSON (NDJSON), or as a Server-Sent Event (`data: <json>`)
+    when the client sends `Accept: text/event-stream`.
+
+    An error before the first message is the error response; after it, the error body is the
+    stream's last item. The call is cancelled when the client goes away.
+    """
+    events = EVENT_STREAM in request.headers.get("Accept", "")
+    first, initial = await _first(route, call)
+    status, headers = response_head(initial, keep_length=False, status=route.success_status)
+    headers["Content-Type"] = EVENT_STREAM if events else NDJSON
+    headers["Cache-Control"] = "no-cache"
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    item = first
+    try:
+        try:
+            while item is not None:
+                await response.write(_json_item(render_json(route, item), events))
+                item = await _next_or_gone(request, response, call, events)
+        except grpc.aio.AioRpcError as error:
+            failure = from_rpc_error(error, route.backend)
+            log.warning(
+                "stream failed after the response started",
+                extra={"rpc": route.rpc, "reason": failure.reason, "detail": failure.detail},
+            )
+            await response.write(_json_item(error_body(failure, request_id), events))
+        await response.write_eof()
+    except ConnectionError:
+        log.info("client closed the connection during a stream", extra={"rpc": route.rpc})
+    finally:
+        # A no-op once the stream ended; otherwise it ends the backend's RPC.
+        call.cancel()
+    return response
+
+
+async def _next_or_gone(
+    request: web.Request, response: web.StreamResponse, call: Any, events: bool
+) -> Any:
+    """The next message, or None at the end; ConnectionError once the client has gone."""
+    reading = asyncio.ensure_future(call.read())
+    idle = 0.0
+    try:
+        while not reading.done():
+            await asyncio.wait({reading}, timeout=CLIENT_CHECK_SECONDS)
+            if reading.done():
+                break
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client closed the connection")
+            idle += CLIENT_CHECK_SECONDS
+            if events and idle >= KEEPALIVE_SECONDS:
+                await response.write(b": keep-alive\n\n")
+                idle = 0.0
+        received = reading.result()
+    finally:
+        reading.cancel()
+    return None if received is grpc.aio.EOF else received
+
+
+def _json_item(value: Any, events: bool) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {text}\n\n".encode() if events else f"{text}\n".encode()

@@ -67,6 +67,10 @@ MAX_JSON_DEPTH = 32
 _MAX_INTEGER_DIGITS = 20
 # Response metadata that would corrupt the HTTP framing if copied as a header.
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "upgrade"})
+# Messages a query parameter can set: well-known types whose JSON form is one string.
+_TEXT_MESSAGES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
 # Header words whose usual spelling is not Title-Case.
 _HEADER_WORDS = {"etag": "ETag", "id": "ID", "md5": "MD5", "www": "WWW"}
 
@@ -208,8 +212,6 @@ def _check(route: RpcRoute, where: str) -> None:
         descriptor_of(route.response_class).fields_by_name
     ):
         raise TranscodeError(f"{where}: response_body {route.response_body!r} does not exist")
-    if route.server_streaming and not route.raw_response:
-        raise TranscodeError(f"{where}: a server-streaming RPC must return google.api.HttpBody")
     if route.admission is not None:
         admission_request = descriptor_of(route.admission.request_class)
         for field_path in PathTemplate.parse(route.template).fields:
@@ -370,7 +372,17 @@ def _set_query_leaf(
     target: Message, field: FieldDescriptor, text: str, name: str, seen: set[str]
 ) -> None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        raise _invalid("INVALID_FIELD_VALUE", f"{name}: a message cannot be a query parameter")
+        kind = field.message_type.full_name if field.message_type else ""
+        if kind not in _TEXT_MESSAGES or field.is_repeated:
+            raise _invalid("INVALID_FIELD_VALUE", f"{name}: a message cannot be a query parameter")
+        if name in seen:
+            raise _invalid("INVALID_FIELD_VALUE", f"{name}: given more than once")
+        seen.add(name)
+        # E.g. a Timestamp from its RFC 3339 text, as its JSON form is.
+        child = getattr(target, field.name)
+        child.SetInParent()
+        json_to_message(text, child, name)
+        return
     value = scalar_from_text(field, text, name)
     if field.is_repeated:
         append_scalar(getattr(target, field.name), value, name)
@@ -441,7 +453,12 @@ def render_unary(route: RpcRoute, response: Message, metadata: Any) -> web.Respo
         raw: Any = getattr(response, route.response_body) if route.response_body else response
         headers["Content-Type"] = raw.content_type or DEFAULT_CONTENT_TYPE
         return web.Response(body=raw.data, status=status, headers=headers)
+    return json_response(render_json(route, response), status, headers)
+
+
+def render_json(route: RpcRoute, response: Message) -> Any:
+    """A response message (or its `response_body` field) as the public API's JSON."""
     if route.response_body:
         field = descriptor_of(response).fields_by_name[route.response_body]
-        return json_response(field_to_json(response, field), status, headers)
-    return json_response(message_to_json(response), status, headers)
+        return field_to_json(response, field)
+    return message_to_json(response)

@@ -215,6 +215,12 @@ class Stack:
         env.pop("AIAS_DATABASE_URL", None)  # services get only the application role's URL
         return env
 
+    def environment(self, name: str) -> dict[str, str]:
+        """The environment a process of kind `name` gets, listening on any free port: what
+        starting one more of it (a second worker, say) needs."""
+        spec = next(spec for spec in PROCESSES if spec.name == name)
+        return self._env(spec, 0, 0)
+
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
         gateway_port = self.ports.get("gateway", 8080) or _free_port()
         self.public_url = f"http://localhost:{gateway_port}"

@@ -21,14 +21,20 @@ def enable_tenant_rls(table: str, column: str = "tenant_id") -> None:
     )
 
 
-def allow_system_path(table: str, path: str, *, read_only: bool = False) -> None:
+def allow_system_path(
+    table: str, path: str, *, read_only: bool = False, insert_only: bool = False
+) -> None:
     """A narrow, named cross-tenant policy: rows are visible only inside `Database.system(path)`.
 
-    `read_only` lets the path read every tenant's rows but write none.
+    `read_only` lets the path read every tenant's rows but write none; `insert_only` lets it add
+    rows for any tenant but read, change or delete none.
     """
     condition = f"current_setting('aias.system_path', true) = '{path}'"
     if read_only:
         op.execute(f"CREATE POLICY system_{path} ON {table} FOR SELECT USING ({condition})")
+        return
+    if insert_only:
+        op.execute(f"CREATE POLICY system_{path} ON {table} FOR INSERT WITH CHECK ({condition})")
         return
     op.execute(
         f"CREATE POLICY system_{path} ON {table} USING ({condition}) WITH CHECK ({condition})"

@@ -30,10 +30,17 @@ class RunStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A run in one of these states is finished: it never changes again.
+FINAL_RUN_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.CANCELLED}
+)
+
+
 class StepStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
 
 def validate_name(name: str, what: str) -> str:

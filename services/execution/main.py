@@ -15,6 +15,7 @@ from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
+from services.execution.events import RunEvents
 from services.execution.quota import DEFAULT_BLOCK, RunQuota
 from services.execution.service import (
     DEFAULT_ROTATION_GRACE,
@@ -78,12 +79,14 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     rates = RateLimiter(settings.redis_url)
     targets = WebhookTargets(db, libpq_url(settings.database_url))
     deliveries = DeliveryLog(db, settings.deliveries_kept)
+    events = RunEvents(libpq_url(settings.database_url))
     service = ExecutionService(
         db,
         entitlements,
         quota,
         rates,
         targets,
+        events,
         settings.public_url,
         settings.max_attempts,
         deliveries=deliveries,
@@ -99,6 +102,8 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         ],
     )
     built.on_start += [entitlements.start, quota.start, targets.start]
+    # Streams that follow runs end first, so a graceful stop need not wait for them.
+    built.on_draining.append(events.close)
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
     built.probes.append(db.ping)
     built.on_stop += [

@@ -96,6 +96,8 @@ class RunRow(Base):
     create_time: Mapped[datetime] = mapped_column(TIMESTAMP, server_default=func.now())
     start_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
     end_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    retry_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("execution.runs.id"))
 
 
 class StepLogRow(Base):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, case, delete, func, null, or_, select, text, tuple_, update
+from sqlalchemy import case, delete, func, null, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
@@ -53,9 +54,13 @@ class QueueState:
 
 
 @dataclass(frozen=True)
-class ClaimCandidate:
-    run_id: uuid.UUID
-    tenant_id: uuid.UUID
+class RunFilter:
+    """Which runs a list shows: every field left empty means no condition."""
+
+    workflow_id: uuid.UUID | None = None
+    statuses: frozenset[str] = frozenset()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
 
 
 class ExecutionRepository:
@@ -291,15 +296,39 @@ class ExecutionRepository:
         )
         return len(deleted.all())
 
-    async def run(self, run_id: uuid.UUID) -> RunRow | None:
-        return await self._session.get(RunRow, run_id)
+    async def run(self, run_id: uuid.UUID, *, lock: bool = False) -> RunRow | None:
+        """The run; `lock` holds it against changes until the transaction ends."""
+        return await self._session.get(RunRow, run_id, with_for_update=lock or None)
 
-    async def runs(
-        self, workflow_id: uuid.UUID | None, cursor: PageCursor | None, limit: int
-    ) -> list[RunRow]:
+    async def cancel(self, run_id: uuid.UUID) -> RunRow:
+        """Ends a queued run as cancelled, now."""
+        return await self._update_run(run_id, status="cancelled", end_time=func.now())
+
+    async def ask_to_cancel(self, run_id: uuid.UUID) -> RunRow:
+        """Flags a running run, so its worker ends it as cancelled at the next step boundary."""
+        return await self._update_run(run_id, cancel_requested=True)
+
+    async def _update_run(self, run_id: uuid.UUID, **values: Any) -> RunRow:
+        """Sets columns of a run (SQL expressions allowed) and returns the run as written."""
+        query = (
+            update(RunRow)
+            .where(RunRow.id == run_id)
+            .values(**values)
+            .returning(RunRow)
+            .execution_options(populate_existing=True)
+        )
+        return (await self._session.execute(query)).scalar_one()
+
+    async def runs(self, where: RunFilter, cursor: PageCursor | None, limit: int) -> list[RunRow]:
         query = select(RunRow)
-        if workflow_id is not None:
-            query = query.where(RunRow.workflow_id == workflow_id)
+        if where.workflow_id is not None:
+            query = query.where(RunRow.workflow_id == where.workflow_id)
+        if where.statuses:
+            query = query.where(RunRow.status.in_(sorted(where.statuses)))
+        if where.created_after is not None:
+            query = query.where(RunRow.create_time > where.created_after)
+        if where.created_before is not None:
+            query = query.where(RunRow.create_time < where.created_before)
         query = newest_first(query, RunRow, cursor, limit)
         return list((await self._session.execute(query)).scalars())
 
@@ -311,137 +340,283 @@ class ExecutionRepository:
         )
         return list((await self._session.execute(query)).scalars())
 
+    async def step_logs_after(self, run_id: uuid.UUID, after_id: int) -> list[StepLogRow]:
+        """The run's log entries written after entry `after_id` (0: all), in the order written."""
+        query = (
+            select(StepLogRow)
+            .where(StepLogRow.run_id == run_id, StepLogRow.id > after_id)
+            .order_by(StepLogRow.id)
+        )
+        return list((await self._session.execute(query)).scalars())
+
+
+# -- the run queue ---------------------------------------------------------------------------
+# The worker's hot path, in SQL beside the functions that run it: each statement handles a
+# whole batch of runs. Every one runs inside `Database.system(SystemPath.RUN_QUEUE)`.
+
+# Claimable: queued and due, or running under a lease that expired (its worker died).
+_CLAIMABLE = """(
+    (r.status = 'queued' AND r.available_time <= now())
+    OR (r.status = 'running' AND r.lease_expire_time < now()))"""
+
+# The tenants with claimable runs, in id order after :after, by a loose index scan over
+# `runs_queue`: one probe per tenant, so a tenant with 10,000 queued runs costs what one with a
+# single run does.
+_TENANTS_WITH_WORK = text(f"""
+    WITH RECURSIVE tenants(tenant_id) AS (
+        (SELECT r.tenant_id FROM execution.runs r
+         WHERE r.tenant_id > :after AND {_CLAIMABLE}
+         ORDER BY r.tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT r.tenant_id FROM execution.runs r
+                WHERE r.tenant_id > t.tenant_id AND {_CLAIMABLE}
+                ORDER BY r.tenant_id LIMIT 1)
+        FROM tenants t WHERE t.tenant_id IS NOT NULL
+    )
+    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL LIMIT :limit""")
+
+# Serialises the claims of each tenant until the transaction ends, so two workers cannot both
+# take a tenant's last free slot. Locks are taken in one order (PostgreSQL evaluates volatile
+# functions after ORDER BY), so two claims never wait for each other in a cycle.
+_LOCK_TENANTS = text("""
+    SELECT pg_advisory_xact_lock(hashtextextended('running:' || t::text, 0))
+    FROM unnest(CAST(:tenants AS uuid[])) AS t ORDER BY t""")
+
+_LIVE_LEASES = text("""
+    SELECT r.tenant_id, count(*) FROM execution.runs r
+    WHERE r.tenant_id = ANY(CAST(:tenants AS uuid[]))
+      AND r.status = 'running' AND r.lease_expire_time >= now()
+    GROUP BY r.tenant_id""")
+
+# Up to `wanted` of each tenant's oldest claimable runs, locked (rows another claim holds are
+# skipped, not waited for) and marked running under the worker's lease.
+_START = text(f"""
+    WITH chosen AS (
+        SELECT picked.id
+        FROM unnest(CAST(:tenants AS uuid[]), CAST(:wanted AS int[])) AS w(tenant_id, wanted)
+        CROSS JOIN LATERAL (
+            SELECT r.id FROM execution.runs r
+            WHERE r.tenant_id = w.tenant_id AND {_CLAIMABLE}
+            ORDER BY r.available_time LIMIT w.wanted
+            FOR UPDATE SKIP LOCKED
+        ) AS picked
+    )
+    UPDATE execution.runs r
+    SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
+        lease_expire_time = now() + :lease, start_time = now(), error = ''
+    FROM chosen WHERE r.id = chosen.id
+    RETURNING r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.attempt, r.max_attempts,
+        r.payload, r.content_type, r.create_time, r.cancel_requested""")
+
+# Every statement below touches only runs this worker still holds: same lease owner, same
+# attempt, still running. A worker whose lease was taken over changes nothing.
+_HELD = "r.lease_owner = :worker AND r.status = 'running'"
+
+_RENEW = text(f"""
+    UPDATE execution.runs r SET lease_expire_time = now() + :lease
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS h(id, attempt)
+    WHERE r.id = h.id AND r.attempt = h.attempt AND {_HELD}
+    RETURNING r.id, r.attempt, r.cancel_requested""")
+
+# The tenant of each entry is its run's: an entry cannot be written under another tenant.
+_ADD_LOGS = text(f"""
+    INSERT INTO execution.step_logs (tenant_id, run_id, attempt, step_index, step_id, type,
+        status, start_time, end_time, duration_ms, message, output_bytes, output_sha256, error)
+    SELECT r.tenant_id, l.run_id, l.attempt, l.step_index, l.step_id, l.type, l.status,
+        l.start_time, l.end_time, l.duration_ms, l.message, l.output_bytes, l.output_sha256,
+        l.error
+    FROM unnest(
+        CAST(:run_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:step_indexes AS int[]),
+        CAST(:step_ids AS text[]), CAST(:types AS text[]), CAST(:statuses AS text[]),
+        CAST(:start_times AS timestamptz[]), CAST(:end_times AS timestamptz[]),
+        CAST(:durations AS bigint[]), CAST(:messages AS text[]), CAST(:output_bytes AS bigint[]),
+        CAST(:output_sha256s AS text[]), CAST(:errors AS text[])
+    ) WITH ORDINALITY AS l(run_id, attempt, step_index, step_id, type, status, start_time,
+        end_time, duration_ms, message, output_bytes, output_sha256, error, position)
+    JOIN execution.runs r ON r.id = l.run_id AND r.attempt = l.attempt AND {_HELD}
+    ORDER BY l.position""")
+
+_FINISH = text(f"""
+    UPDATE execution.runs r
+    SET status = f.status, error = f.error, end_time = now(),
+        lease_owner = NULL, lease_expire_time = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
+                CAST(:errors AS text[])) AS f(id, attempt, status, error)
+    WHERE r.id = f.id AND r.attempt = f.attempt AND {_HELD}
+    RETURNING r.id""")
+
+# Back to the queue: after a retryable failure (the attempt counts) or on shutdown (it does not).
+_REQUEUE = text(f"""
+    UPDATE execution.runs r
+    SET status = 'queued', error = q.error, available_time = now() + q.delay,
+        attempt = CASE WHEN q.counts THEN r.attempt ELSE r.attempt - 1 END,
+        lease_owner = NULL, lease_expire_time = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:delays AS interval[]),
+                CAST(:errors AS text[]), CAST(:counts AS boolean[]))
+        AS q(id, attempt, delay, error, counts)
+    WHERE r.id = q.id AND r.attempt = q.attempt AND {_HELD}
+    RETURNING r.id""")
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run a worker holds, with what it needs to execute it."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    workflow_id: uuid.UUID
+    workflow_version: int
+    attempt: int
+    max_attempts: int
+    payload: bytes
+    content_type: str
+    create_time: datetime
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class StepLogEntry:
+    """One step log row as the worker writes it."""
+
+    run_id: uuid.UUID
+    attempt: int
+    step_index: int
+    step_id: str
+    type: str
+    status: str
+    start_time: datetime
+    end_time: datetime
+    duration_ms: int
+    message: str
+    output_bytes: int
+    output_sha256: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt of a run ended: a final status, or back to the queue after `delay`.
+
+    A requeued attempt counts towards the run's attempts unless the worker gave it back
+    unfinished (shutdown), which `counts=False` says.
+    """
+
+    run_id: uuid.UUID
+    attempt: int
+    status: str
+    error: str = ""
+    delay: timedelta = timedelta(0)
+    counts: bool = True
+
 
 class QueueRepository:
-    """The run queue is the runs table: claim, heartbeat, finish, retry, release."""
+    """The run queue is the runs table: claim, renew leases, log steps, finish or requeue."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, worker: str) -> None:
         self._session = session
+        self._worker = worker
 
-    async def next_claimable(
-        self, skip_tenants: Collection[uuid.UUID], only: uuid.UUID | None = None
-    ) -> ClaimCandidate | None:
-        """Locks the oldest claimable run of a tenant not in `skip_tenants` (or run `only`).
+    async def tenants_with_work(self, after: uuid.UUID, limit: int) -> list[uuid.UUID]:
+        """Up to `limit` tenants with claimable runs, in id order after `after`."""
+        rows = await self._session.execute(_TENANTS_WITH_WORK, {"after": after, "limit": limit})
+        return list(rows.scalars())
 
-        Claimable: queued and due, or running with an expired lease (its worker died). SKIP
-        LOCKED lets many workers look at once without waiting for each other. Runs inside
-        `Database.system(RUN_QUEUE)`, the only cross-tenant path here.
-        """
-        now = func.now()
-        query = (
-            select(RunRow.id, RunRow.tenant_id)
-            .where(
-                or_(
-                    and_(RunRow.status == "queued", RunRow.available_time <= now),
-                    and_(RunRow.status == "running", RunRow.lease_expire_time < now),
-                )
-            )
-            .order_by(RunRow.available_time)
-            .limit(1)
-            .with_for_update(skip_locked=True)
+    async def live_leases(self, tenants: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """How many runs each tenant has under a live lease, counted once no other claim of
+        any of these tenants is under way (and none can start before this transaction ends)."""
+        if not tenants:
+            return {}
+        keys = sorted(set(tenants))
+        await self._session.execute(_LOCK_TENANTS, {"tenants": keys})
+        rows = await self._session.execute(_LIVE_LEASES, {"tenants": keys})
+        return {tenant: int(count) for tenant, count in rows}
+
+    async def start(self, wanted: dict[uuid.UUID, int], lease: timedelta) -> list[ClaimedRun]:
+        """Takes up to `wanted[tenant]` of each tenant's oldest claimable runs."""
+        if not wanted:
+            return []
+        rows = await self._session.execute(
+            _START,
+            {
+                "tenants": list(wanted),
+                "wanted": list(wanted.values()),
+                "worker": self._worker,
+                "lease": lease,
+            },
         )
-        if skip_tenants:
-            query = query.where(RunRow.tenant_id.not_in(list(skip_tenants)))
-        if only is not None:
-            query = query.where(RunRow.id == only)
-        row = (await self._session.execute(query)).one_or_none()
-        return ClaimCandidate(*row) if row is not None else None
+        return [ClaimedRun(*row) for row in rows]
 
-    async def running_count(self, tenant_id: uuid.UUID, besides: uuid.UUID) -> int:
-        """The tenant's runs held under a live lease, after waiting for other claims of it.
+    async def renew(
+        self, held: Sequence[tuple[uuid.UUID, int]], lease: timedelta
+    ) -> dict[tuple[uuid.UUID, int], bool]:
+        """Extends the leases of (run, attempt) pairs; returns the pairs still held, each with
+        whether cancellation was asked for. A pair missing from the answer was taken over."""
+        if not held:
+            return {}
+        rows = await self._session.execute(
+            _RENEW,
+            {
+                "ids": [run for run, _ in held],
+                "attempts": [attempt for _, attempt in held],
+                "worker": self._worker,
+                "lease": lease,
+            },
+        )
+        return {(run, attempt): bool(cancel) for run, attempt, cancel in rows}
 
-        The advisory lock serialises claims of one tenant until this transaction ends, so two
-        workers cannot both take the tenant's last free slot.
-        """
+    async def add_logs(self, entries: Sequence[StepLogEntry]) -> None:
+        """Writes the entries of runs still held; those of runs taken over are dropped."""
+        if not entries:
+            return
         await self._session.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-            {"k": f"running:{tenant_id}"},
+            _ADD_LOGS,
+            {
+                "run_ids": [e.run_id for e in entries],
+                "attempts": [e.attempt for e in entries],
+                "step_indexes": [e.step_index for e in entries],
+                "step_ids": [e.step_id for e in entries],
+                "types": [e.type for e in entries],
+                "statuses": [str(e.status) for e in entries],
+                "start_times": [e.start_time for e in entries],
+                "end_times": [e.end_time for e in entries],
+                "durations": [e.duration_ms for e in entries],
+                "messages": [e.message for e in entries],
+                "output_bytes": [e.output_bytes for e in entries],
+                "output_sha256s": [e.output_sha256 for e in entries],
+                "errors": [e.error for e in entries],
+                "worker": self._worker,
+            },
         )
-        query = select(func.count()).where(
-            RunRow.tenant_id == tenant_id,
-            RunRow.status == "running",
-            RunRow.lease_expire_time >= func.now(),
-            RunRow.id != besides,
-        )
-        return int((await self._session.execute(query)).scalar_one())
 
-    async def start(self, run_id: uuid.UUID, worker: str, lease: timedelta) -> RunRow:
-        """Marks a locked candidate as running under `worker`'s lease."""
-        now = func.now()
-        await self._session.execute(
-            update(RunRow)
-            .where(RunRow.id == run_id)
-            .values(
-                status="running",
-                attempt=RunRow.attempt + 1,
-                lease_owner=worker,
-                lease_expire_time=now + lease,
-                start_time=now,
-                error="",
-            )
+    async def finish(self, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+        """Records final statuses; returns the runs recorded (the others were taken over)."""
+        if not outcomes:
+            return set()
+        rows = await self._session.execute(
+            _FINISH,
+            {
+                "ids": [o.run_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "statuses": [str(o.status) for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "worker": self._worker,
+            },
         )
-        row = await self._session.get(RunRow, run_id, populate_existing=True)
-        assert row is not None, "the candidate is locked by this transaction"
-        return row
+        return set(rows.scalars())
 
-    async def heartbeat(self, run_id: uuid.UUID, worker: str, lease: timedelta) -> bool:
-        """Extends the lease; False means another worker took the run over."""
-        result = await self._session.execute(
-            update(RunRow)
-            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
-            .values(lease_expire_time=func.now() + lease)
-            .returning(RunRow.id)
+    async def requeue(self, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
+        """Puts runs back in the queue; returns those requeued (the others were taken over)."""
+        if not outcomes:
+            return set()
+        rows = await self._session.execute(
+            _REQUEUE,
+            {
+                "ids": [o.run_id for o in outcomes],
+                "attempts": [o.attempt for o in outcomes],
+                "delays": [o.delay for o in outcomes],
+                "errors": [o.error for o in outcomes],
+                "counts": [o.counts for o in outcomes],
+                "worker": self._worker,
+            },
         )
-        return result.scalar_one_or_none() is not None
-
-    async def finish(self, run_id: uuid.UUID, worker: str, status: str, error: str) -> bool:
-        result = await self._session.execute(
-            update(RunRow)
-            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
-            .values(
-                status=status,
-                error=error,
-                end_time=func.now(),
-                lease_owner=None,
-                lease_expire_time=None,
-            )
-            .returning(RunRow.id)
-        )
-        return result.scalar_one_or_none() is not None
-
-    async def retry_later(
-        self, run_id: uuid.UUID, worker: str, delay: timedelta, error: str
-    ) -> bool:
-        result = await self._session.execute(
-            update(RunRow)
-            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
-            .values(
-                status="queued",
-                error=error,
-                available_time=func.now() + delay,
-                lease_owner=None,
-                lease_expire_time=None,
-            )
-            .returning(RunRow.id)
-        )
-        return result.scalar_one_or_none() is not None
-
-    async def release(self, run_id: uuid.UUID, worker: str) -> bool:
-        """Gives a run back on shutdown; the interrupted attempt does not count."""
-        result = await self._session.execute(
-            update(RunRow)
-            .where(RunRow.id == run_id, RunRow.lease_owner == worker, RunRow.status == "running")
-            .values(
-                status="queued",
-                attempt=RunRow.attempt - 1,
-                available_time=func.now(),
-                lease_owner=None,
-                lease_expire_time=None,
-            )
-            .returning(RunRow.id)
-        )
-        return result.scalar_one_or_none() is not None
-
-    async def add_log(self, row: StepLogRow) -> None:
-        self._session.add(row)
-        await self._session.flush()
+        return set(rows.scalars())

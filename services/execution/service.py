@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
@@ -25,6 +26,7 @@ from aias.core.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    Unavailable,
 )
 from aias.core.pagination import (
     decode_number_token,
@@ -37,6 +39,7 @@ from aias.core.ratelimit import RateLimiter
 from services.execution.deliveries import DeliveryLog, delivery_row
 from services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
+    FINAL_RUN_STATUSES,
     RunStatus,
     StepDefinition,
     check_payload,
@@ -44,6 +47,7 @@ from services.execution.domain import (
     validate_name,
     validate_steps,
 )
+from services.execution.events import RunEvents
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -56,6 +60,7 @@ from services.execution.quota import RunQuota
 from services.execution.repository import (
     ExecutionRepository,
     QueueState,
+    RunFilter,
     StatusCounts,
     WebhookTarget,
 )
@@ -179,6 +184,7 @@ class ExecutionService:
         quota: RunQuota,
         rates: RateLimiter,
         targets: WebhookTargets,
+        events: RunEvents,
         public_url: str,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         *,
@@ -186,6 +192,7 @@ class ExecutionService:
         rotation_grace: timedelta = DEFAULT_ROTATION_GRACE,
     ) -> None:
         self._db = db
+        self._events = events
         self._entitlements = entitlements
         self._quota = quota
         self._rates = rates
@@ -651,13 +658,38 @@ class ExecutionService:
         return run
 
     async def list_runs(
-        self, tenant_id: uuid.UUID, workflow_id: str, size: int, token: str
+        self,
+        tenant_id: uuid.UUID,
+        workflow_id: str,
+        statuses: Collection[RunStatus],
+        created_after: datetime | None,
+        created_before: datetime | None,
+        size: int,
+        token: str,
     ) -> Page[RunRow]:
-        wid = parse_uuid(workflow_id, "workflow_id") if workflow_id else None
-        limit, cursor = page_size(size), decode_token(token, str(wid or ""))
+        if created_after and created_before and created_after >= created_before:
+            raise InvalidArgument(
+                "INVALID_TIME_RANGE", "create_time_after must be earlier than create_time_before"
+            )
+        where = RunFilter(
+            workflow_id=parse_uuid(workflow_id, "workflow_id") if workflow_id else None,
+            statuses=frozenset(status.value for status in statuses),
+            created_after=created_after,
+            created_before=created_before,
+        )
+        # A page token is bound to the filter it was issued for.
+        scope = "|".join(
+            (
+                str(where.workflow_id or ""),
+                ",".join(sorted(where.statuses)),
+                created_after.isoformat() if created_after else "",
+                created_before.isoformat() if created_before else "",
+            )
+        )
+        limit, cursor = page_size(size), decode_token(token, scope)
         async with self._db.tenant(tenant_id) as session:
-            rows = await ExecutionRepository(session).runs(wid, cursor, limit + 1)
-        return Page(rows[:limit], next_page_token(rows, limit, str(wid or "")))
+            rows = await ExecutionRepository(session).runs(where, cursor, limit + 1)
+        return Page(rows[:limit], next_page_token(rows, limit, scope))
 
     async def run_logs(self, tenant_id: uuid.UUID, run_id: str) -> list[StepLogRow]:
         rid = parse_uuid(run_id, "run_id")
@@ -666,6 +698,111 @@ class ExecutionService:
             if await repo.run(rid) is None:
                 raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
             return await repo.step_logs(rid)
+
+    async def cancel_run(self, tenant_id: uuid.UUID, run_id: str) -> tuple[RunRow, bool]:
+        """Cancels a queued run at once (True), or asks the worker holding a running run to stop
+        at its next step boundary (False; the trigger on runs tells the worker at commit)."""
+        rid = parse_uuid(run_id, "run_id")
+        async with self._db.tenant(tenant_id) as session:
+            repo = ExecutionRepository(session)
+            # Locked, so no worker claims it while it is being cancelled.
+            run = await repo.run(rid, lock=True)
+            if run is None:
+                raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+            if run.status in FINAL_RUN_STATUSES:
+                raise FailedPrecondition(
+                    "RUN_FINISHED",
+                    f"run {rid} has already finished ({run.status}); only queued or running "
+                    "runs can be cancelled",
+                    {"http_status": "409"},
+                )
+            if run.status == RunStatus.QUEUED:
+                return await repo.cancel(rid), True
+            return await repo.ask_to_cancel(rid), False
+
+    async def retry_run(self, tenant_id: uuid.UUID, run_id: str) -> RunRow:
+        """A new queued run with the input and workflow version of a finished run, linked to it.
+
+        It is a run like any other: the tenant must be active and it takes one of the month's
+        runs, given back if the run is not committed.
+        """
+        rid = parse_uuid(run_id, "run_id")
+        entitlements = await self._active(tenant_id)
+        ticket = None
+        try:
+            async with self._db.tenant(tenant_id) as session:
+                repo = ExecutionRepository(session)
+                original = await repo.run(rid)
+                if original is None:
+                    raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+                if original.status not in FINAL_RUN_STATUSES:
+                    raise FailedPrecondition(
+                        "RUN_NOT_FINISHED",
+                        f"run {rid} is {original.status}; only a finished run can be retried "
+                        "(cancel it first)",
+                        {"http_status": "409"},
+                    )
+                ticket = await self._quota.take(entitlements)
+                run = RunRow(
+                    id=uuid.uuid4(),
+                    tenant_id=tenant_id,
+                    workflow_id=original.workflow_id,
+                    workflow_version=original.workflow_version,
+                    endpoint_id=original.endpoint_id,
+                    status=RunStatus.QUEUED.value,
+                    attempt=0,
+                    max_attempts=self._max_attempts,
+                    payload=original.payload,
+                    content_type=original.content_type,
+                    error="",
+                    retry_of=original.id,
+                )
+                await repo.add(run)
+        except BaseException:
+            # Not committed: the reserved run was not used.
+            if ticket is not None:
+                self._quota.give_back(ticket)
+            raise
+        return run
+
+    async def watch_run(
+        self, tenant_id: uuid.UUID, run_id: str
+    ) -> AsyncIterator[RunRow | StepLogRow]:
+        """The run, then its step logs and changes as they are committed, until it finishes.
+
+        Each notice (or missed notices) re-reads the run and the log entries not sent yet, in
+        the tenant's own transaction.
+        """
+        rid = parse_uuid(run_id, "run_id")
+        sent_log, sent_state = 0, None
+        with self._events.follow(rid) as changed:
+            while True:
+                changed.clear()
+                async with self._db.tenant(tenant_id) as session:
+                    repo = ExecutionRepository(session)
+                    # The run before its logs: once it reads as finished, every entry written
+                    # before it finished is committed, so the read after it sees them all.
+                    run = await repo.run(rid)
+                    if run is None:
+                        raise NotFound("RUN_NOT_FOUND", f"run {rid} does not exist")
+                    logs = await repo.step_logs_after(rid, sent_log)
+                state = (run.status, run.attempt, run.cancel_requested)
+                if sent_state is None:
+                    sent_state = state
+                    yield run
+                for entry in logs:
+                    sent_log = entry.id
+                    yield entry
+                if state != sent_state:
+                    sent_state = state
+                    yield run
+                if run.status in FINAL_RUN_STATUSES:
+                    return
+                if self._events.closed:
+                    raise Unavailable(
+                        "SHUTTING_DOWN", "the execution service is stopping; follow the run again"
+                    )
+                await changed.wait()
 
 
 def _too_large(size: int, entitlements: TenantEntitlements) -> PayloadTooLarge:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from aias.core.context import HTTP_CODE, require_tenant
+from aias.core.errors import InvalidArgument
 from aias.core.protoconv import struct, timestamp, update_paths
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
@@ -31,6 +33,7 @@ from services.execution.service import (
 from services.execution.steps import STEP_TYPES, StepSpec
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
+RUN_STATUS_OF = {number: status for status, number in RUN_STATUS.items()}
 STEP_STATUS = {status: pb.StepStatus.Value(f"STEP_STATUS_{status.name}") for status in StepStatus}
 WORKFLOW_FIELDS = ("name", "steps", "enabled")
 ENDPOINT_FIELDS = ("name", "enabled", "signing_secret", "generate_signing_secret")
@@ -142,7 +145,24 @@ def run_pb(row: RunRow) -> pb.Run:
         create_time=timestamp(row.create_time),
         start_time=timestamp(row.start_time),
         end_time=timestamp(row.end_time),
+        retry_of=str(row.retry_of or ""),
+        cancel_requested=row.cancel_requested,
     )
+
+
+def run_statuses(numbers: Iterable[pb.RunStatus.ValueType]) -> list[RunStatus]:
+    """The statuses a list filter names; RUN_STATUS_UNSPECIFIED names none and is refused."""
+    statuses = []
+    for number in numbers:
+        status = RUN_STATUS_OF.get(number)
+        if status is None:
+            raise InvalidArgument("INVALID_STATUS", f"status {number} is not a run status")
+        statuses.append(status)
+    return statuses
+
+
+def optional_time(message: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return message.ToDatetime(tzinfo=UTC) if present else None
 
 
 def step_log_pb(row: StepLogRow) -> pb.StepLog:
@@ -351,7 +371,13 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunsResponse:
         page = await self._service.list_runs(
-            require_tenant(), request.workflow_id, request.page_size, request.page_token
+            require_tenant(),
+            request.workflow_id,
+            run_statuses(request.status),
+            optional_time(request.create_time_after, request.HasField("create_time_after")),
+            optional_time(request.create_time_before, request.HasField("create_time_before")),
+            request.page_size,
+            request.page_token,
         )
         return pb.ListRunsResponse(
             runs=[run_pb(r) for r in page.items], next_page_token=page.next_page_token
@@ -362,3 +388,27 @@ class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
     ) -> pb.ListRunLogsResponse:
         rows = await self._service.run_logs(require_tenant(), request.run_id)
         return pb.ListRunLogsResponse(steps=[step_log_pb(r) for r in rows])
+
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelRunResponse:
+        run, at_once = await self._service.cancel_run(require_tenant(), request.run_id)
+        # 202: a worker holds the run and stops it at its next step boundary.
+        await context.send_initial_metadata(((HTTP_CODE, "200" if at_once else "202"),))
+        return pb.CancelRunResponse(run=run_pb(run))
+
+    async def RetryRun(
+        self, request: pb.RetryRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RetryRunResponse:
+        run = await self._service.retry_run(require_tenant(), request.run_id)
+        await context.send_initial_metadata(((HTTP_CODE, "202"),))
+        return pb.RetryRunResponse(run=run_pb(run))
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        async for event in self._service.watch_run(require_tenant(), request.run_id):
+            if isinstance(event, RunRow):
+                yield pb.WatchRunResponse(run=run_pb(event))
+            else:
+                yield pb.WatchRunResponse(step=step_log_pb(event))

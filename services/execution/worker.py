@@ -1,13 +1,14 @@
-"""The execution worker: claims queued runs, runs their steps, logs each step, stores artifacts."""
+"""The execution worker: claims queued runs in batches, fairly across tenants, and runs their steps."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
+from aias.core.cache import CoherentCache, TtlCache
 from aias.core.context import run_id_var, tenant_id_var
 from aias.core.db import Database, SystemPath, follow_notifications
 from aias.core.destinations import AddressPolicy
@@ -24,9 +26,15 @@ from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
+from services.execution.ledger import RunLedger
 from services.execution.metrics import RunMetrics
-from services.execution.models import RunRow, StepLogRow
-from services.execution.repository import ExecutionRepository, QueueRepository
+from services.execution.repository import (
+    ClaimedRun,
+    ExecutionRepository,
+    Outcome,
+    QueueRepository,
+    StepLogEntry,
+)
 from services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
 from services.execution.steps import (
     ArtifactOutput,
@@ -39,11 +47,19 @@ from services.execution.steps import (
 
 log = logging.getLogger(__name__)
 
-# Claim attempts in one go: each skips a tenant found at its limit or fetches one's limits.
-_MAX_CLAIM_ATTEMPTS = 16
-
 NOTIFY_CHANNEL = "aias_run_queue"
+# A cancellation asked for while a worker holds the run (migration execution_0003).
+CANCEL_CHANNEL = "aias_run_cancel"
 UPLOAD_CHUNK = 256 * 1024
+# Tenants one claim considers. With more tenants waiting, the claims after it serve the rest in
+# turn, so a run waits at most (tenants waiting / CLAIM_TENANTS) claims for its tenant's turn.
+CLAIM_TENANTS = 16
+# The round-robin walk over tenant ids wraps around to here: below every tenant id (UUIDv4).
+_FIRST = uuid.UUID(int=0)
+# A claim costs about as much for one run as for dozens. While runs are in flight and fewer
+# than half the slots are free, the claim loop waits this long first, so claims come in batches;
+# it is also the most this adds to a run's wait.
+CLAIM_LINGER_SECONDS = 0.01
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -56,10 +72,16 @@ class RetryableError(Exception):
     """A dependency failed in a way that may pass; the run is queued again with back-off."""
 
 
+class _LeaseLost(Exception):
+    """Another worker took the run over (this one's lease expired); nothing more is written."""
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     worker_id: str
     concurrency: int = 4
+    # The most runs one claim takes (never more than the free slots).
+    claim_batch: int = 32
     lease: timedelta = timedelta(seconds=30)
     poll_interval: float = 5.0
     retry_base: float = 2.0
@@ -71,8 +93,22 @@ class WorkerConfig:
     http_allow: AddressPolicy = field(default_factory=AddressPolicy)
 
 
+@dataclass
+class _Held:
+    """A run this worker holds, and what it has learned about it since the claim."""
+
+    run: ClaimedRun
+    cancel_requested: bool
+    lost: bool = False
+
+
 class Worker:
-    """Runs `concurrency` claim loops, woken by LISTEN/NOTIFY and a poll as a fallback."""
+    """Holds up to `concurrency` runs; one claim loop fills free slots, woken by LISTEN/NOTIFY.
+
+    Claims take runs from the tenants with work in turn (round-robin over tenant ids, one run
+    each per round), so one tenant's backlog delays another's run by about one run per slot.
+    A tenant at its concurrent-runs limit gets nothing until one of its runs ends.
+    """
 
     def __init__(
         self,
@@ -92,152 +128,237 @@ class Worker:
         self._listen_url = listen_url
         self._artifacts = artifacts
         self._config = config
+        self._ledger = RunLedger(db, config.worker_id, config.lease)
         self._outbound = OutboundClient(config.http_allow)
+        # By (run, attempt): after a lost lease this worker may hold a later attempt of a run
+        # while the earlier one is still stopping.
+        self._held: dict[tuple[uuid.UUID, int], _Held] = {}
+        self._runs: set[asyncio.Task[None]] = set()
+        # Set by a queue notice, a freed slot or fetched limits: the claim loop looks again.
         self._wake = asyncio.Event()
+        self._check_leases = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._listener: asyncio.Task[None] | None = None
+        # Where the round-robin walk over tenants resumes: after the last tenant served.
+        self._after = _FIRST
+        self._fetches: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Tenants that no longer exist: their leftover runs are held back by no limit.
+        self._gone: TtlCache[uuid.UUID, bool] = TtlCache(3600.0, 10_000)
+        # Workflow versions never change, so each is read once.
+        self._versions: CoherentCache[
+            tuple[uuid.UUID, uuid.UUID, int], uuid.UUID, list[StepDefinition] | None
+        ] = CoherentCache(lambda key: key[0], 3600.0, 10_000)
+        self._claimer: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen(), name="listen")
-        self._tasks += [
-            asyncio.create_task(self._loop(i), name=f"slot-{i}")
-            for i in range(self._config.concurrency)
+        await self._ledger.start()
+        self._claimer = asyncio.create_task(self._claim_loop(), name="claim")
+        self._background = [
+            asyncio.create_task(
+                follow_notifications(
+                    self._listen_url,
+                    NOTIFY_CHANNEL,
+                    on_notify=lambda _payload: self._wake.set(),
+                    # Runs queued while nobody listened are claimable now.
+                    on_connect=self._wake.set,
+                ),
+                name="listen-queue",
+            ),
+            asyncio.create_task(
+                follow_notifications(
+                    self._listen_url,
+                    CANCEL_CHANNEL,
+                    on_notify=self._cancel_requested,
+                    # A missed cancellation shows in the lease renewal, done at once.
+                    on_connect=self._check_leases.set,
+                ),
+                name="listen-cancellations",
+            ),
+            asyncio.create_task(self._renew_leases(), name="renew-leases"),
         ]
 
     async def stop(self, grace: float) -> None:
         """Stops claiming; runs in flight get `grace` seconds, then are released to the queue."""
         self._stopping.set()
         self._wake.set()
-        listener = [self._listener] if self._listener is not None else []
-        for task in listener:
-            task.cancel()
-        if self._tasks:
-            _done, pending = await asyncio.wait(self._tasks, timeout=grace)
+        if self._claimer is not None:
+            await asyncio.gather(self._claimer, return_exceptions=True)
+        if self._runs:
+            _done, pending = await asyncio.wait(self._runs, timeout=grace)
             for task in pending:
                 task.cancel()
-        await asyncio.gather(*self._tasks, *listener, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+        # Leases are renewed until every outcome (releases too) is written.
+        await self._ledger.close(grace)
+        others = [*self._background, *self._fetches.values()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         await self._outbound.close()
 
-    async def _listen(self) -> None:
-        """Wakes a claim loop on every NOTIFY, and on every reconnection (runs queued while
-        nobody listened)."""
-        await follow_notifications(
-            self._listen_url,
-            NOTIFY_CHANNEL,
-            on_notify=lambda _payload: self._wake.set(),
-            on_connect=self._wake.set,
-        )
+    # -- claiming ----------------------------------------------------------------------------
 
-    async def _loop(self, slot: int) -> None:
+    async def _claim_loop(self) -> None:
+        # With this many slots free a claim goes ahead at once.
+        enough = min(self._config.claim_batch, max(1, self._config.concurrency // 2))
         while not self._stopping.is_set():
-            try:
-                run = await self._claim()
-            except Exception:
-                log.exception("claiming a run failed")
-                await asyncio.sleep(1.0)
-                continue
-            if run is None:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
-                continue
-            try:
-                await self._process(run)
-            except Exception:
-                # Recording the outcome failed (e.g. the database went away); the lease will
-                # expire and another claim retries the run, so this slot carries on.
-                log.exception("could not record the outcome of a run")
-
-    async def _claim(self) -> RunRow | None:
-        """The oldest claimable run of a tenant below its concurrent-runs limit.
-
-        A tenant at its limit is skipped: its runs wait queued, and other tenants' runs go on.
-        """
-        full: set[uuid.UUID] = set()
-        for _ in range(_MAX_CLAIM_ATTEMPTS):
-            async with self._db.system(SystemPath.RUN_QUEUE) as session:
-                queue = QueueRepository(session)
-                candidate = await queue.next_claimable(full)
-                if candidate is None:
-                    return None
-                entitlements = self._entitlements.peek(candidate.tenant_id)
-                if entitlements is not None:
-                    cap = entitlements.limits.concurrent_runs
-                    running = (
-                        await queue.running_count(candidate.tenant_id, candidate.run_id)
-                        if cap is not None
-                        else 0
-                    )
-                    if cap is None or running < cap:
-                        return await queue.start(
-                            candidate.run_id, self._config.worker_id, self._config.lease
-                        )
-                    full.add(candidate.tenant_id)
+            self._wake.clear()
+            free = self._config.concurrency - len(self._held)
+            if 0 < free < enough and self._held:
+                await asyncio.sleep(CLAIM_LINGER_SECONDS)
+                free = self._config.concurrency - len(self._held)
+            if free > 0:
+                wanted = min(free, self._config.claim_batch)
+                try:
+                    claimed = await self._claim(wanted)
+                except Exception:
+                    log.exception("claiming runs failed")
+                    await asyncio.sleep(1.0)
                     continue
-            # Not cached: look the limit up outside the transaction, then look again.
-            try:
-                await self._entitlements.get(candidate.tenant_id)
-            except NotFound:
-                # The tenant is gone; its leftover runs are not held back by any limit.
-                return await self._claim_unlimited(candidate.run_id)
-        return None
+                for run in claimed:
+                    self._begin(run)
+                if len(claimed) == wanted:
+                    continue  # perhaps there is more: look again at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._config.poll_interval)
 
-    async def _claim_unlimited(self, run_id: uuid.UUID) -> RunRow | None:
+    async def _claim(self, wanted: int) -> list[ClaimedRun]:
+        """Up to `wanted` runs, shared in turn among the next tenants with work.
+
+        Tenants whose limits are not cached yet are left to a later claim (their limits are
+        fetched meanwhile); tenants at their concurrent-runs limit get nothing.
+        """
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
-            queue = QueueRepository(session)
-            if await queue.next_claimable((), only=run_id) is None:
-                return None
-            return await queue.start(run_id, self._config.worker_id, self._config.lease)
+            queue = QueueRepository(session, self._config.worker_id)
+            tenants = await queue.tenants_with_work(self._after, CLAIM_TENANTS)
+            if len(tenants) < CLAIM_TENANTS and self._after != _FIRST:
+                wrapped = await queue.tenants_with_work(_FIRST, CLAIM_TENANTS - len(tenants))
+                tenants += [tenant for tenant in wrapped if tenant not in tenants]
+            caps = self._caps(tenants)
+            running = await queue.live_leases([t for t, cap in caps.items() if cap is not None])
+            free = {
+                tenant: wanted if cap is None else cap - running.get(tenant, 0)
+                for tenant, cap in caps.items()
+            }
+            shares = _in_turn([t for t in tenants if t in free], free, wanted)
+            claimed = await queue.start(shares, self._config.lease)
+        if shares:
+            self._after = next(reversed(shares))
+        return claimed
 
-    async def _process(self, run: RunRow) -> None:
-        tenant_id_var.set(str(run.tenant_id))
-        run_id_var.set(str(run.id))
-        heartbeat = asyncio.create_task(self._heartbeat(run))
+    def _caps(self, tenants: Sequence[uuid.UUID]) -> dict[uuid.UUID, int | None]:
+        """Each tenant's concurrent-runs limit (None: none), for the tenants whose limits are
+        known; the others' are fetched in the background."""
+        caps: dict[uuid.UUID, int | None] = {}
+        for tenant in tenants:
+            entitlements = self._entitlements.peek(tenant)
+            if entitlements is not None:
+                caps[tenant] = entitlements.limits.concurrent_runs
+            elif self._gone.get(tenant):
+                caps[tenant] = None
+            elif tenant not in self._fetches:
+                task = asyncio.create_task(self._fetch_limits(tenant), name="fetch-limits")
+                self._fetches[tenant] = task
+        return caps
+
+    async def _fetch_limits(self, tenant: uuid.UUID) -> None:
         try:
-            if run.attempt > run.max_attempts:
-                await self._finish(
-                    run,
-                    RunStatus.FAILED,
-                    f"gave up after {run.max_attempts} attempts (leases expired)",
-                )
-                return
-            status, error = await self._execute(run)
-            await self._finish(run, status, error)
-        except RetryableError as failure:
-            await self._retry_or_fail(run, str(failure))
-        except asyncio.CancelledError:
-            await asyncio.shield(self._release(run))
-            raise
-        except Exception as failure:
-            log.exception("run crashed")
-            await self._finish(run, RunStatus.FAILED, f"internal error: {failure}")
+            await self._entitlements.get(tenant)
+        except NotFound:
+            self._gone.put(tenant, True)
+        except Unavailable as error:
+            log.warning("could not fetch a tenant's limits", extra={"error": error.message})
         finally:
-            heartbeat.cancel()
+            del self._fetches[tenant]
+            self._wake.set()
 
-    async def _heartbeat(self, run: RunRow) -> None:
+    def _begin(self, run: ClaimedRun) -> None:
+        held = self._held[run.id, run.attempt] = _Held(run, run.cancel_requested)
+        task = asyncio.create_task(self._process(held), name=f"run-{run.id}")
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    # -- leases and cancellations ------------------------------------------------------------
+
+    def _cancel_requested(self, payload: str) -> None:
+        for held in self._held.values():
+            if str(held.run.id) == payload:
+                held.cancel_requested = True
+
+    async def _renew_leases(self) -> None:
+        """Renews every held lease in one statement, and learns of cancellations missed."""
         interval = self._config.lease.total_seconds() / 3
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_leases.wait(), interval)
+            self._check_leases.clear()
+            held = list(self._held.values())
+            if not held:
+                continue
             try:
-                async with self._db.tenant(run.tenant_id) as session:
-                    kept = await QueueRepository(session).heartbeat(
-                        run.id, self._config.worker_id, self._config.lease
-                    )
-                if not kept:
-                    log.warning("lease lost; another worker owns the run now")
-                    return
+                kept = await self._ledger.renew([(h.run.id, h.run.attempt) for h in held])
             except Exception:
-                log.exception("heartbeat failed")
+                log.exception("renewing leases failed")
+                continue
+            for entry in held:
+                key = (entry.run.id, entry.run.attempt)
+                if key not in kept:
+                    entry.lost = True
+                elif kept[key]:
+                    entry.cancel_requested = True
 
-    async def _execute(self, run: RunRow) -> tuple[RunStatus, str]:
-        async with self._db.tenant(run.tenant_id) as session:
-            version = await ExecutionRepository(session).workflow_version(
-                run.workflow_id, run.workflow_version
-            )
-        if version is None:
+    # -- running -----------------------------------------------------------------------------
+
+    async def _process(self, held: _Held) -> None:
+        """Runs one attempt; its slot is free again once the outcome is queued for writing.
+
+        Until the ledger writes it the run stays `running` under this worker's lease, so a
+        tenant's concurrent-runs count can only be too high for that moment, never too low.
+        """
+        run = held.run
+        tenant_id_var.set(str(run.tenant_id))
+        run_id_var.set(str(run.id))
+        try:
+            outcome = await self._outcome(held)
+            if outcome is not None:
+                self._ledger.settle(outcome).add_done_callback(
+                    functools.partial(_settled, self._metrics, outcome)
+                )
+        except asyncio.CancelledError:
+            # Shutdown: the run goes back to the queue, its interrupted attempt not counted.
+            self._ledger.settle(Outcome(run.id, run.attempt, RunStatus.QUEUED, counts=False))
+            log.info("run released to the queue on shutdown")
+            raise
+        finally:
+            del self._held[run.id, run.attempt]
+            self._wake.set()
+
+    async def _outcome(self, held: _Held) -> Outcome | None:
+        """How this attempt ends; None when the lease was lost (another worker has the run)."""
+        run = held.run
+        # A run asked to stop is cancelled at its first step boundary, however often it failed.
+        if run.attempt > run.max_attempts and not held.cancel_requested:
+            error = f"gave up after {run.max_attempts} attempts (leases expired)"
+            return Outcome(run.id, run.attempt, RunStatus.FAILED, error)
+        try:
+            status, error = await self._execute(held)
+        except _LeaseLost:
+            log.warning("lease lost; another worker owns the run now")
+            return None
+        except RetryableError as failure:
+            return self._retry_or_fail(run, str(failure))
+        except Exception as failure:
+            log.exception("run crashed")
+            return Outcome(run.id, run.attempt, RunStatus.FAILED, f"internal error: {failure}")
+        return Outcome(run.id, run.attempt, status, error)
+
+    async def _execute(self, held: _Held) -> tuple[RunStatus, str]:
+        run = held.run
+        steps = await self._versions.get(
+            (run.tenant_id, run.workflow_id, run.workflow_version), lambda: self._steps_of(run)
+        )
+        if steps is None:
             return RunStatus.FAILED, f"workflow version {run.workflow_version} no longer exists"
-        steps = [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in version.steps]
         limits = await self._step_limits(run.tenant_id)
         context = StepContext(
             run={
@@ -250,6 +371,25 @@ class Worker:
         # The step processes decode the payload; the worker only passes bytes along.
         value, content_type = run.payload, run.content_type
         for index, step in enumerate(steps):
+            # A step boundary: where a lost lease or a cancellation stops the run.
+            if held.lost:
+                raise _LeaseLost
+            if held.cancel_requested:
+                started = datetime.now(UTC)
+                self._ledger.log(
+                    _entry(
+                        run,
+                        index,
+                        step,
+                        StepStatus.CANCELLED,
+                        started,
+                        0.0,
+                        None,
+                        "",
+                        "the run was cancelled before this step started",
+                    )
+                )
+                return RunStatus.CANCELLED, ""
             started, clock = datetime.now(UTC), time.perf_counter()
             status, failure_text = StepStatus.SUCCEEDED, ""
             done: StepOutcome | None = None
@@ -266,16 +406,29 @@ class Worker:
             except StepFailed as failure:
                 status, failure_text = StepStatus.FAILED, str(failure)
             except RetryableError as failure:
-                await self._log(
-                    run, index, step, StepStatus.FAILED, started, clock, None, str(failure)
+                elapsed = time.perf_counter() - clock
+                self._ledger.log(
+                    _entry(
+                        run, index, step, StepStatus.FAILED, started, elapsed, None, str(failure)
+                    )
                 )
                 raise
-            await self._log(run, index, step, status, started, clock, done, failure_text)
+            elapsed = time.perf_counter() - clock
+            self._ledger.log(_entry(run, index, step, status, started, elapsed, done, failure_text))
             if status == StepStatus.FAILED:
                 return RunStatus.FAILED, f"step {step.id!r} failed: {failure_text}"
             if status == StepStatus.SKIPPED:
                 return RunStatus.SKIPPED, ""
         return RunStatus.SUCCEEDED, ""
+
+    async def _steps_of(self, run: ClaimedRun) -> list[StepDefinition] | None:
+        async with self._db.tenant(run.tenant_id) as session:
+            version = await ExecutionRepository(session).workflow_version(
+                run.workflow_id, run.workflow_version
+            )
+        if version is None:
+            return None
+        return [StepDefinition(s["id"], s["type"], s.get("config") or {}) for s in version.steps]
 
     async def _step_limits(self, tenant_id: uuid.UUID) -> StepLimits:
         """The worker's maximums, lowered where the tenant's plan sets step limits."""
@@ -320,38 +473,7 @@ class Worker:
         read = replace(call, value=response.body, content_type=response.content_type, response=head)
         return await self._steps.run(read, limits)
 
-    async def _log(
-        self,
-        run: RunRow,
-        index: int,
-        step: StepDefinition,
-        status: StepStatus,
-        started: datetime,
-        clock: float,
-        outcome: StepOutcome | None,
-        error: str,
-    ) -> None:
-        elapsed = time.perf_counter() - clock
-        row = StepLogRow(
-            tenant_id=run.tenant_id,
-            run_id=run.id,
-            step_index=index,
-            step_id=step.id,
-            type=step.type,
-            status=status.value,
-            attempt=run.attempt,
-            start_time=started,
-            end_time=started + timedelta(seconds=elapsed),
-            duration_ms=round(elapsed * 1000),
-            message=outcome.message if outcome else "",
-            output_bytes=len(outcome.value) if outcome else 0,
-            output_sha256=outcome.output_sha256 if outcome else "",
-            error=error,
-        )
-        async with self._db.tenant(run.tenant_id) as session:
-            await QueueRepository(session).add_log(row)
-
-    async def _upload(self, run: RunRow, step_id: str, artifact: ArtifactOutput) -> None:
+    async def _upload(self, run: ClaimedRun, step_id: str, artifact: ArtifactOutput) -> None:
         async def messages() -> AsyncIterator[artifacts_pb.UploadArtifactRequest]:
             yield artifacts_pb.UploadArtifactRequest(
                 metadata=artifacts_pb.UploadArtifactMetadata(
@@ -373,33 +495,73 @@ class Worker:
                 raise RetryableError(f"artifact upload failed: {error.details()}") from None
             raise StepFailed(f"artifact upload refused: {error.details()}") from None
 
-    async def _finish(self, run: RunRow, status: RunStatus, error: str) -> None:
-        async with self._db.tenant(run.tenant_id) as session:
-            done = await QueueRepository(session).finish(
-                run.id, self._config.worker_id, status.value, error
-            )
-        if done:
-            self._metrics.finished(status.value)
-        log.info(
-            "run finished" if done else "run finished after its lease was lost",
-            extra={"status": status.value, "attempt": run.attempt},
-        )
-
-    async def _retry_or_fail(self, run: RunRow, error: str) -> None:
+    def _retry_or_fail(self, run: ClaimedRun, error: str) -> Outcome:
         if run.attempt >= run.max_attempts:
-            await self._finish(run, RunStatus.FAILED, f"{error} (after {run.attempt} attempts)")
-            return
-        delay = min(self._config.retry_base * 2 ** (run.attempt - 1), self._config.retry_max)
-        async with self._db.tenant(run.tenant_id) as session:
-            await QueueRepository(session).retry_later(
-                run.id, self._config.worker_id, timedelta(seconds=delay), error
+            return Outcome(
+                run.id, run.attempt, RunStatus.FAILED, f"{error} (after {run.attempt} attempts)"
             )
+        delay = min(self._config.retry_base * 2 ** (run.attempt - 1), self._config.retry_max)
         log.info("run will be retried", extra={"delay_seconds": delay, "error": error})
+        return Outcome(run.id, run.attempt, RunStatus.QUEUED, error, delay=timedelta(seconds=delay))
 
-    async def _release(self, run: RunRow) -> None:
-        async with self._db.tenant(run.tenant_id) as session:
-            await QueueRepository(session).release(run.id, self._config.worker_id)
-        log.info("run released to the queue on shutdown")
+
+def _settled(metrics: RunMetrics, outcome: Outcome, recorded: asyncio.Future[bool]) -> None:
+    """Counts and logs how the run ended once written (in the run's logging context, which the
+    callback keeps)."""
+    if recorded.cancelled():
+        return
+    if recorded.result() and outcome.status != RunStatus.QUEUED:
+        metrics.finished(str(outcome.status))
+    log.info(
+        "run finished" if recorded.result() else "run finished after its lease was lost",
+        extra={"status": outcome.status, "attempt": outcome.attempt},
+    )
+
+
+def _in_turn(
+    tenants: Sequence[uuid.UUID], free: dict[uuid.UUID, int], wanted: int
+) -> dict[uuid.UUID, int]:
+    """`wanted` claims shared in turn: one run per tenant per round, in the given order, never
+    more than a tenant's free slots. Keys keep that order; the last is the last tenant served."""
+    shares = dict.fromkeys(tenants, 0)
+    while wanted > 0:
+        served = False
+        for tenant in tenants:
+            if wanted and shares[tenant] < free[tenant]:
+                shares[tenant] += 1
+                wanted -= 1
+                served = True
+        if not served:
+            break
+    return {tenant: count for tenant, count in shares.items() if count}
+
+
+def _entry(
+    run: ClaimedRun,
+    index: int,
+    step: StepDefinition,
+    status: StepStatus,
+    started: datetime,
+    elapsed: float,
+    outcome: StepOutcome | None,
+    error: str,
+    message: str = "",
+) -> StepLogEntry:
+    return StepLogEntry(
+        run_id=run.id,
+        attempt=run.attempt,
+        step_index=index,
+        step_id=step.id,
+        type=step.type,
+        status=status.value,
+        start_time=started,
+        end_time=started + timedelta(seconds=elapsed),
+        duration_ms=round(elapsed * 1000),
+        message=outcome.message if outcome else message,
+        output_bytes=len(outcome.value) if outcome else 0,
+        output_sha256=outcome.output_sha256 if outcome else "",
+        error=error,
+    )
 
 
 def _api_time(value: datetime) -> str:

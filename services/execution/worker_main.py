@@ -17,6 +17,8 @@ from services.execution.sandbox import StepRunner
 from services.execution.worker import Worker, WorkerConfig, new_worker_id
 
 MIB = 2**20
+# The claim loop, the ledger and reads of workflow versions: a few connections at any concurrency.
+POOL_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
         worker=WorkerConfig(
             worker_id=env.text("AIAS_WORKER_ID", new_worker_id()),
             concurrency=concurrency,
+            claim_batch=env.integer("AIAS_WORKER_CLAIM_BATCH", 32, minimum=1, maximum=1024),
             lease=timedelta(seconds=env.number("AIAS_WORKER_LEASE_SECONDS", 30.0, minimum=1.0)),
             poll_interval=env.number("AIAS_WORKER_POLL_SECONDS", 5.0, minimum=0.05),
             retry_base=env.number("AIAS_RETRY_BASE_SECONDS", 2.0),
@@ -65,7 +68,7 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
 
 async def build_server(settings: WorkerSettings) -> BuiltServer:
     """The composition root: engine, channels, entitlements, step pool, worker, health server."""
-    db = Database(create_engine(settings.database_url, pool_size=settings.worker.concurrency + 2))
+    db = Database(create_engine(settings.database_url, pool_size=POOL_SIZE))
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)

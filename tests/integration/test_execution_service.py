@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -22,8 +22,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from services.execution import main as execution_main
-from services.execution.models import RunRow
-from services.execution.repository import QueueRepository
+from services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
 from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
@@ -170,14 +169,13 @@ async def test_pagination_walks_every_run_once(env: Env) -> None:
     assert reason(caught.value)[0] == "INVALID_PAGE_TOKEN"
 
 
-async def claim(db: Database, worker: str) -> RunRow | None:
+async def claim(db: Database, worker: str) -> ClaimedRun | None:
     """The next claimable run, taken under `worker`'s lease (concurrency limits aside)."""
     async with db.system(SystemPath.RUN_QUEUE) as session:
-        queue = QueueRepository(session)
-        candidate = await queue.next_claimable(())
-        if candidate is None:
-            return None
-        return await queue.start(candidate.run_id, worker, timedelta(seconds=60))
+        queue = QueueRepository(session, worker)
+        tenants = await queue.tenants_with_work(uuid.UUID(int=0), 1)
+        claimed = await queue.start({tenants[0]: 1}, timedelta(seconds=60)) if tenants else []
+    return claimed[0] if claimed else None
 
 
 async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
@@ -204,13 +202,14 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
         )
     taken = await claim(app_db, "worker-b")
     assert taken is not None
-    assert (taken.id, taken.attempt, taken.lease_owner) == (run_id, 2, "worker-b")
-    async with app_db.tenant(tenant) as session:
-        assert not await QueueRepository(session).heartbeat(
-            run_id, "worker-a", timedelta(seconds=60)
-        )
-        assert not await QueueRepository(session).finish(run_id, "worker-a", "succeeded", "")
-        assert await QueueRepository(session).release(run_id, "worker-b")
+    assert (taken.id, taken.attempt) == (run_id, 2)
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        late = QueueRepository(session, "worker-a")
+        assert await late.renew([(run_id, 1)], timedelta(seconds=60)) == {}
+        assert await late.finish([Outcome(run_id, 1, "succeeded")]) == set()
+        # Worker B shuts down: the run goes back, its interrupted attempt not counted.
+        released = Outcome(run_id, 2, "queued", counts=False)
+        assert await QueueRepository(session, "worker-b").requeue([released]) == {run_id}
     async with app_db.tenant(tenant) as session:
         status, attempt = (
             await session.execute(
@@ -247,3 +246,160 @@ async def test_admission_gives_the_plans_limit_and_follows_changes(
         await asyncio.sleep(0.05)
     assert refused is not None, "a disabled endpoint was still admitted after 2 s"
     assert reason(refused)[0] == "WEBHOOK_ENDPOINT_NOT_FOUND"
+
+
+def http_code(metadata: grpc.aio.Metadata | None) -> str:
+    """The HTTP status the gateway would answer with, as the servicer chose it."""
+    return str(dict(metadata or ())["x-http-code"])
+
+
+async def test_cancelling_a_queued_run_cancels_it_at_once(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = (await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id
+
+    call = env.execution.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=meta)
+    cancelled = (await call).run
+
+    assert http_code(await call.initial_metadata()) == "200"
+    assert (cancelled.status, cancelled.cancel_requested) == (pb.RUN_STATUS_CANCELLED, False)
+    assert cancelled.HasField("end_time")
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await env.execution.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=meta)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason(again.value) == ("RUN_FINISHED", {"http_status": "409"})
+
+
+async def test_cancelling_a_running_run_asks_its_worker_to_stop(env: Env, app_db: Database) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = uuid.UUID((await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id)
+    while (claimed := await claim(app_db, "worker-a")) is not None and claimed.id != run_id:
+        pass  # other tests' leftovers
+    assert claimed is not None
+
+    call = env.execution.CancelRun(pb.CancelRunRequest(run_id=str(run_id)), metadata=meta)
+    run = (await call).run
+
+    # The worker holding it stops at the next step boundary; see test_worker.
+    assert http_code(await call.initial_metadata()) == "202"
+    assert (run.status, run.cancel_requested) == (pb.RUN_STATUS_RUNNING, True)
+
+
+async def test_retry_queues_a_linked_run_with_the_same_input_and_version(
+    env: Env, app_db: Database
+) -> None:
+    tenant, secret, meta = await endpoint(env)
+    body = b'{"id": "retry-me"}'
+    original = (await env.execution.TriggerWebhook(delivery(tenant, secret, body))).run_id
+    with pytest.raises(grpc.aio.AioRpcError) as unfinished:
+        await env.execution.RetryRun(pb.RetryRunRequest(run_id=original), metadata=meta)
+    assert reason(unfinished.value) == ("RUN_NOT_FINISHED", {"http_status": "409"})
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=original), metadata=meta)
+
+    call = env.execution.RetryRun(pb.RetryRunRequest(run_id=original), metadata=meta)
+    retried = (await call).run
+
+    assert http_code(await call.initial_metadata()) == "202"
+    assert retried.id != original
+    assert (retried.status, retried.retry_of, retried.workflow_version) == (
+        pb.RUN_STATUS_QUEUED,
+        original,
+        1,
+    )
+    async with app_db.tenant(tenant) as session:
+        rows = await session.execute(
+            text("SELECT id::text, payload FROM execution.runs WHERE id IN (:a, :b)"),
+            {"a": original, "b": retried.id},
+        )
+        payloads = {row.id: row.payload for row in rows}
+    assert payloads == {original: body, retried.id: body}
+
+
+async def test_a_retry_counts_against_the_monthly_runs(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    await env.tenancy.UpdateTenant(
+        tenancy_pb.UpdateTenantRequest(tenant_id=tenant, limit_overrides={"runs_per_month": 2})
+    )
+    first = (await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=first), metadata=meta)
+    await env.execution.RetryRun(pb.RetryRunRequest(run_id=first), metadata=meta)
+
+    with pytest.raises(grpc.aio.AioRpcError) as third:
+        await env.execution.RetryRun(pb.RetryRunRequest(run_id=first), metadata=meta)
+
+    assert third.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(third.value)[0] == "QUOTA_EXCEEDED"
+
+
+async def test_runs_list_by_workflow_status_and_creation_time(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    other_workflow = (await env.execution.CreateWorkflow(WORKFLOW, metadata=meta)).workflow.id
+    runs = [(await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id for _ in range(4)]
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=runs[1]), metadata=meta)
+    await env.execution.CancelRun(pb.CancelRunRequest(run_id=runs[2]), metadata=meta)
+    created = {
+        run.id: run.create_time
+        for run in (await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)).runs
+    }
+
+    async def listed(**filters: object) -> list[str]:
+        request = pb.ListRunsRequest(**filters)  # type: ignore[arg-type]
+        return [run.id for run in (await env.execution.ListRuns(request, metadata=meta)).runs]
+
+    assert await listed(status=[pb.RUN_STATUS_CANCELLED]) == [runs[2], runs[1]]
+    assert await listed(status=[pb.RUN_STATUS_QUEUED, pb.RUN_STATUS_CANCELLED]) == runs[::-1]
+    assert await listed(workflow_id=other_workflow) == []
+    assert await listed(
+        create_time_after=created[runs[0]], create_time_before=created[runs[3]]
+    ) == [runs[2], runs[1]]
+    # A page token only continues the list it came from.
+    page = await env.execution.ListRuns(
+        pb.ListRunsRequest(page_size=1, status=[pb.RUN_STATUS_CANCELLED]), metadata=meta
+    )
+    assert [run.id for run in page.runs] == [runs[2]]
+    with pytest.raises(grpc.aio.AioRpcError) as other_filter:
+        await env.execution.ListRuns(
+            pb.ListRunsRequest(page_size=1, page_token=page.next_page_token), metadata=meta
+        )
+    assert reason(other_filter.value)[0] == "INVALID_PAGE_TOKEN"
+    with pytest.raises(grpc.aio.AioRpcError) as backwards:
+        await listed(create_time_after=created[runs[3]], create_time_before=created[runs[0]])
+    assert reason(backwards.value)[0] == "INVALID_TIME_RANGE"
+
+
+async def test_watching_a_run_follows_it_until_it_ends(env: Env, app_db: Database) -> None:
+    tenant, secret, meta = await endpoint(env)
+    run_id = uuid.UUID((await env.execution.TriggerWebhook(delivery(tenant, secret))).run_id)
+    stream = env.execution.WatchRun(pb.WatchRunRequest(run_id=str(run_id)), metadata=meta)
+    events = aiter(stream)
+    assert (await anext(events)).run.status == pb.RUN_STATUS_QUEUED
+
+    # What a worker does, step by step: each change reaches the stream as it commits.
+    while (claimed := await claim(app_db, "worker-w")) is not None and claimed.id != run_id:
+        pass
+    assert (await anext(events)).run.status == pb.RUN_STATUS_RUNNING
+    now = datetime.now(UTC)
+    entry = StepLogEntry(
+        run_id, 1, 0, "shape", "transform", "succeeded", now, now, 0, "", 3, "", ""
+    )
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        await QueueRepository(session, "worker-w").add_logs([entry])
+    assert (await anext(events)).step.step_id == "shape"
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        await QueueRepository(session, "worker-w").finish([Outcome(run_id, 1, "succeeded")])
+    assert (await anext(events)).run.status == pb.RUN_STATUS_SUCCEEDED
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    # A finished run's watch gives the run and its log, then ends.
+    replay = env.execution.WatchRun(pb.WatchRunRequest(run_id=str(run_id)), metadata=meta)
+    assert [event.WhichOneof("event") async for event in replay] == ["run", "step"]
+
+
+async def test_watching_a_missing_run_is_not_found(env: Env) -> None:
+    _tenant, _secret, meta = await endpoint(env)
+    missing = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _event in env.execution.WatchRun(
+            pb.WatchRunRequest(run_id=missing), metadata=meta
+        ):
+            pass
+    assert reason(caught.value)[0] == "RUN_NOT_FOUND"

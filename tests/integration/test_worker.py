@@ -366,3 +366,117 @@ async def test_a_template_sees_its_run_and_workflow(
     assert row.status == "succeeded"
     (log,) = await _logs(app_db, tenant, run)
     assert log.output_sha256 == sha256_hex(canonical_json(f"7 {run} 1 1"))
+
+
+# About 0.2 s of template work (100,000 iterations take about 2.5 ms here).
+BUSY = "{% for a in range(80) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+
+
+async def test_a_running_run_asked_to_cancel_stops_at_the_next_step_boundary(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    steps = [
+        {"id": f"busy{i}", "type": "template", "config": {"template": BUSY}} for i in range(10)
+    ]
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b"{}")
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-cancel")
+    await worker.start()
+    try:
+        for _ in range(300):
+            if await _logs(app_db, tenant, run):
+                break  # the first step is done: the run is between steps now
+            await asyncio.sleep(0.02)
+        # What CancelRun does to a running run; the trigger tells the worker at commit.
+        async with app_db.tenant(tenant) as session:
+            await session.execute(
+                text("UPDATE execution.runs SET cancel_requested = true WHERE id = :r"),
+                {"r": run},
+            )
+        row = await _wait_status(app_db, tenant, run, {"cancelled", "succeeded", "failed"})
+    finally:
+        await worker.stop(2.0)
+    assert (row.status, row.error) == ("cancelled", "")
+    logs = await _logs(app_db, tenant, run)
+    *done, last = [(log.step_id, log.status) for log in logs]
+    assert 1 <= len(done) < len(steps) - 1
+    assert done == [(f"busy{i}", "succeeded") for i in range(len(done))]
+    assert last == (f"busy{len(done)}", "cancelled")
+
+
+async def _queue_flood(db: Database, tenant: uuid.UUID, workflow_of: uuid.UUID, runs: int) -> None:
+    """`runs` queued runs of the workflow of run `workflow_of`, in one statement."""
+    async with db.tenant(tenant) as session:
+        await session.execute(
+            text(
+                "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                "status, max_attempts, payload, content_type) "
+                "SELECT gen_random_uuid(), r.tenant_id, r.workflow_id, 1, 'queued', 2, "
+                "r.payload, r.content_type FROM execution.runs r, generate_series(1, :n) "
+                "WHERE r.id = :r"
+            ),
+            {"n": runs, "r": workflow_of},
+        )
+
+
+async def test_a_flood_of_one_tenant_delays_another_tenants_run_by_a_few_runs(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    """The fairness bound: a run queued behind another tenant's 5,000 is taken by the next
+    claim, so at most `concurrency` of the flood's runs (one claim under way) start before it,
+    not 5,000. It then waits only for a free slot: about one run's time."""
+    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+    flooder = await tenancy.new_tenant("enterprise")
+    first = await _queue_run(app_db, flooder, trivial, b'{"a": 1}')
+    other = await tenancy.new_tenant("enterprise")
+    warm = await _queue_run(app_db, other, trivial, b'{"a": 2}')
+    concurrency = 4
+    worker = _worker(
+        app_db, database, _dead_address(), tenancy, runner, "w-fair", concurrency=concurrency
+    )
+    await worker.start()
+    try:
+        # Both tenants are known to the worker before the flood, as busy tenants are.
+        await _wait_status(app_db, flooder, first, {"succeeded"})
+        await _wait_status(app_db, other, warm, {"succeeded"})
+        await _queue_flood(app_db, flooder, first, 5_000)
+        await asyncio.sleep(0.3)  # the worker is busy with the flood
+        async with app_db.tenant(other) as session:
+            run = uuid.uuid4()
+            await session.execute(
+                text(
+                    "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                    "status, max_attempts, payload, content_type) SELECT :n, tenant_id, "
+                    "workflow_id, 1, 'queued', 2, payload, content_type FROM execution.runs "
+                    "WHERE id = :r"
+                ),
+                {"n": run, "r": warm},
+            )
+        assert (await _wait_status(app_db, other, run, {"succeeded"})).status == "succeeded"
+    finally:
+        await worker.stop(2.0)
+        async with app_db.tenant(flooder) as session:
+            await session.execute(
+                text("DELETE FROM execution.runs WHERE tenant_id = :t AND status = 'queued'"),
+                {"t": flooder},
+            )
+    async with app_db.tenant(other) as session:
+        queued, started = (
+            await session.execute(
+                text("SELECT create_time, start_time FROM execution.runs WHERE id = :r"),
+                {"r": run},
+            )
+        ).one()
+    async with app_db.tenant(flooder) as session:
+        ahead, finished = (
+            await session.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE start_time > :q AND start_time < :s), "
+                    "count(*) FILTER (WHERE status = 'succeeded') "
+                    "FROM execution.runs WHERE tenant_id = :t"
+                ),
+                {"q": queued, "s": started, "t": flooder},
+            )
+        ).one()
+    assert finished < 5_000, "the flood was drained before the other tenant's run: no test"
+    assert ahead <= concurrency, f"{ahead} of the flood's runs started first"

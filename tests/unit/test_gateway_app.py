@@ -39,6 +39,7 @@ from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from gateway.app import ENTITLEMENT_CHANGES, init_app
 from gateway.ingress import MAX_BODY_BYTES
+from gateway.server import serving
 from gateway.settings import GatewaySettings
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 
@@ -108,6 +109,8 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
         # Calls for run "held" or secret "held" wait for this; "slow" ones take a second.
         self.release = asyncio.Event()
         self.arrived = asyncio.Event()
+        # Set when the watch of run "held" ends: the gateway cancelled it.
+        self.watch_ended = asyncio.Event()
 
     async def CreateWorkflow(
         self, request: execution_pb.CreateWorkflowRequest, context: grpc.aio.ServicerContext
@@ -165,6 +168,30 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
         run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_QUEUED)
         run.create_time.FromSeconds(1714557600)
         return execution_pb.GetRunResponse(run=run)
+
+    async def WatchRun(
+        self, request: execution_pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[execution_pb.WatchRunResponse]:
+        """Like execution: the run, its steps as they are logged, the run again as it ends.
+
+        Run "missing" does not exist; "broken" fails after its first event; "held" waits after
+        its first event until the call is cancelled.
+        """
+        if request.run_id == "missing":
+            raise NotFound("RUN_NOT_FOUND", "run missing does not exist")
+        run = execution_pb.Run(id=request.run_id, status=execution_pb.RUN_STATUS_RUNNING)
+        yield execution_pb.WatchRunResponse(run=run)
+        if request.run_id == "broken":
+            raise Unavailable("DATABASE_UNAVAILABLE", "the database cannot be reached")
+        if request.run_id == "held":
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.watch_ended.set()
+        step = execution_pb.StepLog(step_id="shape", status=execution_pb.STEP_STATUS_SUCCEEDED)
+        yield execution_pb.WatchRunResponse(step=step)
+        run.status = execution_pb.RUN_STATUS_SUCCEEDED
+        yield execution_pb.WatchRunResponse(run=run)
 
     async def _delay(self, name: str) -> None:
         self.arrived.set()
@@ -521,6 +548,74 @@ async def test_download_error_before_the_first_chunk_gets_the_error_body(client:
     response = await client.get("/api/artifacts/zz/download", headers=_key())
 
     await _error(response, 404, "ARTIFACT_NOT_FOUND")
+
+
+def _event_names(items: list[dict[str, Any]]) -> list[str]:
+    return [item["run"]["status"] if item["run"] else item["step"]["step_id"] for item in items]
+
+
+async def test_a_json_stream_is_newline_delimited_json(client: Client) -> None:
+    response = await client.get("/api/runs/r1/events", headers=_key())
+
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    lines = (await response.read()).decode().splitlines()
+    assert _event_names([json.loads(line) for line in lines]) == ["running", "shape", "succeeded"]
+
+
+async def test_a_json_stream_is_server_sent_events_when_asked(client: Client) -> None:
+    headers = {**_key(), "Accept": "text/event-stream"}
+    response = await client.get("/api/runs/r1/events", headers=headers)
+
+    assert response.headers["Content-Type"] == "text/event-stream"
+    events = (await response.read()).decode().split("\n\n")
+    assert events[-1] == ""
+    assert all(event.startswith("data: ") for event in events[:-1])
+    items = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+    assert _event_names(items) == ["running", "shape", "succeeded"]
+
+
+async def test_a_stream_failing_before_its_first_message_is_an_error_response(
+    client: Client,
+) -> None:
+    response = await client.get("/api/runs/missing/events", headers=_key())
+
+    await _error(response, 404, "RUN_NOT_FOUND")
+
+
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
+async def test_a_stream_failing_midway_ends_with_an_error_item(client: Client, accept: str) -> None:
+    response = await client.get("/api/runs/broken/events", headers={**_key(), "Accept": accept})
+
+    assert response.status == 200
+    body = (await response.read()).decode()
+    items = [json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.strip()]
+    assert _event_names(items[:1]) == ["running"]
+    error = items[1]["error"]
+    assert {key: value for key, value in error.items() if key != "details"} == {
+        "code": 503,
+        "status": "UNAVAILABLE",
+        "message": "the database cannot be reached",
+        "reason": "DATABASE_UNAVAILABLE",
+        "request_id": response.headers["X-Request-ID"],
+    }
+    assert error["details"][0]["reason"] == "DATABASE_UNAVAILABLE"
+
+
+async def test_a_client_going_away_cancels_the_streaming_rpc(fakes: Fakes) -> None:
+    # The production server, whose handlers are not cancelled when their client goes away
+    # (aiohttp's test server's are): the stream itself notices.
+    async with (
+        serving(gateway_settings(fakes.addresses)) as port,
+        ClientSession(f"http://127.0.0.1:{port}") as http,
+    ):
+        response = await http.get("/api/runs/held/events", headers=_key())
+        first = json.loads(await response.content.readline())
+        assert first["run"]["status"] == "running"
+
+        response.close()
+
+        await asyncio.wait_for(fakes.execution.watch_ended.wait(), 5)
 
 
 async def test_unset_message_fields_are_null(client: Client) -> None:

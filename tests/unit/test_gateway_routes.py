@@ -227,6 +227,11 @@ def test_every_annotated_method_of_every_backend_yields_a_route() -> None:
     download = by_rpc["/aias.artifacts.v1.ArtifactsService/DownloadArtifact"]
     assert download.server_streaming
     assert download.raw_response
+    # A stream of JSON messages: served as NDJSON or Server-Sent Events.
+    events = by_rpc["/aias.execution.v1.ExecutionService/WatchRun"]
+    assert (events.http_method, events.template) == ("GET", "/api/runs/{run_id}/events")
+    assert events.server_streaming
+    assert not events.raw_response
     assert by_rpc["/aias.tenancy.v1.TenancyService/GetCurrentTenant"].access == 0
 
 
@@ -250,7 +255,6 @@ def test_sample_descriptors_yield_every_binding_and_skip_unannotated(
     ("rpc", "problem"),
     [
         ("client", "client-streaming"),
-        ("stream", "must return google.api.HttpBody"),
         ("path", "'missing' is not a singular scalar"),
         ("body", "body field 'nope' does not exist"),
     ],
@@ -261,7 +265,6 @@ def test_bad_annotations_fail_at_start_up(rpc: str, problem: str) -> None:
         "client": _method(
             "M", "ItemRequest", "Item", _rule(post="/x", body="*"), client_streaming=True
         ),
-        "stream": _method("M", "ItemRequest", "Item", _rule(get="/x"), server_streaming=True),
         "path": _method("M", "ItemRequest", "Item", _rule(get="/x/{missing}")),
         "body": _method("M", "ItemRequest", "Item", _rule(post="/x", body="nope")),
     }
@@ -495,6 +498,9 @@ def test_query_parameters_convert_types_repeat_and_nest(
     assert (request.limit, request.verbose, request.color) == (25, True, 1)
     assert (request.parent.id, request.parent.depth) == ("p", 3)
     assert _build(sample_routes["ListItems GET"], query="color=COLOR_BLUE").color == 2
+    # A Timestamp takes its JSON form, RFC 3339 text.
+    since = _build(sample_routes["ListItems GET"], query="since=2024-05-01T10:00:00Z").since
+    assert since.seconds == 1714557600
 
 
 @pytest.mark.parametrize(
@@ -508,6 +514,7 @@ def test_query_parameters_convert_types_repeat_and_nest(
         ("color=green", "INVALID_FIELD_VALUE", "color"),
         ("limit=1&limit=2", "INVALID_FIELD_VALUE", "limit"),
         ("since=2024", "INVALID_FIELD_VALUE", "since"),
+        ("since=2024-05-01T10:00:00Z&since=2024-05-02T10:00:00Z", "INVALID_FIELD_VALUE", "since"),
         ("sizes=1&sizes=99999999999", "INVALID_FIELD_VALUE", "sizes"),
     ],
 )
@@ -561,6 +568,8 @@ def test_json_output_prints_defaults_nulls_short_enums_and_rfc3339() -> None:
         "create_time": "2024-05-01T10:00:00.500Z",
         "start_time": None,
         "end_time": None,
+        "retry_of": "",
+        "cancel_requested": False,
     }
     tenant = tenancy_pb.Tenant(status=tenancy_pb.TENANT_STATUS_ACTIVE)
     assert message_to_json(tenant)["status"] == "active"
