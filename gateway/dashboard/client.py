@@ -13,6 +13,7 @@ from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.billing.v1 import billing_service_pb2 as billing_pb
 from aias.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from aias.core.context import Caller
+from aias.core.jsonmap import enum_from_json
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
@@ -84,11 +85,14 @@ class Reader:
         return reply
 
     async def runs(
-        self, workflow_id: str, page_size: int, page_token: str
+        self, workflow_id: str, page_size: int, page_token: str, status: str = ""
     ) -> execution_pb.ListRunsResponse:
         request = execution_pb.ListRunsRequest(
             workflow_id=workflow_id, page_size=page_size, page_token=page_token
         )
+        if status:
+            number = enum_from_json(execution_pb.RunStatus.DESCRIPTOR, status, "status")
+            request.status.append(execution_pb.RunStatus.ValueType(number))
         reply: execution_pb.ListRunsResponse = await self._ask(
             "execution", self._stubs.execution.ListRuns, request
         )
