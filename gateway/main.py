@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
+
+import uvloop
 
 from aias.core.grpc_server import wait_for_termination, write_ready_file
 from aias.core.logging import configure_logging
@@ -48,7 +49,8 @@ def main() -> None:
         raise SystemExit(str(error)) from None
     configure_logging("gateway", settings.log_level)
     _return_large_buffers_to_the_os()
-    asyncio.run(serve(settings))
+    # uvloop: aiohttp's parsing and socket work take noticeably less CPU on it.
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":
