@@ -14,6 +14,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -88,11 +89,23 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def batch(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction on a bare connection, for writes of several tenants at once: each
+        group of statements is scoped with `as_tenant` first. Commits on success."""
+        async with self.engine.begin() as connection:
+            yield connection
+
+    @asynccontextmanager
     async def system(self, path: SystemPath) -> AsyncIterator[AsyncSession]:
         """One transaction on a named cross-tenant path; only the policies naming it apply."""
         async with self._sessions() as session, session.begin():
             await session.execute(_SET_SYSTEM_PATH, {"path": path.value})
             yield session
+
+    @staticmethod
+    async def as_tenant(connection: AsyncConnection, tenant_id: uuid.UUID | str) -> None:
+        """Scopes the rest of `connection`'s transaction (until the next call) to one tenant."""
+        await connection.execute(_SET_TENANT, {"tenant_id": str(tenant_id)})
 
     async def ping(self) -> None:
         """Raises unless the database answers a trivial query within a few seconds."""

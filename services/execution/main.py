@@ -16,6 +16,7 @@ from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
 from services.execution.events import RunEvents
+from services.execution.ingest import RunWriter
 from services.execution.quota import DEFAULT_BLOCK, RunQuota
 from services.execution.service import (
     DEFAULT_ROTATION_GRACE,
@@ -80,6 +81,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     targets = WebhookTargets(db, libpq_url(settings.database_url))
     deliveries = DeliveryLog(db, settings.deliveries_kept)
     events = RunEvents(libpq_url(settings.database_url))
+    writer = RunWriter(db)
     service = ExecutionService(
         db,
         entitlements,
@@ -90,6 +92,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         settings.public_url,
         settings.max_attempts,
         deliveries=deliveries,
+        writer=writer,
         rotation_grace=settings.rotation_grace,
     )
     servicer = ExecutionServicer(service)
@@ -101,7 +104,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_start += [entitlements.start, quota.start, targets.start]
+    built.on_start += [entitlements.start, quota.start, targets.start, writer.start]
     # Streams that follow runs end first, so a graceful stop need not wait for them.
     built.on_draining.append(events.close)
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
@@ -114,6 +117,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         quota.close,
         targets.stop,
         deliveries.close,
+        writer.close,
     ]
     return built
 

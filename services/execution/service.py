@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -48,6 +49,7 @@ from services.execution.domain import (
     validate_steps,
 )
 from services.execution.events import RunEvents
+from services.execution.ingest import RunWriter, row_values
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -189,6 +191,7 @@ class ExecutionService:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         *,
         deliveries: DeliveryLog,
+        writer: RunWriter,
         rotation_grace: timedelta = DEFAULT_ROTATION_GRACE,
     ) -> None:
         self._db = db
@@ -200,6 +203,7 @@ class ExecutionService:
         self._public_url = public_url.rstrip("/")
         self._max_attempts = max_attempts
         self._deliveries = deliveries
+        self._writer = writer
         self._rotation_grace = rotation_grace
 
     # -- diagnostics -------------------------------------------------------------------------
@@ -565,47 +569,34 @@ class ExecutionService:
         check_payload(body, content_type)
         # Only a repeat is compared with its first run, so only a run with a key needs one.
         digest = hashlib.sha256(body).digest() if key else None
+        if not key:
+            return await self._queue_run(tenant_id, target, entitlements, body, content_type)
         ticket = None
         try:
             async with self._db.tenant(tenant_id) as session:
                 repo = ExecutionRepository(session)
-                if key:
-                    await repo.lock_idempotency_key(target.endpoint_id, key)
-                    existing = await repo.run_by_idempotency_key(
-                        target.endpoint_id, key, IDEMPOTENCY_WINDOW
-                    )
-                    if existing is not None:
-                        _check_same_body(existing, digest)
-                        await repo.add(
-                            delivery_row(
-                                tenant_id,
-                                target.endpoint_id,
-                                202,
-                                IDEMPOTENT_REPEAT,
-                                "the idempotency key was used before with the same body; the "
-                                "first run was returned",
-                                len(body),
-                                existing.id,
-                            ),
-                            refresh=False,
-                        )
-                        return existing
-                ticket = await self._quota.take(entitlements)
-                run = RunRow(
-                    id=uuid.uuid4(),
-                    tenant_id=tenant_id,
-                    workflow_id=target.workflow_id,
-                    workflow_version=target.workflow_version,
-                    endpoint_id=target.endpoint_id,
-                    status=RunStatus.QUEUED.value,
-                    attempt=0,
-                    max_attempts=self._max_attempts,
-                    payload=body,
-                    content_type=content_type,
-                    idempotency_key=key or None,
-                    payload_sha256=digest,
-                    error="",
+                await repo.lock_idempotency_key(target.endpoint_id, key)
+                existing = await repo.run_by_idempotency_key(
+                    target.endpoint_id, key, IDEMPOTENCY_WINDOW
                 )
+                if existing is not None:
+                    _check_same_body(existing, digest)
+                    await repo.add(
+                        delivery_row(
+                            tenant_id,
+                            target.endpoint_id,
+                            202,
+                            IDEMPOTENT_REPEAT,
+                            "the idempotency key was used before with the same body; the "
+                            "first run was returned",
+                            len(body),
+                            existing.id,
+                        ),
+                        refresh=False,
+                    )
+                    return existing
+                ticket = await self._quota.take(entitlements)
+                run = self._new_run(tenant_id, target, body, content_type, key, digest)
                 accepted = delivery_row(
                     tenant_id, target.endpoint_id, 202, "", "", len(body), run.id
                 )
@@ -617,6 +608,51 @@ class ExecutionService:
                 self._quota.give_back(ticket)
             raise
         return run
+
+    async def _queue_run(
+        self,
+        tenant_id: uuid.UUID,
+        target: WebhookTarget,
+        entitlements: TenantEntitlements,
+        body: bytes,
+        content_type: str,
+    ) -> RunRow:
+        """A delivery without an idempotency key: its run is group-committed with others."""
+        ticket = await self._quota.take(entitlements)
+        run = self._new_run(tenant_id, target, body, content_type, "", None)
+        accepted = delivery_row(tenant_id, target.endpoint_id, 202, "", "", len(body), run.id)
+        await self._writer.write(
+            tenant_id,
+            row_values(run),
+            row_values(accepted),
+            on_failure=functools.partial(self._quota.give_back, ticket),
+        )
+        return run
+
+    def _new_run(
+        self,
+        tenant_id: uuid.UUID,
+        target: WebhookTarget,
+        body: bytes,
+        content_type: str,
+        key: str,
+        digest: bytes | None,
+    ) -> RunRow:
+        return RunRow(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            workflow_id=target.workflow_id,
+            workflow_version=target.workflow_version,
+            endpoint_id=target.endpoint_id,
+            status=RunStatus.QUEUED.value,
+            attempt=0,
+            max_attempts=self._max_attempts,
+            payload=body,
+            content_type=content_type,
+            idempotency_key=key or None,
+            payload_sha256=digest,
+            error="",
+        )
 
     async def _record_refusal(
         self, tenant_id: uuid.UUID, target: WebhookTarget, error: DomainError, size: int
