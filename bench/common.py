@@ -130,6 +130,23 @@ def rss_mib(stack: Stack) -> dict[str, float]:
     return found
 
 
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time used so far by each process and its children (step processes, PostgreSQL's
+    are not the launcher's children and are counted apart)."""
+    found = {}
+    for name, child in stack.children.items():
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(child.process.pid)
+            tree = [process, *process.children(recursive=True)]
+            found[name] = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
+    found["postgresql"] = sum(
+        p.cpu_times().user + p.cpu_times().system
+        for p in psutil.process_iter(["name"])
+        if p.info["name"] in ("postgres", "postmaster")
+    )
+    return found
+
+
 def ensure_wrk() -> str:
     """wrk from Debian's packages, installed when missing."""
     found = shutil.which("wrk")

@@ -22,7 +22,16 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 from aias.core.launcher import Stack
-from bench.common import ensure_wrk, machine, new_hook, print_machine, rss_mib, suite, write_json
+from bench.common import (
+    cpu_seconds,
+    ensure_wrk,
+    machine,
+    new_hook,
+    print_machine,
+    rss_mib,
+    suite,
+    write_json,
+)
 
 # A 1.4 KB order, like a shop's webhook.
 PAYLOAD = json.dumps(
@@ -147,7 +156,16 @@ def measure(seconds: float, rates: list[float]) -> dict[str, Any]:
         wrk(url, 16, 2)  # warm-up: caches, pools, the first blocks of reserved runs
         accepted = runs_in_database(stack, hook.tenant_id)
         for connections in (16, 64):
+            before = cpu_seconds(stack)
             result = wrk(url, connections, seconds)
+            after = cpu_seconds(stack)
+            # CPU per accepted webhook, by process: where the machine's two cores go.
+            result["cpu_ms_per_webhook"] = {
+                name: round(
+                    (after[name] - before.get(name, 0.0)) * 1000 / max(1, result["accepted"]), 3
+                )
+                for name in after
+            }
             accepted += result["accepted"]
             figures[f"webhook_c{connections}"] = result
         figures["rss_after_load_mib"] = rss_mib(stack)
@@ -169,6 +187,8 @@ def report(figures: dict[str, Any]) -> None:
             f"p99 {f['p99_ms']:.1f} ms, p99.9 {f['p999_ms']:.1f} ms, "
             f"non-2xx {f['non2xx']}, socket errors {f['socket_errors']}"
         )
+        if "cpu_ms_per_webhook" in f:
+            print(f"  CPU ms per webhook by process: {f['cpu_ms_per_webhook']}")
     for name, f in figures.items():
         if name.startswith("webhook_openloop_"):
             print(

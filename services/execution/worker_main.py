@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,6 +32,8 @@ class WorkerSettings:
     step_processes: int
     step_memory_bytes: int
     entitlements_ttl: float = 30.0
+    # The scheduling priority the worker (and its step processes) yield to ingest with.
+    nice: int = 0
 
 
 def load_settings(env: Env | None = None) -> WorkerSettings:
@@ -61,13 +64,21 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
             "AIAS_STEP_MEMORY_BYTES", 256 * MIB, minimum=64 * MIB, maximum=2**40
         ),
         entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
+        nice=env.integer("AIAS_WORKER_NICE", DEFAULT_NICE, minimum=0, maximum=19),
     )
     env.check()
     return settings
 
 
+# On a machine shared with the gateway and execution, the worker takes the CPU they leave:
+# a webhook's 202 waits on the CPU, a queued run only on its turn (see README, "CPU sharing").
+DEFAULT_NICE = 10
+
+
 async def build_server(settings: WorkerSettings) -> BuiltServer:
     """The composition root: engine, channels, entitlements, step pool, worker, health server."""
+    if settings.nice:
+        os.nice(settings.nice)  # before the step processes start: they inherit it
     db = Database(create_engine(settings.database_url, pool_size=POOL_SIZE))
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
