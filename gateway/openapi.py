@@ -12,8 +12,9 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.jsonmap import descriptor_of, enum_to_json
+from gateway.binding import MAX_STORED_HEADER_CHARS, STORED_HEADERS, Parameter, parameters
 from gateway.template import PathTemplate
-from gateway.transcoder import HEADER_FIELDS, HTTP_BODY, RpcRoute
+from gateway.transcoder import HTTP_BODY, RpcRoute
 
 ERROR_SCHEMA = "Error"
 _TEMPLATE_FIELD = re.compile(r"\{([^}=]+)(=[^}]*)?\}")
@@ -183,20 +184,19 @@ def _operation(route: RpcRoute, schemas: _Schemas, comments: Mapping[str, str]) 
     service, _, method = route.rpc.lstrip("/").rpartition("/")
     request = descriptor_of(route.request_class)
     path_fields = PathTemplate.parse(route.template).fields
-    headers = dict(HEADER_FIELDS)
     operation: dict[str, Any] = {
         "operationId": f"{service.rsplit('.', 1)[1]}_{method}",
         "tags": [route.backend],
         "summary": method,
         "parameters": [
             {
-                "name": field_path,
-                "in": "path",
-                "required": True,
-                "schema": {"type": "string"},
-                **_described(comments, f"{request.full_name}.{field_path}"),
+                "name": parameter.name,
+                "in": parameter.location,
+                "required": parameter.required,
+                "schema": _parameter_schema(parameter, schemas),
+                **_described(comments, parameter.field.full_name),
             }
-            for field_path in path_fields
+            for parameter in parameters(route)
         ],
         "responses": {
             str(route.success_status): _success(route, schemas),
@@ -212,33 +212,20 @@ def _operation(route: RpcRoute, schemas: _Schemas, comments: Mapping[str, str]) 
         operation["description"] = description
     if (security := _SECURITY.get(route.access)) is not None:
         operation["security"] = security
-    bound = {*path_fields, route.body} if route.body else set(path_fields)
-    for field in request.fields:
-        if field.name in bound or route.body == "*":
-            continue
-        if field.name in headers:
-            operation["parameters"].append(
-                {
-                    "name": headers[field.name][0],
-                    "in": "header",
-                    "required": False,
-                    "schema": {"type": "string", "maxLength": 255},
-                    **_described(comments, field.full_name),
-                }
-            )
-        elif field.message_type is None or field.message_type.full_name in _WELL_KNOWN:
-            operation["parameters"].append(
-                {
-                    "name": field.name,
-                    "in": "query",
-                    "required": False,
-                    "schema": schemas.field(field),
-                    **_described(comments, field.full_name),
-                }
-            )
     if body := _request_body(route, request, path_fields, schemas):
         operation["requestBody"] = body
     return operation
+
+
+def _parameter_schema(parameter: Parameter, schemas: _Schemas) -> dict[str, Any]:
+    """Path and header values are text; headers kept in a column have its length limit."""
+    if parameter.location == "query":
+        return schemas.field(parameter.field)
+    if parameter.location == "header" and parameter.field.type == FieldDescriptor.TYPE_INT64:
+        return {"type": "string", "pattern": r"^\d{1,18}$"}
+    if parameter.location == "header" and parameter.name in STORED_HEADERS:
+        return {"type": "string", "maxLength": MAX_STORED_HEADER_CHARS}
+    return {"type": "string"}
 
 
 def _described(comments: Mapping[str, str], name: str) -> dict[str, str]:

@@ -11,23 +11,22 @@ import pytest
 from google.api import annotations_pb2 as http_annotations
 from google.api import http_pb2, httpbody_pb2
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, timestamp_pb2
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import FieldDescriptor, FileDescriptor
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from multidict import CIMultiDict, MultiDict
 
 from aias.api.v1 import annotations_pb2 as access_pb2
-from aias.core.jsonmap import JsonMappingError, json_to_message, message_to_json
+from aias.core.jsonmap import JsonMappingError, descriptor_of, json_to_message, message_to_json
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from gateway.backends import BACKENDS, BackendSpec
+from gateway.binding import build_admission, build_request, parameters
 from gateway.errors import HTTP_STATUS, GatewayError, error_response, from_rpc_error
 from gateway.template import PathTemplate, Router, TemplateError
 from gateway.transcoder import (
     RpcRoute,
     TranscodeError,
-    build_admission,
-    build_request,
     build_routes,
     render_unary,
     response_head,
@@ -442,10 +441,47 @@ def test_header_fields_fill_unbound_request_fields(sample_routes: dict[str, RpcR
     )
     assert (both.stripe_signature, both.idempotency_key) == ("t=1,v1=ab", "k1")
     assert _build(route, {"name": "n"}, headers={"Webhook-Id": "w1"}).idempotency_key == "w1"
-    from_query = _build(
-        route, {"name": "n"}, query="idempotency_key=q", headers={"Webhook-Id": "w"}
-    )
-    assert from_query.idempotency_key == "q"
+    with pytest.raises(GatewayError) as refused:
+        _build(route, {"name": "n"}, query="idempotency_key=q", headers={"Webhook-Id": "w"})
+    assert refused.value.reason == "UNKNOWN_QUERY_PARAMETER"
+    assert "Idempotency-Key header" in refused.value.message
+
+
+_SAMPLE_TEXT = {
+    FieldDescriptor.TYPE_STRING: "x",
+    FieldDescriptor.TYPE_BOOL: "true",
+    FieldDescriptor.TYPE_INT32: "1",
+    FieldDescriptor.TYPE_INT64: "1",
+    FieldDescriptor.TYPE_UINT32: "1",
+    FieldDescriptor.TYPE_UINT64: "1",
+}
+
+
+def test_every_documented_parameter_binds_and_nothing_else_does() -> None:
+    # `parameters` (what /openapi.json lists) and `build_request` read one set of rules.
+    for route in build_routes(BACKENDS):
+        documented = parameters(route)
+        path = {p.name: "1" for p in documented if p.location == "path"}
+        for parameter in documented:
+            text = _SAMPLE_TEXT.get(parameter.field.type)
+            if parameter.location == "query" and text is not None:
+                request = _build(route, path, query=f"{parameter.name}={text}")
+                top = parameter.name.split(".")[0]
+                is_set = request.HasField(top) if "." in parameter.name else getattr(request, top)
+                assert is_set, (route.rpc, parameter.name)
+            if parameter.location == "header" and parameter.field.type == _F.TYPE_STRING:
+                request = _build(route, path, headers={parameter.name: "h1"})
+                assert getattr(request, parameter.field.name) == "h1", (route.rpc, parameter)
+        queries = {p.name for p in documented if p.location == "query"}
+        request_fields = descriptor_of(route.request_class).fields
+        for field in request_fields:
+            if field.name in queries or field.message_type is not None:
+                continue
+            text = _SAMPLE_TEXT.get(field.type)
+            if text is not None:
+                with pytest.raises(GatewayError) as refused:
+                    _build(route, path, query=f"{field.name}={text}")
+                assert refused.value.reason == "UNKNOWN_QUERY_PARAMETER", (route.rpc, field.name)
 
 
 def test_real_trigger_webhook_maps_path_body_and_headers() -> None:
