@@ -7,8 +7,8 @@ import logging
 
 import uvloop
 
-from aias.core.grpc_server import wait_for_termination, write_ready_file
 from aias.core.logging import configure_logging
+from aias.core.process import wait_for_termination, write_ready_file
 from aias.core.settings import SettingsError
 from gateway.server import serving
 from gateway.settings import GatewaySettings, load_settings

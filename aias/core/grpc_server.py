@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
-import json
 import logging
-import os
-import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -46,6 +42,7 @@ from aias.core.errors import (
     Unavailable,
     clip,
 )
+from aias.core.process import wait_for_termination, write_ready_file
 from aias.core.settings import ServerSettings
 from aias.core.version import VERSION_METADATA, package_version
 
@@ -371,28 +368,10 @@ def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]
     return BuiltServer(server, port, health_servicer, names, metrics)
 
 
-def write_ready_file(path: Path | None, **fields: Any) -> None:
-    """Atomically tells a launcher where this process listens, once it is ready."""
-    if path is None:
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), **fields}))
-    tmp.replace(path)
-
-
 def start_metrics_server(port: int, registry: CollectorRegistry) -> int:
     """Serves /metrics on its own port; returns the bound port (useful when asked for 0)."""
     httpd, _thread = start_http_server(port, registry=registry)
     return int(httpd.server_port)
-
-
-async def wait_for_termination() -> None:
-    """Returns on SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def serve(built: BuiltServer, settings: ServerSettings) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import coredis
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
+
+if TYPE_CHECKING:
+    import coredis
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ class RateLimiter:
     def __init__(self, redis_url: str = "") -> None:
         self._pool: coredis.ConnectionPool | None = None
         if redis_url:
+            # Imported only with Redis: coredis and its beartype add ~10 MiB to a process.
+            import coredis
+
             # Our own pool, so the connections can be closed at shutdown (the storage has no close).
             self._pool = coredis.ConnectionPool.from_url(redis_url)
             # The storage's options are typed as scalars, but it hands `connection_pool` to coredis.
