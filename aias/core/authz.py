@@ -75,6 +75,14 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "GetRun": Rule.MEMBER,
         _E + "ListRuns": Rule.MEMBER,
         _E + "ListRunLogs": Rule.MEMBER,
+        # Alert destinations hold where a tenant's operations people are paged, and deliveries
+        # show receivers' answers: admins, like webhook endpoints and their delivery log.
+        _E + "CreateAlertDestination": Rule.ADMIN,
+        _E + "ListAlertDestinations": Rule.ADMIN,
+        _E + "DeleteAlertDestination": Rule.ADMIN,
+        _E + "ListAlertDeliveries": Rule.ADMIN,
+        # Billing raises billing.past_due with it; an internal caller names any tenant.
+        _E + "RaiseAlert": Rule.INTERNAL,
         _A + "UploadArtifact": Rule.INTERNAL,
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,
