@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 from standardwebhooks import Webhook
 
+from aias.billing.v1 import billing_service_pb2 as billing_pb
 from aias.core import signing
 from aias.core.clients import error_info
 from aias.core.context import TENANT_ID
@@ -448,6 +450,37 @@ async def test_billing_past_due_is_raised_through_raise_alert_and_survives_an_ou
         "plan": "pro",
         "subscriptions": [{"id": sub["id"], "status": "active", "plan": "pro"}],
     }
+
+
+async def test_a_reconcile_that_finds_a_tenant_past_due_raises_the_alert(
+    app_db: Database,
+    database: LocalDatabase,
+    execution: Execution,
+    tenancy: Tenancy,
+    receiver: Receiver,
+    fake_stripe: FakeStripe,
+) -> None:
+    async with billing_server(
+        database, tenancy.address, configured(fake_stripe), execution.address
+    ) as billing:
+        tenant, customer = await linked_tenant(tenancy, billing)
+        await destination(execution, tenant, receiver.endpoint("reconciled"), "billing.past_due")
+        sub = fake_stripe.add_subscription(customer, "pro")
+        created = int(time.time()) + 1
+        await billing.deliver(event("customer.subscription.created", sub, created))
+        # The subscription falls past due at Stripe; the webhook that said so never arrives.
+        sub["status"] = "past_due"
+        # Reconcile's answer is dated now, which must be after the event it overrides.
+        await asyncio.sleep(max(0.0, created + 0.1 - time.time()))
+        for _ in range(2):  # a second reconcile finds nothing new
+            await billing.stub.Reconcile(billing_pb.ReconcileRequest(tenant_id=str(tenant)))
+    async with sending(app_db, database):
+        (delivery,) = await settled(execution, tenant, 1)
+    assert (delivery.event_type, delivery.state) == ("billing.past_due", DELIVERED)
+    (received,) = await receiver.wait_for("reconciled", 1)
+    assert json.loads(received.body)["data"]["subscriptions"] == [
+        {"id": sub["id"], "status": "past_due", "plan": "pro"}
+    ]
 
 
 # --- isolation and retention ------------------------------------------------------------------

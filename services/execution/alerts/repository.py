@@ -188,6 +188,8 @@ class OutboxRepository:
                 AlertEventRow.create_time < func.now() - older_than,
             )
             .limit(batch)
+            # Every sender prunes now and then; each takes rows the others are not deleting.
+            .with_for_update(skip_locked=True)
         )
         deleted = await self._session.execute(
             delete(AlertEventRow).where(AlertEventRow.id.in_(old)).returning(AlertEventRow.id)

@@ -96,32 +96,31 @@ class AlertSender:
         self._user_agent = f"AIAS-Alerts/{package_version()}"
         self._wake = asyncio.Event()
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._sending: asyncio.Task[None] | None = None
+        self._listening: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._send_forever(), name="alert-sender"),
-            asyncio.create_task(
-                follow_notifications(
-                    self._listen_url, CHANNEL, lambda _: self._wake.set(), self._wake.set
-                ),
-                name="alert-sender-listen",
+        self._sending = asyncio.create_task(self._send_forever(), name="alert-sender")
+        self._listening = asyncio.create_task(
+            follow_notifications(
+                self._listen_url, CHANNEL, lambda _: self._wake.set(), self._wake.set
             ),
-        ]
+            name="alert-sender-listen",
+        )
 
     async def stop(self, grace: float) -> None:
         """Lets the batch in flight finish within `grace`; what is cut off goes out again once
         its lease ends."""
         self._stopping = True
         self._wake.set()
-        sending, listening = self._tasks
-        listening.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(sending), grace)
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._sending is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._sending), grace)
+        for task in (self._listening, self._sending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def send_due(self) -> int:
         """Claims one batch of due alerts and sends them at once; returns how many."""

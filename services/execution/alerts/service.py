@@ -170,6 +170,7 @@ class QuotaAlerts:
                 "period_start_time": rfc3339(period_start),
                 "period_end_time": rfc3339(reply.period_end_time.ToDatetime(tzinfo=UTC)),
             }
+            # In a transaction of its own: a webhook refused for the quota rolls its own back.
             try:
                 await self._alerts.raise_alert(
                     tenant_id, event_type, data, f"{event_type}:{data['period_start_time']}"
