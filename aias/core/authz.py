@@ -79,6 +79,14 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "CancelRun": Rule.MEMBER,
         _E + "RetryRun": Rule.MEMBER,
         _E + "WatchRun": Rule.MEMBER,
+        # Alert destinations hold where a tenant's operations people are paged, and deliveries
+        # show receivers' answers: admins, like webhook endpoints and their delivery log.
+        _E + "CreateAlertDestination": Rule.ADMIN,
+        _E + "ListAlertDestinations": Rule.ADMIN,
+        _E + "DeleteAlertDestination": Rule.ADMIN,
+        _E + "ListAlertDeliveries": Rule.ADMIN,
+        # Billing raises billing.past_due with it; an internal caller names any tenant.
+        _E + "RaiseAlert": Rule.INTERNAL,
         _A + "UploadArtifact": Rule.INTERNAL,
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,

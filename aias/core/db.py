@@ -36,6 +36,8 @@ class SystemPath(StrEnum):
     TENANT_DIRECTORY = "tenant_directory"
     # Billing: which tenant a Stripe customer belongs to, and deliveries that belong to none.
     STRIPE_INTAKE = "stripe_intake"
+    # Execution's alert senders: claim due alerts of every tenant, drop old delivered ones.
+    ALERT_OUTBOX = "alert_outbox"
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:

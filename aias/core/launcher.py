@@ -65,7 +65,7 @@ PROCESSES = (
         "AIAS_BILLING_METRICS_PORT",
         50054,
         9104,
-        needs=("tenancy",),
+        needs=("tenancy", "execution"),
     ),
     ProcessSpec(
         "execution",
@@ -86,6 +86,14 @@ PROCESSES = (
         needs=("artifacts", "tenancy"),
     ),
     ProcessSpec(
+        "execution-alerts",
+        "services.execution.alerts_main",
+        "AIAS_EXECUTION_ALERTS_PORT",
+        "AIAS_EXECUTION_ALERTS_METRICS_PORT",
+        50056,
+        9106,
+    ),
+    ProcessSpec(
         "gateway",
         "gateway.main",
         "AIAS_GATEWAY_PORT",
@@ -104,9 +112,9 @@ ADDRESS_ENV = {
 # Started wave by wave, stopped in the reverse order: callers go before the services they call.
 WAVES = (
     ("tenancy",),
-    ("billing", "execution"),
-    ("artifacts",),
-    ("execution-worker",),
+    ("execution",),
+    ("artifacts", "billing"),
+    ("execution-worker", "execution-alerts"),
     ("gateway",),
 )
 # What a process needs beyond its own shutdown grace to exit before the launcher kills it.

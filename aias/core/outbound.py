@@ -108,16 +108,19 @@ class OutboundClient:
         body: bytes,
         time_limit: float,
         max_body_bytes: int,
+        follow_redirects: bool = True,
     ) -> OutboundResponse:
-        """The response to `method url`, redirects followed (at most MAX_REDIRECTS), all within
-        `time_limit` seconds; raises OutboundError."""
+        """The response to `method url`, redirects followed (at most MAX_REDIRECTS) unless told
+        not to, all within `time_limit` seconds; raises OutboundError."""
         try:
             target = checked_url(url)
         except ValueError as error:
             raise OutboundError(INVALID_URL, f"the URL {error}") from None
         try:
             async with asyncio.timeout(time_limit):
-                return await self._follow(method, target, dict(headers), body, max_body_bytes)
+                return await self._follow(
+                    method, target, dict(headers), body, max_body_bytes, follow_redirects
+                )
         except TimeoutError:
             raise OutboundError(
                 TIMEOUT,
@@ -126,7 +129,13 @@ class OutboundClient:
             ) from None
 
     async def _follow(
-        self, method: str, url: URL, headers: dict[str, str], body: bytes, limit: int
+        self,
+        method: str,
+        url: URL,
+        headers: dict[str, str],
+        body: bytes,
+        limit: int,
+        redirects: bool,
     ) -> OutboundResponse:
         session = self._open()
         for _ in range(MAX_REDIRECTS + 1):
@@ -136,7 +145,7 @@ class OutboundClient:
                     method, url, headers=headers, data=body or None, allow_redirects=False
                 ) as response:
                     location = response.headers.get("Location")
-                    if response.status not in _REDIRECTS or location is None:
+                    if not redirects or response.status not in _REDIRECTS or location is None:
                         return OutboundResponse(
                             str(url),
                             response.status,

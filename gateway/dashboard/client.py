@@ -113,6 +113,29 @@ class Reader:
         )
         return list(reply.webhook_endpoints)
 
+    async def webhook_deliveries(self, page_size: int) -> list[execution_pb.WebhookDelivery]:
+        """The newest deliveries to the tenant's webhook endpoints, accepted or refused."""
+        request = execution_pb.ListWebhookDeliveriesRequest(page_size=page_size)
+        reply: execution_pb.ListWebhookDeliveriesResponse = await self._ask(
+            "execution", self._stubs.execution.ListWebhookDeliveries, request
+        )
+        return list(reply.webhook_deliveries)
+
+    async def alert_destinations(self) -> list[execution_pb.AlertDestination]:
+        request = execution_pb.ListAlertDestinationsRequest(page_size=MAX_PAGE_SIZE)
+        reply: execution_pb.ListAlertDestinationsResponse = await self._ask(
+            "execution", self._stubs.execution.ListAlertDestinations, request
+        )
+        return list(reply.alert_destinations)
+
+    async def alert_deliveries(self, page_size: int) -> list[execution_pb.AlertDelivery]:
+        """The newest alerts sent (or being sent) to the tenant's destinations, with attempts."""
+        request = execution_pb.ListAlertDeliveriesRequest(page_size=page_size)
+        reply: execution_pb.ListAlertDeliveriesResponse = await self._ask(
+            "execution", self._stubs.execution.ListAlertDeliveries, request
+        )
+        return list(reply.alert_deliveries)
+
     async def run(self, run_id: str) -> execution_pb.Run:
         reply: execution_pb.GetRunResponse = await self._ask(
             "execution", self._stubs.execution.GetRun, execution_pb.GetRunRequest(run_id=run_id)

@@ -1,7 +1,7 @@
-"""The diagnostics page as a list of panels: each one template fed by one RPC, all loaded at once.
+"""The diagnostics page as a list of panels: each one template fed by its RPCs, all loaded at once.
 
 A panel whose backend fails or is slow says so in its place; the page is still served. A new
-panel (webhook deliveries, alert deliveries) is one entry here and one template.
+panel is one entry here and one template.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from yarl import URL
+
+from aias.core.destinations import shown_url
 from aias.core.jsonmap import message_to_json
 from aias.core.version import package_version
 from gateway.dashboard.client import Reader
@@ -21,6 +24,8 @@ from gateway.errors import GatewayError
 log = logging.getLogger(__name__)
 
 RECENT_RUNS = 10
+RECENT_DELIVERIES = 10
+RECENT_ALERTS = 10
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,41 @@ async def _webhook_endpoints(reader: Reader) -> dict[str, Any]:
     return {"webhook_endpoints": [message_to_json(e) for e in await reader.webhook_endpoints()]}
 
 
-# In page order. Webhook deliveries join as one more entry once execution can list them.
+async def _webhook_deliveries(reader: Reader) -> dict[str, Any]:
+    deliveries, endpoints = await asyncio.gather(
+        reader.webhook_deliveries(RECENT_DELIVERIES), reader.webhook_endpoints()
+    )
+    # Deleted endpoints are not listed; their deliveries show the endpoint's id.
+    names = {endpoint.id: endpoint.name for endpoint in endpoints}
+    return {
+        "webhook_deliveries": [
+            {**message_to_json(d), "endpoint_name": names.get(d.endpoint_id, "")}
+            for d in deliveries
+        ]
+    }
+
+
+def destination_label(url: str) -> str:
+    """Where a destination points, as text rather than a link: host and path, without the
+    scheme and the query (which may hold a token)."""
+    return shown_url(URL(url)).split("://", 1)[-1]
+
+
+async def _alerts(reader: Reader) -> dict[str, Any]:
+    destinations, deliveries = await asyncio.gather(
+        reader.alert_destinations(), reader.alert_deliveries(RECENT_ALERTS)
+    )
+    labels = {d.id: destination_label(d.url) for d in destinations}
+    return {
+        "alert_destinations": [{**message_to_json(d), "label": labels[d.id]} for d in destinations],
+        "alert_deliveries": [
+            {**message_to_json(d), "destination_label": labels.get(d.destination_id, "")}
+            for d in deliveries
+        ],
+    }
+
+
+# In page order.
 PANELS: tuple[Panel, ...] = (
     Panel("services", "Services", _services),
     Panel("plan", "Plan, limits and usage", _plan),
@@ -139,4 +178,6 @@ PANELS: tuple[Panel, ...] = (
     Panel("run_stats", "Runs by status, queue and latest failures", _run_stats),
     Panel("recent_runs", "Recent runs", _recent_runs),
     Panel("webhook_endpoints", "Webhook endpoints", _webhook_endpoints),
+    Panel("alerts", "Alerts", _alerts),
+    Panel("webhook_deliveries", "Webhook deliveries", _webhook_deliveries),
 )

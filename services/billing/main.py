@@ -15,6 +15,7 @@ from aias.core.entitlements import DEFAULT_PLAN, PLANS
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings, SettingsError
 from services.billing.domain import Plans
+from services.billing.execution_client import ExecutionClient
 from services.billing.service import BillingService, ReturnUrls
 from services.billing.servicer import BillingServicer
 from services.billing.stripe_api import DEFAULT_API_BASE, StripeApi
@@ -48,6 +49,7 @@ class BillingSettings:
     server: ServerSettings
     database_url: str
     tenancy_addr: str
+    execution_addr: str
     stripe: StripeSettings = field(default_factory=StripeSettings)
 
 
@@ -56,6 +58,7 @@ def load_settings(env: Env | None = None) -> BillingSettings:
     server = ServerSettings.from_env(env, "billing", 50054, 9104)
     database_url = env.database_url("AIAS_APP_DATABASE_URL")
     tenancy_addr = env.address("AIAS_TENANCY_ADDR")
+    execution_addr = env.address("AIAS_EXECUTION_ADDR")
     # Optional: without them billing reports itself unconfigured and the rest keeps working.
     webhook_secret = env.text("AIAS_STRIPE_WEBHOOK_SECRET", "")
     api_key = env.text("AIAS_STRIPE_API_KEY", "")
@@ -86,6 +89,7 @@ def load_settings(env: Env | None = None) -> BillingSettings:
         server,
         database_url,
         tenancy_addr,
+        execution_addr,
         StripeSettings(
             webhook_secret,
             api_key,
@@ -101,14 +105,17 @@ def load_settings(env: Env | None = None) -> BillingSettings:
 
 
 async def build_server(settings: BillingSettings) -> BuiltServer:
-    """The composition root: engine, tenancy channel, Stripe client, use cases, server."""
+    """The composition root: engine, tenancy and execution channels, Stripe client, use cases,
+    server."""
     db = Database(create_engine(settings.database_url))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
+    execution = internal_channel(settings.execution_addr, settings.server.internal_token)
     stripe = settings.stripe
     api = StripeApi(stripe.api_key, stripe.api_base) if stripe.api_key else None
     service = BillingService(
         db,
         TenancyClient(tenancy),
+        ExecutionClient(execution),
         Plans(tuple(PLANS), DEFAULT_PLAN, stripe.price_plans),
         stripe.webhook_secret,
         api,
@@ -129,7 +136,7 @@ async def build_server(settings: BillingSettings) -> BuiltServer:
         ],
     )
     built.probes.append(db.ping)
-    built.on_stop += [db.close, tenancy.close]
+    built.on_stop += [db.close, tenancy.close, execution.close]
     if api is not None:
         built.on_stop.append(api.close)
     return built

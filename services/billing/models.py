@@ -47,6 +47,9 @@ class CustomerRow(Base):
     # Bumped on every decision; tenancy has applied the plan when synced_revision caught up.
     plan_revision: Mapped[int] = mapped_column(Integer, default=0)
     synced_revision: Mapped[int] = mapped_column(Integer, default=0)
+    # The dedupe key of a billing.past_due alert execution has not taken yet; None when none
+    # waits. Set in the transaction that flags the tenant past due, cleared once raised.
+    past_due_alert: Mapped[str | None] = mapped_column(String(255))
 
 
 class SubscriptionRow(Base):

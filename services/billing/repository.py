@@ -6,12 +6,17 @@ import uuid
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, text, tuple_, update
+from sqlalchemy import delete, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.billing.domain import Outcome, StripeEvent, SubscriptionSnapshot
+from services.billing.domain import (
+    GRANTING_STATUSES,
+    Outcome,
+    StripeEvent,
+    SubscriptionSnapshot,
+)
 from services.billing.models import CustomerRow, DeliveryRow, StripeEventRow, SubscriptionRow
 
 # Serialises linking a customer with recording its events while it is still unlinked, so no
@@ -144,6 +149,25 @@ class BillingRepository:
             .execution_options(populate_existing=True)
         )
         return list((await self._session.execute(query)).scalars())
+
+    async def past_due_now(self, tenant_id: uuid.UUID) -> bool:
+        """Whether a subscription that grants the tenant a plan is past due, as stored now."""
+        query = select(
+            exists().where(
+                SubscriptionRow.tenant_id == tenant_id,
+                SubscriptionRow.past_due.is_(True),
+                SubscriptionRow.status.in_(GRANTING_STATUSES),
+            )
+        )
+        return bool((await self._session.execute(query)).scalar_one())
+
+    async def clear_past_due_alert(self, tenant_id: uuid.UUID, key: str) -> None:
+        """Clears the waiting alert, unless a newer one replaced it meanwhile."""
+        await self._session.execute(
+            update(CustomerRow)
+            .where(CustomerRow.tenant_id == tenant_id, CustomerRow.past_due_alert == key)
+            .values(past_due_alert=None)
+        )
 
     async def set_past_due(
         self, subscription_id: str, past_due: bool, event_time: datetime

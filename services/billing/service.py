@@ -14,6 +14,10 @@ How a webhook becomes a plan, and why a crash or a failed call loses nothing:
    changes nothing in billing, but it retries the pending SetPlan; so does the next event of
    the tenant and `aias billing reconcile`. Repeating SetPlan is harmless: tenancy ignores a
    change older than the tenant's last one.
+4. A delivery that makes the tenant past due leaves a past-due alert waiting on its customer row,
+   in the same transaction, and execution's RaiseAlert is called after the commit like SetPlan,
+   with the same retries. Its dedupe key is fixed when the alert is flagged, so a repeated call
+   queues nothing twice.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from services.billing.domain import (
     subscription_from,
     verify,
 )
+from services.billing.execution_client import ExecutionClient
 from services.billing.models import CustomerRow, DeliveryRow, SubscriptionRow
 from services.billing.repository import BillingRepository
 from services.billing.stripe_api import CheckoutSession, StripeApi
@@ -147,6 +152,7 @@ class BillingService:
         self,
         db: Database,
         tenancy: TenancyClient,
+        execution: ExecutionClient,
         plans: Plans,
         webhook_secret: str,
         stripe_api: StripeApi | None,
@@ -155,6 +161,7 @@ class BillingService:
     ) -> None:
         self._db = db
         self._tenancy = tenancy
+        self._execution = execution
         self._plans = plans
         self._webhook_secret = webhook_secret
         self._stripe = stripe_api
@@ -193,20 +200,29 @@ class BillingService:
             repo = BillingRepository(session)
             if event.type == CHECKOUT_COMPLETED:
                 await repo.lock_customer(event.customer_id)
+            # The customer row serialises the tenant's events (see `_apply`), taken before the
+            # past-due state is read so that no concurrent event changes it in between.
+            await repo.customer_of_tenant(tenant_id, lock=True)
+            was_past_due = await repo.past_due_now(tenant_id)
             if await repo.record_event(event):
                 outcome, why = await self._apply(repo, tenant_id, event)
+                await self._flag_past_due(repo, tenant_id, was_past_due, f"stripe:{event.id}")
             else:
                 outcome, why = Outcome.DUPLICATE, ""
             delivery_id = await repo.add_delivery(tenant_id, event.id, event.type, outcome, why)
         self._log(event, outcome, tenant_id, why)
-        try:
-            await self._sync_plan(tenant_id)
-        except Unavailable as failure:
-            async with self._db.tenant(tenant_id) as session:
-                await BillingRepository(session).note_delivery_error(
-                    delivery_id, f"the plan is not applied yet: {failure.message}"
-                )
-            raise
+        for pending, send in (
+            ("the plan is not applied yet", self._sync_plan),
+            ("the past-due alert is not raised yet", self._raise_past_due),
+        ):
+            try:
+                await send(tenant_id)
+            except Unavailable as failure:
+                async with self._db.tenant(tenant_id) as session:
+                    await BillingRepository(session).note_delivery_error(
+                        delivery_id, f"{pending}: {failure.message}"
+                    )
+                raise
         return DeliveryResult(event.id, event.type, outcome, tenant_id)
 
     async def _checkout_tenant(self, event: StripeEvent) -> tuple[uuid.UUID | None, str]:
@@ -359,6 +375,43 @@ class BillingService:
         customer.plan = plan
         customer.plan_time = max((s.last_event_time for s in subscriptions), default=self._clock())
         customer.plan_revision += 1
+
+    # -- past-due alerts ----------------------------------------------------------------------
+
+    @staticmethod
+    async def _flag_past_due(
+        repo: BillingRepository, tenant_id: uuid.UUID, was_past_due: bool, key: str
+    ) -> None:
+        """Leaves a past-due alert waiting when this transaction made the tenant past due."""
+        if was_past_due or not await repo.past_due_now(tenant_id):
+            return
+        customer = await repo.customer_of_tenant(tenant_id)
+        if customer is not None:
+            customer.past_due_alert = key
+
+    async def _raise_past_due(self, tenant_id: uuid.UUID) -> None:
+        """Hands a waiting past-due alert to execution, then clears it; an alert that waited
+        while the tenant paid is dropped. Raises Unavailable when execution could not take it."""
+        async with self._db.tenant(tenant_id) as session:
+            repo = BillingRepository(session)
+            customer = await repo.customer_of_tenant(tenant_id)
+            if customer is None or customer.past_due_alert is None:
+                return
+            key = customer.past_due_alert
+            owing = [
+                {"id": s.id, "status": s.status, "plan": s.plan}
+                for s in await repo.subscriptions(tenant_id)
+                if s.past_due and s.status in GRANTING_STATUSES
+            ]
+        if owing:
+            data = {"customer_id": customer.id, "plan": customer.plan, "subscriptions": owing}
+            queued = await self._execution.raise_past_due(tenant_id, data, key)
+            log.info(
+                "past-due alert raised",
+                extra={"tenant_id": str(tenant_id), "queued": queued, "dedupe_key": key},
+            )
+        async with self._db.tenant(tenant_id) as session:
+            await BillingRepository(session).clear_past_due_alert(tenant_id, key)
 
     # -- tenancy ------------------------------------------------------------------------------
 
@@ -576,6 +629,7 @@ class BillingService:
             customer = await repo.customer_of_tenant(tenant_id, lock=True)
             if customer is None:
                 raise NotFound("NO_STRIPE_CUSTOMER", f"tenant {tenant_id} has no Stripe customer")
+            was_past_due = await repo.past_due_now(tenant_id)
             for snapshot in snapshots:
                 await repo.save_subscription(
                     tenant_id,
@@ -585,12 +639,14 @@ class BillingService:
                     now,
                 )
             await repo.end_other_subscriptions(tenant_id, [s.id for s in snapshots], now)
+            await self._flag_past_due(repo, tenant_id, was_past_due, f"reconcile:{uuid.uuid4()}")
             customer.plan, customer.plan_time = plan, now
             customer.plan_revision += 1
             if not result.changed:
                 customer.synced_revision = customer.plan_revision
+        applied = await self._sync_plan(tenant_id) if result.changed else None
+        await self._raise_past_due(tenant_id)
         if result.changed:
-            applied = await self._sync_plan(tenant_id)
             return ReconcileResult(
                 tenant_id, customer_id, previous, plan, changed=applied is not False
             )

@@ -13,6 +13,7 @@ from aias.core.ratelimit import RateLimiter
 from aias.core.settings import Env, ServerSettings
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from services.execution.alerts.service import AlertService, QuotaAlerts
 from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
 from services.execution.events import RunEvents
@@ -72,11 +73,13 @@ def load_settings(env: Env | None = None) -> ExecutionSettings:
 
 
 async def build_server(settings: ExecutionSettings) -> BuiltServer:
-    """The composition root: engine, tenancy channel, caches, use cases, servicer, server."""
+    """The composition root: engine, tenancy channel, caches, use cases (alerts too), servicer,
+    server."""
     db = Database(create_engine(settings.database_url))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
-    quota = RunQuota(tenancy, settings.quota_block)
+    alerts = AlertService(db)
+    quota = RunQuota(tenancy, settings.quota_block, watcher=QuotaAlerts(alerts))
     rates = RateLimiter(settings.redis_url)
     targets = WebhookTargets(db, libpq_url(settings.database_url))
     deliveries = DeliveryLog(db, settings.deliveries_kept)
@@ -95,7 +98,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         writer=writer,
         rotation_grace=settings.rotation_grace,
     )
-    servicer = ExecutionServicer(service)
+    servicer = ExecutionServicer(service, alerts)
     built = build_grpc_server(
         settings.server,
         [

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 import grpc
 
@@ -46,6 +47,14 @@ class Ticket:
     period_start: datetime
 
 
+class ReservationWatcher(Protocol):
+    """Hears every answer tenancy gives to a reservation of runs (quota alerts); must not raise."""
+
+    async def runs_reserved(
+        self, tenant_id: uuid.UUID, reply: tenancy_pb.ReserveUsageResponse
+    ) -> None: ...
+
+
 class RunQuota:
     """Hands out reserved runs per tenant from memory, refilling from tenancy in blocks."""
 
@@ -55,8 +64,10 @@ class RunQuota:
         block: int = DEFAULT_BLOCK,
         idle_seconds: float = DEFAULT_IDLE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        watcher: ReservationWatcher | None = None,
     ) -> None:
         self._usage = UsageClient(tenancy)
+        self._watcher = watcher
         self._block = block
         self._idle = idle_seconds
         self._clock = clock
@@ -125,6 +136,8 @@ class RunQuota:
         reply = await self._usage.reserve(
             tenant_id, tenancy_pb.METRIC_RUNS, self._block, partial=True
         )
+        if self._watcher is not None:
+            await self._watcher.runs_reserved(tenant_id, reply)
         period_start = reply.period_start_time.ToDatetime(tzinfo=UTC)
         period_end = reply.period_end_time.ToDatetime(tzinfo=UTC)
         if reply.granted == 0:

@@ -12,7 +12,8 @@ from aias.core.context import HTTP_CODE, require_tenant
 from aias.core.errors import InvalidArgument
 from aias.core.protoconv import struct, timestamp, update_paths
 from aias.execution.v1 import execution_service_pb2 as pb
-from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from services.execution.alerts.service import AlertService
+from services.execution.alerts.servicer import AlertServicer
 from services.execution.domain import RunStatus, StepDefinition, StepStatus, steps_from_json
 from services.execution.models import (
     RunRow,
@@ -181,8 +182,11 @@ def step_log_pb(row: StepLogRow) -> pb.StepLog:
     )
 
 
-class ExecutionServicer(pb_grpc.ExecutionServiceServicer):
-    def __init__(self, service: ExecutionService) -> None:
+class ExecutionServicer(AlertServicer):
+    """Every RPC of ExecutionService: the ones below, and the alert RPCs it inherits."""
+
+    def __init__(self, service: ExecutionService, alerts: AlertService) -> None:
+        super().__init__(alerts)
         self._service = service
 
     async def ListIntegrations(

@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from aias.core.launcher import Stack
+from aias.core.launcher import PROCESSES, Stack
 from aias.core.localdb import LocalDatabase, prepare
 from tests.conftest import INTERNAL_TOKEN
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, FakeStripe
@@ -47,9 +47,7 @@ def stack(
 ) -> Iterator[Stack]:
     database = stack_database
     data_dir: Path = tmp_path_factory.mktemp("stack")
-    ports = dict.fromkeys(
-        ("tenancy", "artifacts", "billing", "execution", "execution-worker", "gateway"), 0
-    )
+    ports = {spec.name: 0 for spec in PROCESSES}
     running = Stack(
         data_dir,
         database,
@@ -64,7 +62,7 @@ def stack(
             "AIAS_STRIPE_API_KEY": API_KEY,
             "AIAS_STRIPE_API_BASE": fake_stripe.url,
             "AIAS_STRIPE_PRICE_PLANS": "pro_yearly=pro",
-            # The endpoints http_request steps call in the tests listen on 127.0.0.1.
+            # The endpoints http_request steps and alerts call in the tests listen on 127.0.0.1.
             "AIAS_HTTP_STEP_ALLOW": "127.0.0.1",
         },
     )

@@ -248,6 +248,8 @@ async def test_diagnostics_json_has_every_panel(scene: Scene, http: aiohttp.Clie
         "run_stats": True,
         "recent_runs": True,
         "webhook_endpoints": True,
+        "webhook_deliveries": True,
+        "alerts": True,
     }
     services = {
         s["name"]: (s["state"], bool(s["version"])) for s in panels["services"]["data"]["services"]
@@ -269,6 +271,12 @@ async def test_diagnostics_json_has_every_panel(scene: Scene, http: aiohttp.Clie
     recent = {run["id"] for run in panels["recent_runs"]["data"]["runs"]}
     assert recent == {scene.succeeded["id"], scene.failed["id"]}
     assert len(panels["webhook_endpoints"]["data"]["webhook_endpoints"]) == 2
+    accepted = panels["webhook_deliveries"]["data"]["webhook_deliveries"]
+    assert {(d["run_id"], d["http_status"]) for d in accepted} == {
+        (scene.succeeded["id"], 202),
+        (scene.failed["id"], 202),
+    }
+    assert panels["alerts"]["data"] == {"alert_destinations": [], "alert_deliveries": []}
 
 
 async def _signed_in_until_ended(session: aiohttp.ClientSession) -> str:

@@ -58,8 +58,9 @@ async def test_reflection_health_and_credential(stack: Stack, process: str) -> N
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_worker_serves_health(stack: Stack) -> None:
-    async with grpc.aio.insecure_channel(stack.address("execution-worker")) as channel:
+@pytest.mark.parametrize("process", ["execution-worker", "execution-alerts"])
+async def test_processes_without_a_service_serve_health(stack: Stack, process: str) -> None:
+    async with grpc.aio.insecure_channel(stack.address(process)) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 

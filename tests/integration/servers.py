@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aias.core.grpc_server import BuiltServer, RpcMetrics
+from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 
@@ -48,3 +49,11 @@ class Tenancy:
         await self.stub.UpdateTenant(
             tenancy_pb.UpdateTenantRequest(tenant_id=str(tenant_id), limit_overrides=limits)
         )
+
+
+@dataclass
+class Execution:
+    """A running execution server and a stub to it."""
+
+    address: str
+    stub: execution_grpc.ExecutionServiceStub

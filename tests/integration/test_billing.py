@@ -32,7 +32,7 @@ from gateway.app import init_app
 from gateway.settings import GatewaySettings
 from services.billing import main as billing_main
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
-from tests.integration.servers import Tenancy, running
+from tests.integration.servers import Execution, Tenancy, running
 from tests.stripe_fake import (
     API_KEY,
     WEBHOOK_SECRET,
@@ -48,6 +48,8 @@ PROCESSED = pb.DELIVERY_OUTCOME_PROCESSED
 DUPLICATE = pb.DELIVERY_OUTCOME_DUPLICATE
 IGNORED = pb.DELIVERY_OUTCOME_IGNORED
 REJECTED = pb.DELIVERY_OUTCOME_REJECTED
+# An address where no service answers.
+NOWHERE = "127.0.0.1:9"
 
 
 @dataclass
@@ -114,12 +116,15 @@ async def plan_of(tenancy: Tenancy, tenant_id: uuid.UUID) -> str:
 
 @asynccontextmanager
 async def billing_server(
-    database: LocalDatabase, tenancy_addr: str, stripe: billing_main.StripeSettings
+    database: LocalDatabase,
+    tenancy_addr: str,
+    stripe: billing_main.StripeSettings,
+    execution_addr: str,
 ) -> AsyncIterator[Billing]:
     """A billing server built by the production factory, on an ephemeral port."""
     built = await billing_main.build_server(
         billing_main.BillingSettings(
-            server_settings("billing"), database.app_url, tenancy_addr, stripe
+            server_settings("billing"), database.app_url, tenancy_addr, execution_addr, stripe
         )
     )
     async with running(built) as address:
@@ -147,9 +152,11 @@ def configured(fake: FakeStripe) -> billing_main.StripeSettings:
 
 @pytest.fixture(scope="module")
 async def billing(
-    database: LocalDatabase, tenancy: Tenancy, fake_stripe: FakeStripe
+    database: LocalDatabase, tenancy: Tenancy, execution: Execution, fake_stripe: FakeStripe
 ) -> AsyncIterator[Billing]:
-    async with billing_server(database, tenancy.address, configured(fake_stripe)) as server:
+    async with billing_server(
+        database, tenancy.address, configured(fake_stripe), execution.address
+    ) as server:
         yield server
 
 
@@ -170,8 +177,9 @@ async def linked_tenant(tenancy: Tenancy, billing: Billing) -> tuple[uuid.UUID, 
 async def test_unconfigured_billing_is_503_at_the_gateway_and_refuses_checkout(
     database: LocalDatabase, tenancy: Tenancy, aiohttp_client: AiohttpClient
 ) -> None:
+    # Nothing here makes a tenant past due, so no execution answers at its address.
     async with billing_server(
-        database, tenancy.address, billing_main.StripeSettings()
+        database, tenancy.address, billing_main.StripeSettings(), NOWHERE
     ) as unconfigured:
         gateway = await aiohttp_client(
             init_app(
@@ -183,8 +191,8 @@ async def test_unconfigured_billing_is_503_at_the_gateway_and_refuses_checkout(
                     dashboard_secret=DASHBOARD_SECRET,
                     backends={
                         "tenancy": tenancy.address,
-                        "execution": "127.0.0.1:9",
-                        "artifacts": "127.0.0.1:9",
+                        "execution": NOWHERE,
+                        "artifacts": NOWHERE,
                         "billing": unconfigured.address,
                     },
                     log_level="INFO",
@@ -491,7 +499,7 @@ async def test_a_set_plan_that_failed_after_the_commit_is_made_good_by_the_retry
         soon(),
     )
     # The same database, but tenancy cannot be reached: the commit happens, SetPlan fails.
-    async with billing_server(database, "127.0.0.1:9", configured(fake_stripe)) as cut_off:
+    async with billing_server(database, NOWHERE, configured(fake_stripe), NOWHERE) as cut_off:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await cut_off.deliver(payload)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -698,7 +706,7 @@ async def test_stripe_failures_are_explained(
         (replace(good, api_base="http://127.0.0.1:9"), "UNAVAILABLE", "STRIPE_UNAVAILABLE"),
     ]
     for settings, code, expected in cases:
-        async with billing_server(database, tenancy.address, settings) as broken:
+        async with billing_server(database, tenancy.address, settings, NOWHERE) as broken:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await broken.stub.CreateCheckoutSession(
                     pb.CreateCheckoutSessionRequest(plan="pro"), metadata=as_tenant(tenant)

@@ -20,6 +20,9 @@ TENANT_TABLES = [
     ("execution", "runs"),
     ("execution", "step_logs"),
     ("execution", "webhook_deliveries"),
+    ("execution", "alert_destinations"),
+    ("execution", "alert_events"),
+    ("execution", "alert_attempts"),
     ("artifacts", "artifacts"),
     ("billing", "customers"),
     ("billing", "subscriptions"),
@@ -175,6 +178,69 @@ async def test_queue_claim_path_sees_runs_of_all_tenants_and_nothing_else(app_db
         tenants = (await session.execute(text("SELECT count(*) FROM tenancy.tenants"))).scalar()
     assert set(runs.values()) <= visible
     assert (workflows, tenants) == (0, 0)
+
+
+async def test_a_run_failed_on_a_cross_tenant_path_alerts_its_own_tenant_only(
+    app_db: Database,
+) -> None:
+    tenant, workflow = await _add_tenant_with_workflow(app_db)
+    other, _ = await _add_tenant_with_workflow(app_db)
+    run, destination = uuid.uuid4(), uuid.uuid4()
+    async with app_db.tenant(tenant) as session:
+        await session.execute(
+            text(
+                "INSERT INTO execution.alert_destinations (id, tenant_id, url, events, "
+                "signing_key) VALUES (:d, :t, 'https://alerts.invalid', "
+                "ARRAY['run.failed'], '\\x00')"
+            ),
+            {"d": destination, "t": tenant},
+        )
+        await session.execute(
+            text(
+                "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
+                "status, max_attempts, payload, content_type) "
+                "VALUES (:r, :t, :w, 1, 'running', 3, '', 'application/json')"
+            ),
+            {"r": run, "t": tenant, "w": workflow},
+        )
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        await session.execute(
+            text("UPDATE execution.runs SET status = 'failed' WHERE id = :r"), {"r": run}
+        )
+        # The trigger acted as the run's tenant and then put the transaction's setting back.
+        acting = (
+            await session.execute(text("SELECT current_setting('aias.tenant_id', true)"))
+        ).scalar()
+        destinations = (
+            await session.execute(text("SELECT count(*) FROM execution.alert_destinations"))
+        ).scalar()
+    assert (acting, destinations) == ("", 0)
+    async with app_db.tenant(tenant) as session:
+        raised = (
+            await session.execute(
+                text("SELECT destination_id, data->>'run_id' FROM execution.alert_events")
+            )
+        ).all()
+    assert [tuple(row) for row in raised] == [(destination, str(run))]
+    async with app_db.tenant(other) as session:
+        assert (
+            await session.execute(text("SELECT count(*) FROM execution.alert_events"))
+        ).scalar() == 0
+    async with app_db.system(SystemPath.ALERT_OUTBOX) as session:
+        events = set(
+            (await session.execute(text("SELECT destination_id FROM execution.alert_events")))
+            .scalars()
+            .all()
+        )
+        hidden = [
+            (await session.execute(text(f"SELECT count(*) FROM execution.{table}"))).scalar()
+            for table in ("alert_destinations", "alert_attempts", "runs")
+        ]
+    assert destination in events
+    assert hidden == [0, 0, 0]
+    # Left pending, the alert would go to another test's sender.
+    async with app_db.tenant(tenant) as session:
+        await session.execute(text("DELETE FROM execution.alert_events"))
 
 
 async def test_invalid_tenant_setting_is_an_error_not_a_leak(app_db: Database) -> None:

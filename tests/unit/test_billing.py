@@ -197,6 +197,7 @@ def test_settings_read_stripe_and_default_the_return_urls() -> None:
                 "AIAS_INTERNAL_TOKEN": "t",
                 "AIAS_APP_DATABASE_URL": "postgresql://app@db/aias",
                 "AIAS_TENANCY_ADDR": "tenancy:50051",
+                "AIAS_EXECUTION_ADDR": "execution:50052",
                 "AIAS_PUBLIC_URL": "https://aias.example.com/",
                 "AIAS_STRIPE_WEBHOOK_SECRET": "whsec_1",
                 "AIAS_STRIPE_API_KEY": "sk_1",
@@ -206,7 +207,11 @@ def test_settings_read_stripe_and_default_the_return_urls() -> None:
         )
     )
     stripe = settings.stripe
-    assert (settings.tenancy_addr, stripe.api_base) == ("tenancy:50051", "https://api.stripe.com")
+    assert (settings.tenancy_addr, settings.execution_addr, stripe.api_base) == (
+        "tenancy:50051",
+        "execution:50052",
+        "https://api.stripe.com",
+    )
     assert dict(stripe.price_plans) == {"pro_yearly": "pro"}
     assert stripe.urls.checkout_success == (
         "https://aias.example.com/dashboard/diagnostics?billing=success"
@@ -222,6 +227,7 @@ def test_settings_name_every_problem_at_once() -> None:
                     "AIAS_INTERNAL_TOKEN": "t",
                     "AIAS_APP_DATABASE_URL": "postgresql://app@db/aias",
                     "AIAS_TENANCY_ADDR": "tenancy:50051",
+                    "AIAS_EXECUTION_ADDR": "execution:50052",
                     "AIAS_STRIPE_API_BASE": "localhost:12111",
                     "AIAS_STRIPE_PRICE_PLANS": "pro_yearly=gold",
                 }
@@ -232,7 +238,9 @@ def test_settings_name_every_problem_at_once() -> None:
     assert "AIAS_STRIPE_PRICE_PLANS: entry 'pro_yearly=gold' names no plan" in message
 
 
-def test_billing_needs_tenancy() -> None:
+def test_billing_needs_tenancy_and_execution() -> None:
     env = {"AIAS_INTERNAL_TOKEN": "t", "AIAS_APP_DATABASE_URL": "postgresql://app@db/aias"}
-    with pytest.raises(SettingsError, match="AIAS_TENANCY_ADDR is required"):
+    with pytest.raises(SettingsError) as caught:
         load_settings(Env(env))
+    assert "AIAS_TENANCY_ADDR is required" in str(caught.value)
+    assert "AIAS_EXECUTION_ADDR is required" in str(caught.value)

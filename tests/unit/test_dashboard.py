@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -61,6 +62,81 @@ class SlowExecution(FakeExecution):
         return execution_pb.GetRunStatsResponse()
 
 
+def _stamped(message: Any, field: str, seconds: int) -> Any:
+    getattr(message, field).FromSeconds(seconds)
+    return message
+
+
+class ListingExecution(SlowExecution):
+    """Also lists an endpoint, its deliveries (one to an endpoint since deleted) and alerts."""
+
+    async def ListWebhookEndpoints(
+        self, request: execution_pb.ListWebhookEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.ListWebhookEndpointsResponse:
+        endpoint = execution_pb.WebhookEndpoint(id="ep-1", name="shop", enabled=True)
+        return execution_pb.ListWebhookEndpointsResponse(webhook_endpoints=[endpoint])
+
+    async def ListWebhookDeliveries(
+        self, request: execution_pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.ListWebhookDeliveriesResponse:
+        accepted = execution_pb.WebhookDelivery(
+            id="d-1", endpoint_id="ep-1", http_status=202, size_bytes=2048, run_id="run-accepted"
+        )
+        refused = execution_pb.WebhookDelivery(
+            id="d-2",
+            endpoint_id="ep-gone-1",
+            http_status=401,
+            reason="INVALID_SIGNATURE",
+            message="no signature in webhook-signature matches",
+            size_bytes=10,
+        )
+        return execution_pb.ListWebhookDeliveriesResponse(
+            webhook_deliveries=[
+                _stamped(accepted, "receive_time", 1714557600),
+                _stamped(refused, "receive_time", 1714557500),
+            ]
+        )
+
+    async def ListAlertDestinations(
+        self, request: execution_pb.ListAlertDestinationsRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.ListAlertDestinationsResponse:
+        destination = execution_pb.AlertDestination(
+            id="ad-1", url="https://ops.example.com/hooks/aias?token=t0p", events=["run.failed"]
+        )
+        return execution_pb.ListAlertDestinationsResponse(
+            alert_destinations=[_stamped(destination, "create_time", 1714550000)]
+        )
+
+    async def ListAlertDeliveries(
+        self, request: execution_pb.ListAlertDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.ListAlertDeliveriesResponse:
+        alert = execution_pb.AlertDelivery(
+            id="al-1",
+            destination_id="ad-1",
+            event_type="run.failed",
+            state=execution_pb.ALERT_DELIVERY_STATE_PENDING,
+            attempt_count=1,
+            last_http_status=503,
+            last_error="ALERT_NOT_ACCEPTED: answered 503 Service Unavailable",
+            attempts=[
+                _stamped(
+                    execution_pb.AlertAttempt(
+                        attempt=1,
+                        http_status=503,
+                        error="ALERT_NOT_ACCEPTED: answered 503 Service Unavailable",
+                        duration_ms=42,
+                    ),
+                    "attempt_time",
+                    1714557610,
+                )
+            ],
+        )
+        alert.payload.update({"type": "run.failed", "data": {"run_id": "run-failed-1"}})
+        _stamped(alert, "create_time", 1714557605)
+        _stamped(alert, "next_attempt_time", 1714557630)
+        return execution_pb.ListAlertDeliveriesResponse(alert_deliveries=[alert])
+
+
 class ListingArtifacts(FakeArtifacts):
     async def ListArtifacts(
         self, request: artifacts_pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
@@ -70,7 +146,7 @@ class ListingArtifacts(FakeArtifacts):
 
 @dataclass
 class DashboardFakes(Fakes):
-    execution: FakeExecution = field(default_factory=SlowExecution)
+    execution: FakeExecution = field(default_factory=ListingExecution)
     artifacts: FakeArtifacts = field(default_factory=ListingArtifacts)
 
 
@@ -167,11 +243,12 @@ async def test_a_failing_backend_leaves_its_panel_unavailable_not_the_page(
     text = await response.text()
     assert response.status == 200
     assert response.headers["Content-Type"].startswith("text/html")
-    # Tenancy answers; billing lacks the RPC; execution's stats hang past the deadline.
+    # Tenancy answers; billing lacks the RPC, execution ListRuns; execution's stats hang past
+    # the deadline.
     assert "Acme" in text
     panels = re.findall(r'<section class="card panel panel-(\w+)".*?</section>', text, re.S)
     assert panels == [panel.name for panel in PANELS]
-    assert text.count("<strong>Unavailable.</strong>") == 4
+    assert text.count("<strong>Unavailable.</strong>") == 3
     assert "the billing service failed (UNIMPLEMENTED)" in text
     assert elapsed < 3.0 + 2.0, "the page waits for the deadline, not the backend"
 
@@ -207,6 +284,49 @@ async def test_diagnostics_json_keeps_the_error_of_an_unavailable_panel(client: 
         "data": None,
         "error": "the billing service failed (UNIMPLEMENTED); quote the request id",
     }
+
+
+async def test_webhook_deliveries_and_alerts_show_what_execution_lists(client: Client) -> None:
+    await _sign_in(client)
+    text = await (await client.get("/dashboard/diagnostics")).text()
+    deliveries = re.search(r'<section[^>]*panel-webhook_deliveries".*?</section>', text, re.S)
+    alerts = re.search(r'<section[^>]*panel-alerts".*?</section>', text, re.S)
+    assert deliveries is not None
+    assert alerts is not None
+    shown = deliveries.group(0)
+    for expected in (
+        "shop",
+        "ep-gone-",
+        "(deleted)",
+        "accepted",
+        "refused",
+        "INVALID_SIGNATURE",
+        "no signature in webhook-signature matches",
+        "2.0 KiB",
+        'href="/dashboard/runs/run-accepted"',
+    ):
+        assert expected in shown, expected
+    shown = alerts.group(0)
+    for expected in (
+        "ops.example.com/hooks/aias",
+        "run.failed",
+        "status-pending",
+        'href="/dashboard/runs/run-failed-1"',
+        "1 attempt ·",
+        "ALERT_NOT_ACCEPTED: answered 503 Service Unavailable",
+        "42 ms",
+    ):
+        assert expected in shown, expected
+    # A destination is named, never linked, and its query (a token, perhaps) is not shown.
+    assert "https://ops.example.com" not in shown
+    assert "t0p" not in text
+
+    body = await (
+        await client.get("/api/diagnostics", headers={"Authorization": f"Bearer {API_KEY}"})
+    ).json()
+    alerts_json = body["panels"]["alerts"]["data"]
+    assert alerts_json["alert_deliveries"][0]["state"] == "pending"
+    assert alerts_json["alert_destinations"][0]["label"] == "ops.example.com/hooks/aias"
 
 
 # --- sessions -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ GRPC_PORTS = {
     "artifacts": 50053,
     "billing": 50054,
     "execution-worker": 50055,
+    "execution-alerts": 50056,
 }
 
 
