@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 STUBS := build/aias.binpb
 
-.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-worker clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-ingest bench-worker clean
 
 run: $(STUBS)
 	$(PY) -m aias.core.launcher
@@ -53,6 +53,9 @@ pytest: $(STUBS) $(BUF) test-tools
 
 bench: $(STUBS)
 	$(PY) -m bench.webhook_path
+
+bench-ingest: $(STUBS)
+	$(PY) -m bench.ingest
 
 bench-worker: $(STUBS)
 	$(PY) -m bench.worker_throughput
