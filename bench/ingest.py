@@ -215,12 +215,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rates", type=float, nargs="*", default=[150.0, 500.0])
+    parser.add_argument("--output", type=Path, help="write the JSON here, not to bench/results")
     args = parser.parse_args()
     info = machine()
     print_machine(info)
     figures = measure(args.seconds, args.rates)
     report(figures)
-    write_json("ingest", figures)
+    if args.output:
+        args.output.write_text(json.dumps({"machine": info, **figures}, indent=2) + "\n")
+    else:
+        write_json("ingest", figures)
 
 
 if __name__ == "__main__":

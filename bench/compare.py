@@ -1,0 +1,117 @@
+"""The ingest benchmark on several revisions of the code, alternating, on this machine.
+
+    python -m bench.compare --rounds 2 a70c3c4 5a9d367 HEAD
+
+Each revision is checked out into a temporary worktree, gets its stubs generated, and is
+benchmarked with *this* checkout's `bench/` (so every revision is measured the same way); the
+rounds alternate the revisions so a change in the machine's load touches them all alike. It
+prints one line per revision: medians over the rounds, beside the bare aiohttp baseline of the
+same runs. Figures go to bench/results/compare-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import machine, print_machine, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _checkout(revision: str, root: Path) -> Path:
+    """A worktree of `revision` with its stubs and this checkout's benchmark code."""
+    folder = root / revision.replace("/", "_")
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(folder), revision],
+        check=True,
+    )
+    shutil.rmtree(folder / "bench", ignore_errors=True)
+    shutil.copytree(REPO / "bench", folder / "bench", ignore=shutil.ignore_patterns("results"))
+    subprocess.run([sys.executable, "-m", "aias.core.protogen"], cwd=folder, check=True)
+    return folder
+
+
+def _run(folder: Path, seconds: float, rates: list[str]) -> dict[str, Any]:
+    output = folder / "ingest.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ingest",
+            "--seconds",
+            str(seconds),
+            "--rates",
+            *rates,
+            "--output",
+            str(output),
+        ],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    figures: dict[str, Any] = json.loads(output.read_text())
+    return figures
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    def median(pick: Any) -> float:
+        return round(float(statistics.median(pick(run) for run in runs)), 2)
+
+    summary = {
+        "bare_c64_per_second": median(lambda r: r["bare_aiohttp_202_c64"]["per_second"]),
+        "c64_per_second": median(lambda r: r["webhook_c64"]["per_second"]),
+        "c64_p99_ms": median(lambda r: r["webhook_c64"]["p99_ms"]),
+        "c16_per_second": median(lambda r: r["webhook_c16"]["per_second"]),
+        "cpu_ms_per_webhook": median(
+            lambda r: sum(r["webhook_c64"]["cpu_ms_per_webhook"].values())
+        ),
+    }
+    for name in runs[0]:
+        if name.startswith("webhook_openloop_"):
+            summary[f"{name}_p99_ms"] = median(lambda r, n=name: r[n]["p99_ms"])
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("revisions", nargs="+")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rates", nargs="*", default=["150", "500"])
+    args = parser.parse_args()
+    info = machine()
+    print_machine(info)
+    root = Path(tempfile.mkdtemp(prefix="aias-compare-"))
+    results: dict[str, list[dict[str, Any]]] = {revision: [] for revision in args.revisions}
+    try:
+        folders = {revision: _checkout(revision, root) for revision in args.revisions}
+        for round_number in range(args.rounds):
+            for revision, folder in folders.items():
+                print(f"round {round_number + 1}: {revision}", flush=True)
+                results[revision].append(_run(folder, args.seconds, args.rates))
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
+        for folder in root.iterdir():
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)],
+                check=False,
+            )
+        shutil.rmtree(root, ignore_errors=True)
+    summaries = {revision: _summary(runs) for revision, runs in results.items()}
+    for revision, summary in summaries.items():
+        print(f"{revision}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    write_json("compare", {"rounds": args.rounds, "seconds": args.seconds, "revisions": summaries})
+
+
+if __name__ == "__main__":
+    main()
