@@ -11,8 +11,9 @@ STUBS := build/aias.binpb
 
 .PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-ingest bench-worker clean
 
+# `make run REPLICAS=execution-worker=3,gateway=2` runs more than one process of a kind.
 run: $(STUBS)
-	$(PY) -m aias.core.launcher
+	$(PY) -m aias.core.launcher $(if $(REPLICAS),--replicas $(REPLICAS))
 
 test: lint typecheck buf-lint pytest
 

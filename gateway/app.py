@@ -126,6 +126,8 @@ async def _healthz(request: web.Request, params: Mapping[str, str]) -> web.Strea
 
 
 async def _readyz(request: web.Request, params: Mapping[str, str]) -> web.StreamResponse:
+    if request.app[INFLIGHT].draining:
+        return json_response({"status": "draining"}, 503)
     backends = await request.app[BACKEND_POOL].health(READINESS_TIMEOUT_SECONDS)
     ready = all(state == "SERVING" for state in backends.values())
     body = {"status": "ready" if ready else "not_ready", "backends": backends}

@@ -76,6 +76,8 @@ class InflightLimit:
         self._count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Set when the gateway starts to stop: /readyz answers 503 and responses close their
+        # connections from then on.
         self.draining = False
 
     @contextmanager
@@ -91,9 +93,8 @@ class InflightLimit:
             if not self._count:
                 self._idle.set()
 
-    async def drain(self, timeout_seconds: float) -> None:
-        """Marks the gateway as stopping; returns once no request is in flight, or at the timeout."""
-        self.draining = True
+    async def idle(self, timeout_seconds: float) -> None:
+        """Returns once no request is in flight, or at the timeout."""
         with suppress(TimeoutError):
             async with asyncio.timeout(timeout_seconds):
                 await self._idle.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -106,8 +107,9 @@ class GatewayRunner(web.AppRunner):
 async def serving(settings: GatewaySettings) -> AsyncIterator[int]:
     """Serves the gateway on host:port (0: any free port) and yields the bound port.
 
-    On exit it stops accepting connections, lets the requests in flight finish within the grace
-    period, closes the connections, then the backend channels.
+    On exit it reports not ready, keeps accepting for the drain delay, stops accepting, lets the
+    requests in flight finish within the rest of the grace period, closes the connections, then
+    the backend channels.
     """
     app = init_app(settings)
     runner = GatewayRunner(
@@ -126,10 +128,16 @@ async def serving(settings: GatewaySettings) -> AsyncIterator[int]:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         yield int(runner.addresses[0][1])
+        inflight = app[INFLIGHT]
+        # Not ready from now on, and every response closes its connection: load balancers and
+        # keep-alive clients move to other gateways. For the drain delay this one still accepts
+        # connections, so a balancer that has not yet seen the 503 gets answers, not refusals.
+        inflight.draining = True
+        await asyncio.sleep(settings.drain_delay_seconds)
         await site.stop()
         # aiohttp's own graceful stop marks every connection closing at once, and a closing
         # connection drops what it receives: a request whose body was still arriving would be
         # cut off. So the requests in flight finish first, bodies and all.
-        await app[INFLIGHT].drain(settings.grace_seconds)
+        await inflight.idle(settings.grace_seconds - settings.drain_delay_seconds)
     finally:
         await runner.cleanup()

@@ -34,6 +34,9 @@ class GatewaySettings:
     log_level: str
     ready_file: Path | None
     grace_seconds: float
+    # The first part of the grace period, during which a stopping gateway reports not ready
+    # but still accepts connections.
+    drain_delay_seconds: float = 0.0
     header_timeout_seconds: float = DEFAULT_HEADER_TIMEOUT_SECONDS
     body_timeout_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
     max_inflight: int = DEFAULT_MAX_INFLIGHT
@@ -55,6 +58,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
         ready_file=env.optional_path("AIAS_READY_FILE"),
         grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
+        drain_delay_seconds=env.number("AIAS_GATEWAY_DRAIN_DELAY_SECONDS", 0.0),
         header_timeout_seconds=env.number(
             "AIAS_GATEWAY_HEADER_TIMEOUT_SECONDS", DEFAULT_HEADER_TIMEOUT_SECONDS, minimum=0.1
         ),
@@ -69,5 +73,10 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         access_log=env.flag("AIAS_GATEWAY_ACCESS_LOG", True),
         public_url=env.text("AIAS_PUBLIC_URL", DEFAULT_PUBLIC_URL),
     )
+    if settings.drain_delay_seconds and settings.drain_delay_seconds >= settings.grace_seconds:
+        env.problem(
+            "AIAS_GATEWAY_DRAIN_DELAY_SECONDS must be shorter than AIAS_SHUTDOWN_GRACE_SECONDS "
+            f"({settings.grace_seconds:g}): the requests in flight finish within the rest of it"
+        )
     env.check()
     return settings

@@ -20,7 +20,8 @@ class Remote:
 
     `/echo` answers JSON describing the request; `/status/{code}` answers that status;
     `/fail/{n}/{key}` answers 503 to the first `n` requests per key, then like `/echo`;
-    `/slow/{n}/{key}` holds the first `n` requests per key for 5 s; `/redirect?to=URL` and
+    `/slow/{n}/{key}` holds the first `n` requests per key for 5 s; `/delay/{ms}` answers like
+    `/echo` after `ms` milliseconds; `/redirect?to=URL` and
     `/loop` redirect; `/bytes/{n}` answers `n` bytes (gzipped with `?gzip`); `/cookie` sets a
     cookie.
     """
@@ -37,6 +38,7 @@ class Remote:
         app.router.add_route("*", "/status/{code}", self._status)
         app.router.add_route("*", "/fail/{n}/{key}", self._fail)
         app.router.add_route("*", "/slow/{n}/{key}", self._slow)
+        app.router.add_route("*", "/delay/{ms}", self._delay)
         app.router.add_route("*", "/redirect", self._redirect)
         app.router.add_get("/loop", self._loop)
         app.router.add_get("/bytes/{n}", self._bytes)
@@ -79,6 +81,10 @@ class Remote:
     async def _slow(self, request: web.Request) -> web.Response:
         if self.hits[request.path] <= int(request.match_info["n"]):
             await asyncio.sleep(5)
+        return await self._echo(request)
+
+    async def _delay(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
         return await self._echo(request)
 
     async def _redirect(self, request: web.Request) -> web.Response:

@@ -139,6 +139,28 @@ class LaunchError(Exception):
     """A process did not come up; the message includes the end of its log."""
 
 
+def instance_name(kind: str, index: int) -> str:
+    """The name of a kind's `index`-th process (from 1): the first has the kind's name, so a
+    suite of one process per kind is named as before; replicas are numbered from 2."""
+    return kind if index == 1 else f"{kind}-{index}"
+
+
+def parse_replicas(values: list[str]) -> dict[str, int]:
+    """`--replicas` values (`kind=N`, several comma-separated or repeated) as {kind: N}."""
+    kinds = [spec.name for spec in PROCESSES]
+    replicas: dict[str, int] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        kind, _, count = item.partition("=")
+        if kind not in kinds:
+            raise ValueError(f"unknown process {kind!r} in {item!r}; one of {', '.join(kinds)}")
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{item!r}: the count must be a whole number of at least 1")
+        replicas[kind] = int(count)
+    return replicas
+
+
 def _restart_delay(crashes: int) -> float:
     """The back-off before a restart, given how often the process failed since it was stable."""
     return float(min(RESTART_MAX_SECONDS, RESTART_FIRST_SECONDS * 2 ** min(crashes, 16)))
@@ -157,6 +179,7 @@ def _how_it_ended(code: int) -> str:
 class Child:
     """One process of the suite: the OS process running now, and what a restart reuses."""
 
+    name: str
     spec: ProcessSpec
     process: subprocess.Popen[bytes]
     ready_file: Path
@@ -179,7 +202,12 @@ class Child:
 
 @dataclass
 class Stack:
-    """A running suite. `ports` of 0 mean "any free port" (what tests use)."""
+    """A running suite. `ports` of 0 mean "any free port" (what tests use).
+
+    `replicas` starts more than one process of a kind (one when absent). The first keeps the
+    kind's ports and name; the others are named `<kind>-2`, `<kind>-3`, … and listen on free
+    ports. Callers of a replicated service get every replica's address (see `address`).
+    """
 
     data_dir: Path
     database: LocalDatabase
@@ -192,15 +220,35 @@ class Stack:
     grace_seconds: float = 10.0
     # The gateway's session-cookie key; a stack given none makes one that lasts as long as it.
     dashboard_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    replicas: Mapping[str, int] = field(default_factory=dict)
     children: dict[str, Child] = field(default_factory=dict)
     public_url: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.replicas) - {spec.name for spec in PROCESSES}
+        if unknown or any(count < 1 for count in self.replicas.values()):
+            raise ValueError(f"replicas must name process kinds, each at least 1: {self.replicas}")
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.children['gateway'].port}"
 
-    def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.children[name].port}"
+    @property
+    def gateway_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{child.port}" for child in self.instances("gateway")]
+
+    def instances(self, kind: str) -> list[Child]:
+        """The processes of one kind, the first first."""
+        return [child for child in self.children.values() if child.spec.name == kind]
+
+    def address(self, kind: str) -> str:
+        """The gRPC target callers of `kind` are given: `127.0.0.1:<port>` for one process;
+        for replicas, an `ipv4:` list of every one, over which callers' channels balance
+        round-robin (as over the addresses a `dns:///` name resolves to)."""
+        ports = [child.port for child in self.instances(kind)]
+        if len(ports) == 1:
+            return f"127.0.0.1:{ports[0]}"
+        return "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
     def _env(self, spec: ProcessSpec, port: int, metrics_port: int) -> dict[str, str]:
         env = {
@@ -235,24 +283,35 @@ class Stack:
         specs = {spec.name: spec for spec in PROCESSES}
         try:
             for wave in WAVES:
-                for name in wave:
-                    spec = specs[name]
+                started: list[Child] = []
+                for kind in wave:
+                    spec = specs[kind]
                     port = (
                         gateway_port
-                        if name == "gateway"
-                        else self.ports.get(name, spec.default_port)
+                        if kind == "gateway"
+                        else self.ports.get(kind, spec.default_port)
                     )
-                    metrics_port = self.metrics_ports.get(name, spec.default_metrics)
-                    self.children[name] = self._spawn(spec, port, metrics_port)
-                for name in wave:
-                    self._wait_ready(self.children[name], timeout)
+                    metrics_port = self.metrics_ports.get(kind, spec.default_metrics)
+                    for index in range(1, self.replicas.get(kind, 1) + 1):
+                        name = instance_name(kind, index)
+                        # Replicas after the first take free ports: the kinds' default ports
+                        # are neighbours, so "the next one up" would be another kind's.
+                        first = index == 1
+                        child = self._spawn(
+                            spec, port if first else 0, metrics_port if first else 0, name
+                        )
+                        self.children[name] = child
+                        started.append(child)
+                for child in started:
+                    self._wait_ready(child, timeout)
         except BaseException:
             self.stop()
             raise
 
-    def _spawn(self, spec: ProcessSpec, port: int, metrics_port: int) -> Child:
-        """Starts one process on `port` (0: any free one); a restart passes the port it had."""
-        ready = self.data_dir / "run" / f"{spec.name}.ready"
+    def _spawn(self, spec: ProcessSpec, port: int, metrics_port: int, name: str) -> Child:
+        """Starts process `name` of kind `spec` on `port` (0: any free one); a restart passes
+        the port it had."""
+        ready = self.data_dir / "run" / f"{name}.ready"
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.unlink(missing_ok=True)
         env = self._env(spec, port, metrics_port)
@@ -261,7 +320,7 @@ class Stack:
         output: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            log_path = self.log_dir / f"{spec.name}.log"
+            log_path = self.log_dir / f"{name}.log"
             output = log_path.open("ab")
         # The child gets SIGTERM when the launcher dies, so no process outlives it. The kernel
         # sends it when the thread that started the child ends, which is why the launcher starts
@@ -275,22 +334,20 @@ class Stack:
         )
         if output is not None:
             output.close()
-        return Child(spec, process, ready, log_path, port, metrics_port)
+        return Child(name, spec, process, ready, log_path, port, metrics_port)
 
     def _wait_ready(self, child: Child, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.process.poll() is not None:
                 raise LaunchError(
-                    f"{child.spec.name} exited with {child.process.returncode}:\n{child.log_tail()}"
+                    f"{child.name} exited with {child.process.returncode}:\n{child.log_tail()}"
                 )
             if self._ready(child):
                 child.up_since = time.monotonic()
                 return
             time.sleep(0.05)
-        raise LaunchError(
-            f"{child.spec.name} was not ready within {timeout:.0f}s:\n{child.log_tail()}"
-        )
+        raise LaunchError(f"{child.name} was not ready within {timeout:.0f}s:\n{child.log_tail()}")
 
     def _ready(self, child: Child) -> bool:
         """Whether the process wrote its ready file and (gRPC processes) reports SERVING; learns
@@ -324,7 +381,7 @@ class Stack:
         for name, child in list(self.children.items()):
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    restarted = self._spawn(child.spec, child.port, child.metrics_port)
+                    restarted = self._spawn(child.spec, child.port, child.metrics_port, name)
                     restarted.crashes = child.crashes
                     self.children[name] = restarted
                 continue
@@ -356,15 +413,14 @@ class Stack:
         log.error(
             "process exited unexpectedly",
             extra={
-                "process_name": child.spec.name,
+                "process_name": child.name,
                 "pid": child.process.pid,
                 "exit_code": code,
                 "restart_in_seconds": delay,
             },
         )
         return (
-            f"{child.spec.name} {_how_it_ended(code)}; "
-            f"restarting it in {delay:g}s on port {child.port}"
+            f"{child.name} {_how_it_ended(code)}; restarting it in {delay:g}s on port {child.port}"
         )
 
     def stop(self) -> dict[str, int]:
@@ -376,19 +432,21 @@ class Stack:
         """
         codes: dict[str, int] = {}
         for wave in reversed(WAVES):
-            children = [self.children[name] for name in reversed(wave) if name in self.children]
+            children = [
+                child for kind in reversed(wave) for child in reversed(self.instances(kind))
+            ]
             for child in children:
                 if child.process.poll() is None:
                     child.process.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + self.grace_seconds + EXIT_MARGIN_SECONDS
             for child in children:
-                codes[child.spec.name] = self._reap(child, deadline)
+                codes[child.name] = self._reap(child, deadline)
         self.children.clear()
         return codes
 
     @staticmethod
     def _reap(child: Child, deadline: float) -> int:
-        name = child.spec.name
+        name = child.name
         try:
             code = child.process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
@@ -405,8 +463,10 @@ def launch(
     *,
     any_port: bool = False,
     log_dir: Path | None = None,
+    replicas: Mapping[str, int] | None = None,
 ) -> Stack:
-    """Prepares the database and starts every process; `any_port` binds everything to port 0."""
+    """Prepares the database and starts every process (`replicas` of a kind: that many);
+    `any_port` binds everything to port 0."""
     env = Env(environ)
     database_url = env.text("AIAS_DATABASE_URL", "") or None
     app_password = env.text("AIAS_APP_DB_PASSWORD", "") or None
@@ -438,6 +498,7 @@ def launch(
         extra_env=dict(environ) if environ is not None else {},
         grace_seconds=grace,
         dashboard_secret=dashboard,
+        replicas=replicas or {},
     )
     try:
         stack.start()
@@ -455,7 +516,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--data-dir", type=Path, default=Path(os.environ.get("AIAS_DATA_DIR", ".data")).resolve()
     )
+    parser.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="KIND=N",
+        help="run N processes of a kind, e.g. execution-worker=3,gateway=2 (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        replicas = parse_replicas(args.replicas)
+    except ValueError as error:
+        parser.error(str(error))
     configure_logging("launcher", os.environ.get("AIAS_LOG_LEVEL", "INFO").upper())
     stopping = False
 
@@ -465,9 +537,11 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    stack = launch(args.data_dir)
+    stack = launch(args.data_dir, replicas=replicas)
     try:
-        gateway = f"http://localhost:{stack.children['gateway'].port}"
+        gateway, *more_gateways = (
+            f"http://localhost:{child.port}" for child in stack.instances("gateway")
+        )
         # Where to find the token, never the token: consoles end up in scrollback and CI logs.
         token_at = (
             "the AIAS_ADMIN_TOKEN you set"
@@ -476,7 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(
             f"\nAIAS is up.\n  gateway:        {gateway}\n"
-            f"  dashboard:      {gateway}/dashboard (sign in with an admin API key)\n"
+            + (f"  more gateways:  {', '.join(more_gateways)}\n" if more_gateways else "")
+            + f"  dashboard:      {gateway}/dashboard (sign in with an admin API key)\n"
             f"  operator token: {token_at}\n"
             f"  services:       "
             + ", ".join(f"{n} :{c.port}" for n, c in stack.children.items())

@@ -95,10 +95,14 @@ class Env:
         return None if value == "-" else Path(value)
 
     def address(self, name: str, default: str | None = None) -> str:
-        """A `host:port` address of a backend."""
+        """A backend's gRPC target: `host:port`, `dns:///host:port` (every address the name
+        resolves to) or `ipv4:host:port,host:port` (these replicas; `ipv6:` likewise)."""
         value = self.text(name, default)
-        if value and (":" not in value or not value.rsplit(":", 1)[1].isdigit()):
-            self._problems.append(f"{name} must look like host:port, got {value!r}")
+        if value and not _is_target(value):
+            self._problems.append(
+                f"{name} must look like host:port, dns:///host:port or "
+                f"ipv4:host:port,host:port, got {value!r}"
+            )
         return value
 
     def database_url(self, name: str, default: str | None = None) -> str:
@@ -119,10 +123,28 @@ class Env:
             self._problems.append(f"{name} must be a redis:// or rediss:// URL")
         return value
 
+    def problem(self, message: str) -> None:
+        """Records a problem found across settings (one value too large for another, say)."""
+        self._problems.append(message)
+
     def check(self) -> None:
         """Raises one SettingsError that lists every problem found so far."""
         if self._problems:
             raise SettingsError("invalid configuration:\n  " + "\n  ".join(self._problems))
+
+
+def _is_target(value: str) -> bool:
+    """Whether `value` is a gRPC target of the forms `Env.address` accepts."""
+    if value.startswith("dns:///"):
+        addresses = [value.removeprefix("dns:///")]
+    elif value.startswith(("ipv4:", "ipv6:")):
+        addresses = value[5:].split(",")
+    else:
+        addresses = [value]
+    return all(
+        host and port.isdigit()
+        for host, _, port in (address.rpartition(":") for address in addresses)
+    )
 
 
 @dataclass(frozen=True)

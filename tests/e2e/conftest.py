@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -11,8 +9,9 @@ import aiohttp
 import pytest
 
 from aias.core.launcher import PROCESSES, Stack
-from aias.core.localdb import LocalDatabase, prepare
+from aias.core.localdb import LocalDatabase
 from tests.conftest import INTERNAL_TOKEN
+from tests.e2e.database import fresh_database
 from tests.stripe_fake import API_KEY, WEBHOOK_SECRET, FakeStripe
 
 ADMIN_TOKEN = "test-admin-token"
@@ -23,11 +22,8 @@ USED_SECRETS: set[str] = set()
 @pytest.fixture(scope="session")
 def stack_database() -> Iterator[LocalDatabase]:
     """The suite's own database: its worker must not claim runs that other tests queue."""
-    data_dir = Path(tempfile.mkdtemp(prefix="aias-e2e-pg-"))
-    local = prepare(data_dir, None, None, embedded_port=0)
-    yield local
-    local.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
+    with fresh_database() as local:
+        yield local
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,14 @@ import asyncio
 import collections
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import text
 
 from aias.core.launcher import Stack
 from tests.e2e.client import OPERATOR, Tenant, expect, new_tenant
+from tests.e2e.database import superuser
 
 CONNECTIONS = 64
 BURST_SECONDS = 5.0
@@ -32,22 +31,8 @@ ONE_STEP = {
 }
 
 
-@contextmanager
-def _database(stack: Stack) -> Iterator[Engine]:
-    """The suite's database as its superuser, which row-level security does not filter."""
-    assert stack.database.embedded is not None
-    url = make_url(stack.database.embedded.start()).set(
-        drivername="postgresql+psycopg", database=make_url(stack.database.owner_url).database
-    )
-    engine = create_engine(url)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 def _stored_runs(stack: Stack, tenant_id: str) -> list[tuple[str, str | None]]:
-    with _database(stack) as engine, engine.connect() as connection:
+    with superuser(stack.database) as engine, engine.connect() as connection:
         rows = connection.execute(
             text("SELECT id, idempotency_key FROM execution.runs WHERE tenant_id = :tenant"),
             {"tenant": tenant_id},

@@ -445,9 +445,10 @@ async def _send_hostile_requests(port: int, secrets: dict[str, str]) -> None:
 
 @asynccontextmanager
 async def gateway_process(
-    fakes: Fakes, tmp_path: Path
+    fakes: Fakes, tmp_path: Path, **settings: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`python -m gateway.main` against the fakes; its log goes to tmp_path/gateway.log."""
+    """`python -m gateway.main` against the fakes, with `settings` added to its environment;
+    its log goes to tmp_path/gateway.log."""
     ready = tmp_path / "ready.json"
     env = {
         **os.environ,
@@ -459,6 +460,7 @@ async def gateway_process(
         "AIAS_READY_FILE": str(ready),
         "AIAS_SHUTDOWN_GRACE_SECONDS": "5",
         **{f"AIAS_{name.upper()}_ADDR": address for name, address in fakes.addresses.items()},
+        **settings,
     }
     with (tmp_path / "gateway.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -511,6 +513,47 @@ async def test_unauthenticated_8_mb_bodies_keep_the_gateway_under_150_mib(
     assert peak < 150 * mib, f"peak RSS {peak / mib:.0f} MiB"
     # The bodies' memory goes back to the system: what stays is a few buffers, not the bodies.
     assert after - idle < 32 * mib, f"RSS {idle / mib:.0f} MiB idle, {after / mib:.0f} after"
+
+
+async def test_sigterm_reports_not_ready_and_still_serves_during_the_drain_delay(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_fakes() as fakes,
+        gateway_process(fakes, tmp_path, AIAS_GATEWAY_DRAIN_DELAY_SECONDS="3") as (process, port),
+        ClientSession(f"http://127.0.0.1:{port}") as http,
+    ):
+        async with http.get("/readyz") as before:
+            assert before.status == 200
+            assert "Connection" not in before.headers, "kept alive while serving"
+        process.send_signal(signal.SIGTERM)
+        for _ in range(100):
+            async with http.get("/readyz") as readiness:
+                answer = (readiness.status, await readiness.json())
+                closes = readiness.headers.get("Connection") == "close"
+            if answer[0] != 200:
+                break
+            await asyncio.sleep(0.02)
+        # Not ready as soon as it is stopping, and it closes each connection after its answer,
+        # so keep-alive clients reconnect (through their balancer, to another gateway).
+        assert answer == (503, {"status": "draining"})
+        assert closes
+        # Still accepting: a webhook on a new connection is served.
+        async with http.post(f"{WEBHOOK}/s", data=b"{}") as late:
+            assert late.status == 202
+            assert late.headers["Connection"] == "close"
+        # After the delay it refuses connections, and exits once nothing is in flight.
+        refused = False
+        for _ in range(400):
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except ConnectionRefusedError:
+                refused = True
+                break
+            writer.close()
+            await asyncio.sleep(0.02)
+        assert refused
+        assert await asyncio.wait_for(process.wait(), 10) == 0
 
 
 async def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
