@@ -66,6 +66,10 @@ class BlobStore(Protocol):
         """Whether this exact content is already stored for the tenant."""
         ...
 
+    async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
+        """Removes a blob; a blob that is already gone is fine."""
+        ...
+
 
 class _FileWriter:
     """Hashes and writes to a temporary file next to the blobs, so the final rename is atomic."""
@@ -175,6 +179,16 @@ class FilesystemBlobStore:
     async def exists(self, tenant_id: uuid.UUID, blob: StoredBlob) -> bool:
         path = self.blob_path(tenant_id, blob.sha256)
         return await asyncio.to_thread(lambda: path.is_file() and path.stat().st_size == blob.size)
+
+    async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
+        path = self.blob_path(tenant_id, sha256)
+        await asyncio.to_thread(self._delete, path)
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        with suppress(FileNotFoundError):
+            path.unlink()
+            _fsync_dir(path.parent)
 
     @asynccontextmanager
     async def reader(self, tenant_id: uuid.UUID, sha256: str) -> AsyncIterator[BlobReader]:
