@@ -62,6 +62,14 @@ class ArtifactRepository:
             .on_conflict_do_nothing(index_elements=[BlobRow.tenant_id, BlobRow.sha256])
         )
 
+    async def keep_unreferenced(self, sha256: str) -> None:
+        """Restarts the sweeper's grace period of a blob no artifact names (if it is one)."""
+        await self._session.execute(
+            update(BlobRow)
+            .where(BlobRow.sha256 == sha256, BlobRow.refcount == 0)
+            .values(unreferenced_time=func.now())
+        )
+
     async def lock_blobs(self, digests: Sequence[str]) -> list[BlobRow]:
         """The blob rows of these digests, locked until the transaction ends."""
         rows = await self._session.scalars(

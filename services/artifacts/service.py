@@ -21,7 +21,7 @@ from aias.core.entitlements import (
 from aias.core.errors import AlreadyExists, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
+from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
     Artifact,
@@ -31,6 +31,7 @@ from services.artifacts.domain import (
     kept_for,
     validate_upload,
 )
+from services.artifacts.models import BlobRow
 from services.artifacts.repository import ArtifactRepository, Stored, SweepRepository
 from services.artifacts.runs import RunOwners
 
@@ -90,22 +91,22 @@ class ArtifactsService:
             async for chunk in chunks:
                 await writer.write(check_chunk(chunk))
             written = writer.written()
-            # The blob row is committed before the file can exist, so a file left behind by a
-            # failure below is always one the sweeper knows of and frees.
+            # The blob row is committed, its grace period restarted, before the file can
+            # exist, so a file left behind by a failure below is one the sweeper knows of.
             async with self._db.tenant(tenant_id) as session:
-                await ArtifactRepository(session).add_blob_if_absent(tenant_id, written)
+                repo = ArtifactRepository(session)
+                await repo.add_blob_if_absent(tenant_id, written)
+                await repo.keep_unreferenced(written.sha256)
             reserved, referenced = 0, False
             try:
                 async with self._db.tenant(tenant_id) as session:
                     repo = ArtifactRepository(session)
-                    # Again: the sweeper may have freed the row since (after its grace period).
-                    await repo.add_blob_if_absent(tenant_id, written)
                     # The row lock orders this upload with the sweeper and with other uploads
                     # of the same content: the sweeper deletes a file only under this lock
                     # with the count at zero, and the file is put in place (or found there)
                     # under it before the count rises, so a blob the sweeper is freeing is
                     # stored again by the upload that waited for it, never lost.
-                    (row,) = await repo.lock_blobs([written.sha256])
+                    row = await _locked_blob(repo, tenant_id, written)
                     if row.refcount == 0 and written.size:
                         reserved = await self._reserve_storage(entitlements, written.size)
                     blob = await writer.commit()
@@ -268,6 +269,14 @@ class ArtifactsService:
                 )
                 raise _unavailable(artifact)
             yield Download(artifact, reader)
+
+
+async def _locked_blob(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> BlobRow:
+    """The blob's row, locked; made again if the sweeper deleted it since it was last seen."""
+    while True:
+        await repo.add_blob_if_absent(tenant_id, blob)
+        if rows := await repo.lock_blobs([blob.sha256]):
+            return rows[0]
 
 
 async def _remove(
