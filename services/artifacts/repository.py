@@ -35,11 +35,19 @@ def _artifact(row: ArtifactRow) -> Artifact:
 
 
 @dataclass(frozen=True)
-class Stored:
-    """An artifact or a blob as the sweeper finds it: whose, which, and its digest."""
+class ExpiredArtifact:
+    """An artifact past its expiry, as the sweeper finds it."""
 
     tenant_id: uuid.UUID
-    id: uuid.UUID | None
+    id: uuid.UUID
+    sha256: str
+
+
+@dataclass(frozen=True)
+class UnreferencedBlob:
+    """Content no artifact names, as the sweeper finds it."""
+
+    tenant_id: uuid.UUID
     sha256: str
 
 
@@ -70,16 +78,16 @@ class ArtifactRepository:
             .values(unreferenced_time=func.now())
         )
 
-    async def lock_blobs(self, digests: Sequence[str]) -> list[BlobRow]:
-        """The blob rows of these digests, locked until the transaction ends."""
-        rows = await self._session.scalars(
-            select(BlobRow)
+    async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
+        """Locks the blob rows of these digests until the transaction ends; returns how many
+        artifacts name each (a digest without a row is left out)."""
+        rows = await self._session.execute(
+            select(BlobRow.sha256, BlobRow.refcount)
             .where(BlobRow.sha256.in_(sorted(set(digests))))
             .order_by(BlobRow.sha256)
             .with_for_update()
-            .execution_options(populate_existing=True)
         )
-        return list(rows)
+        return {row.sha256: row.refcount for row in rows}
 
     async def reference(self, sha256: str) -> None:
         """One more artifact names the blob (locked by the caller)."""
@@ -207,7 +215,7 @@ class SweepRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def expired(self, limit: int) -> list[Stored]:
+    async def expired(self, limit: int) -> list[ExpiredArtifact]:
         """Artifacts past their expiry, longest expired first."""
         rows = await self._session.execute(
             select(ArtifactRow.tenant_id, ArtifactRow.id, ArtifactRow.sha256)
@@ -215,9 +223,9 @@ class SweepRepository:
             .order_by(ArtifactRow.expire_time)
             .limit(limit)
         )
-        return [Stored(row.tenant_id, row.id, row.sha256) for row in rows]
+        return [ExpiredArtifact(row.tenant_id, row.id, row.sha256) for row in rows]
 
-    async def unreferenced(self, grace: timedelta, limit: int) -> list[Stored]:
+    async def unreferenced(self, grace: timedelta, limit: int) -> list[UnreferencedBlob]:
         """Blobs no artifact has named for at least `grace`, longest unreferenced first."""
         rows = await self._session.execute(
             select(BlobRow.tenant_id, BlobRow.sha256)
@@ -225,4 +233,4 @@ class SweepRepository:
             .order_by(BlobRow.unreferenced_time)
             .limit(limit)
         )
-        return [Stored(row.tenant_id, None, row.sha256) for row in rows]
+        return [UnreferencedBlob(row.tenant_id, row.sha256) for row in rows]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Protocol, TypeVar
 
 from aias.core.context import run_id_var
 from aias.core.db import Database, SystemPath, parse_uuid
@@ -31,8 +32,7 @@ from services.artifacts.domain import (
     kept_for,
     validate_upload,
 )
-from services.artifacts.models import BlobRow
-from services.artifacts.repository import ArtifactRepository, Stored, SweepRepository
+from services.artifacts.repository import ArtifactRepository, SweepRepository
 from services.artifacts.runs import RunOwners
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ class ArtifactsService:
                     # with the count at zero, and the file is put in place (or found there)
                     # under it before the count rises, so a blob the sweeper is freeing is
                     # stored again by the upload that waited for it, never lost.
-                    row = await _locked_blob(repo, tenant_id, written)
-                    if row.refcount == 0 and written.size:
+                    if await _locked_refcount(repo, tenant_id, written) == 0 and written.size:
                         reserved = await self._reserve_storage(entitlements, written.size)
                     blob = await writer.commit()
                     stored = await repo.add_if_absent(tenant_id, new, workflow_id, blob)
@@ -166,16 +165,17 @@ class ArtifactsService:
                 async with self._db.tenant(tenant_id) as session:
                     removed, freed = await _remove(
                         ArtifactRepository(session),
-                        [(item.id, item.sha256) for item in found if item.id is not None],
+                        [(item.id, item.sha256) for item in found],
                         expired_only=True,
                     )
             except Exception:
                 log.exception("deleting expired artifacts failed", extra={"tenant": str(tenant_id)})
                 continue
             await self._release(tenant_id, freed)
-            log.info(
-                "expired artifacts deleted", extra={"tenant": str(tenant_id), "count": removed}
-            )
+            if removed:
+                log.info(
+                    "expired artifacts deleted", extra={"tenant": str(tenant_id), "count": removed}
+                )
         return len(due)
 
     async def free_unreferenced(self, batch: int, grace: timedelta) -> int:
@@ -271,12 +271,13 @@ class ArtifactsService:
             yield Download(artifact, reader)
 
 
-async def _locked_blob(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> BlobRow:
-    """The blob's row, locked; made again if the sweeper deleted it since it was last seen."""
+async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:
+    """Locks the blob's row, made again if the sweeper deleted it since it was last seen;
+    returns how many artifacts name it."""
     while True:
         await repo.add_blob_if_absent(tenant_id, blob)
-        if rows := await repo.lock_blobs([blob.sha256]):
-            return rows[0]
+        if (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is not None:
+            return refcount
 
 
 async def _remove(
@@ -291,8 +292,16 @@ async def _remove(
     return len(removed), await repo.dereference(Counter(removed))
 
 
-def _by_tenant(items: list[Stored]) -> dict[uuid.UUID, list[Stored]]:
-    grouped: dict[uuid.UUID, list[Stored]] = defaultdict(list)
+class _OfTenant(Protocol):
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+
+
+_Item = TypeVar("_Item", bound=_OfTenant)
+
+
+def _by_tenant(items: list[_Item]) -> dict[uuid.UUID, list[_Item]]:
+    grouped: dict[uuid.UUID, list[_Item]] = defaultdict(list)
     for item in items:
         grouped[item.tenant_id].append(item)
     return grouped
