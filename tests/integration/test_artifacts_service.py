@@ -120,9 +120,9 @@ async def served(
             tenancy_addr=tenancy.address,
             execution_addr=execution_addr,
             entitlements_ttl=0.0,
-            # The server's own sweeper runs often and frees blobs at once, alongside the tests'
-            # uploads and deletions; tests that need a sweep to have happened run one themselves.
-            sweep=SweepConfig(interval_seconds=0.2, blob_grace=timedelta(0)),
+            # The server's own sweeper expires artifacts often, alongside the tests' uploads and
+            # deletions, but frees no blob: tests that free blobs run a sweep themselves.
+            sweep=SweepConfig(interval_seconds=0.2, blob_grace=timedelta(hours=1)),
         )
         async with running(await build_server(settings)) as address:
             channel = internal_channel(address, INTERNAL_TOKEN)
@@ -842,7 +842,7 @@ async def test_the_servers_own_sweeper_expires_artifacts(served: Served) -> None
     await expire(served, tenant, artifact.id)
 
     for _ in range(250):
-        if not served.blob_files(tenant) and await served.storage_used(tenant) == 0:
+        if await served.storage_used(tenant) == 0:
             break
         await asyncio.sleep(0.02)
     else:
@@ -850,6 +850,7 @@ async def test_the_servers_own_sweeper_expires_artifacts(served: Served) -> None
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await get(served, tenant, artifact.id)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await served.blob_rows(tenant) == {artifact.sha256: 0}
 
 
 async def test_deleting_frees_quota_for_new_content(served: Served) -> None:
@@ -949,3 +950,51 @@ async def test_an_upload_naming_another_workflow_than_the_runs_is_refused(
 
     named = await upload(served, tenant, run, "a.json", [b"{}"], workflow_id=str(workflow))
     assert named.workflow_id == str(workflow)
+
+
+async def test_the_sweeper_leaves_a_blob_an_upload_holds(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    artifact = await upload(served, tenant, await served.new_run(tenant), "a.bin", [b"held"])
+    await delete(served, tenant, artifact.id, "admin")
+
+    async with served.db.tenant(tenant) as session:
+        # What an upload of the same content holds while it puts the file in place.
+        await session.execute(
+            text("SELECT 1 FROM artifacts.blobs WHERE sha256 = :s FOR UPDATE"),
+            {"s": artifact.sha256},
+        )
+        await served.sweeper.sweep()
+        assert served.blob_files(tenant) == [artifact.sha256]
+
+    await served.sweeper.sweep()
+    assert served.blob_files(tenant) == []
+
+
+async def test_an_upload_that_waited_for_the_sweeper_stores_the_content_again(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = b"swept while uploaded"
+    first = await upload(served, tenant, run, "a.bin", [content])
+    await delete(served, tenant, first.id, "admin")
+
+    async with served.db.tenant(tenant) as session:
+        # A sweeper freeing the blob: row locked, file deleted, row deleted, not yet committed.
+        await session.execute(
+            text("SELECT 1 FROM artifacts.blobs WHERE sha256 = :s FOR UPDATE"),
+            {"s": first.sha256},
+        )
+        uploading = asyncio.create_task(upload(served, tenant, run, "b.bin", [content]))
+        await asyncio.sleep(0.3)
+        assert not uploading.done()
+        await FilesystemBlobStore(served.blob_root).delete(tenant, first.sha256)
+        await session.execute(
+            text("DELETE FROM artifacts.blobs WHERE sha256 = :s"), {"s": first.sha256}
+        )
+
+    second = await uploading
+    _, messages = await download(served, tenant, second.id)
+    assert b"".join(m.data for m in messages) == content
+    assert await served.blob_rows(tenant) == {first.sha256: 1}
+    assert await served.storage_used(tenant) == len(content)
