@@ -17,7 +17,7 @@ from services.artifacts.blobstore import FilesystemBlobStore
 from services.artifacts.runs import RunOwners
 from services.artifacts.service import ArtifactsService
 from services.artifacts.servicer import ArtifactsServicer
-from services.artifacts.sweeper import SweepConfig, Sweeper
+from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArtifactsService"].full_name
 
@@ -71,7 +71,6 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
     service = ArtifactsService(db, blobs, entitlements, UsageClient(tenancy), RunOwners(execution))
     servicer = ArtifactsServicer(service)
-    sweeper = Sweeper(service, settings.sweep)
     built = build_grpc_server(
         settings.server,
         [
@@ -81,6 +80,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
             ),
         ],
     )
+    sweeper = Sweeper(service, settings.sweep, SweepMetrics(built.metrics.registry))
     built.on_start += [entitlements.start, sweeper.start]
     built.probes.append(db.ping)
     # Cleanups run last-registered first: the sweeper stops before anything it uses closes.

@@ -45,6 +45,14 @@ class Page:
 
 
 @dataclass(frozen=True)
+class Swept:
+    """One sweeper batch: how many rows it found, and how many of them it deleted."""
+
+    found: int
+    deleted: int
+
+
+@dataclass(frozen=True)
 class Download:
     """An artifact whose blob is open: its size is checked before the first byte is sent."""
 
@@ -155,11 +163,12 @@ class ArtifactsService:
         await self._release(tenant_id, freed)
         log.info("artifact deleted", extra={"artifact_id": str(aid)})
 
-    async def delete_expired(self, batch: int) -> int:
+    async def delete_expired(self, batch: int) -> Swept:
         """Deletes up to `batch` artifacts past their expiry, of every tenant, each tenant in
-        its own transaction; returns how many were found."""
+        its own transaction."""
         async with self._db.system(SystemPath.ARTIFACT_RETENTION) as session:
             due = await SweepRepository(session).expired(batch)
+        deleted = 0
         for tenant_id, found in _by_tenant(due).items():
             try:
                 async with self._db.tenant(tenant_id) as session:
@@ -172,17 +181,18 @@ class ArtifactsService:
                 log.exception("deleting expired artifacts failed", extra={"tenant": str(tenant_id)})
                 continue
             await self._release(tenant_id, freed)
+            deleted += removed
             if removed:
                 log.info(
                     "expired artifacts deleted", extra={"tenant": str(tenant_id), "count": removed}
                 )
-        return len(due)
+        return Swept(len(due), deleted)
 
-    async def free_unreferenced(self, batch: int, grace: timedelta) -> int:
-        """Deletes up to `batch` blobs no artifact has named for `grace`, of every tenant;
-        returns how many were found."""
+    async def free_unreferenced(self, batch: int, grace: timedelta) -> Swept:
+        """Deletes up to `batch` blobs no artifact has named for `grace`, of every tenant."""
         async with self._db.system(SystemPath.ARTIFACT_RETENTION) as session:
             found = await SweepRepository(session).unreferenced(grace, batch)
+        deleted = 0
         for tenant_id, blobs in _by_tenant(found).items():
             try:
                 async with self._db.tenant(tenant_id) as session:
@@ -196,9 +206,10 @@ class ArtifactsService:
             except Exception:
                 log.exception("freeing unreferenced blobs failed", extra={"tenant": str(tenant_id)})
                 continue
+            deleted += len(digests)
             if digests:
                 log.info("blobs freed", extra={"tenant": str(tenant_id), "count": len(digests)})
-        return len(found)
+        return Swept(len(found), deleted)
 
     async def _release(self, tenant_id: uuid.UUID, amount: int) -> None:
         await self._usage.release(tenant_id, tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES, amount)

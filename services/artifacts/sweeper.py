@@ -9,9 +9,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services.artifacts.service import ArtifactsService
+from prometheus_client import CollectorRegistry, Counter
+
+from services.artifacts.service import ArtifactsService, Swept
 
 log = logging.getLogger(__name__)
+
+
+# A batch that does not shrink (a tenant's transaction failing) waits for the next interval
+# rather than spinning.
+MAX_BATCHES_PER_SWEEP = 100
 
 
 @dataclass(frozen=True)
@@ -24,33 +31,56 @@ class SweepConfig:
     blob_grace: timedelta = timedelta(minutes=15)
 
 
+class SweepMetrics:
+    """What this process's sweeper deleted, for dashboards and for noticing it has stopped."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.expired = Counter(
+            "aias_artifacts_expired",
+            "Artifacts this process's sweeper deleted because their retention ran out.",
+            registry=registry,
+        )
+        self.blobs_freed = Counter(
+            "aias_artifact_blobs_freed",
+            "Stored contents this process's sweeper deleted because no artifact named them.",
+            registry=registry,
+        )
+
+
 class Sweeper:
     """Sweeps every tenant now and then. Any number of artifacts replicas may sweep at once:
     deletions lock their rows, so a row two sweepers find is deleted by one."""
 
-    def __init__(self, service: ArtifactsService, config: SweepConfig) -> None:
+    def __init__(
+        self, service: ArtifactsService, config: SweepConfig, metrics: SweepMetrics
+    ) -> None:
         self._service = service
         self._config = config
+        self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
 
     async def sweep(self) -> tuple[int, int]:
         """One full sweep: expired artifacts first (that may unreference blobs), then blobs;
         returns how many of each were found."""
-        expired = await self._drain(lambda: self._service.delete_expired(self._config.batch))
+        expired = await self._drain(
+            lambda: self._service.delete_expired(self._config.batch), self._metrics.expired
+        )
         freed = await self._drain(
-            lambda: self._service.free_unreferenced(self._config.batch, self._config.blob_grace)
+            lambda: self._service.free_unreferenced(self._config.batch, self._config.blob_grace),
+            self._metrics.blobs_freed,
         )
         return expired, freed
 
-    async def _drain(self, step: Callable[[], Awaitable[int]]) -> int:
-        total = 0
-        while True:
-            found = await step()
-            total += found
-            # A batch the sweep could not shrink (a tenant's transaction failing) waits for the
-            # next interval rather than spinning.
-            if found < self._config.batch or total >= 100 * self._config.batch:
-                return total
+    async def _drain(self, step: Callable[[], Awaitable[Swept]], deleted: Counter) -> int:
+        """Runs batches while they come back full; returns how many rows they found."""
+        found = 0
+        for _ in range(MAX_BATCHES_PER_SWEEP):
+            swept = await step()
+            deleted.inc(swept.deleted)
+            found += swept.found
+            if swept.found < self._config.batch:
+                break
+        return found
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._sweep_forever(), name="artifact-sweeper")

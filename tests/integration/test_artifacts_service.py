@@ -17,6 +17,7 @@ import pytest
 from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
@@ -30,7 +31,7 @@ from services.artifacts.blobstore import FilesystemBlobStore
 from services.artifacts.main import ArtifactsSettings, build_server
 from services.artifacts.runs import RunOwners
 from services.artifacts.service import ArtifactsService
-from services.artifacts.sweeper import SweepConfig, Sweeper
+from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 from services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
@@ -46,6 +47,7 @@ class Served:
     tenancy: Tenancy
     db: Database
     sweeper: Sweeper
+    sweeper_registry: CollectorRegistry
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         return await self.tenancy.new_tenant(plan)
@@ -90,6 +92,10 @@ class Served:
         async with self.db.tenant(tenant) as session:
             rows = await session.execute(text("SELECT sha256, refcount FROM artifacts.blobs"))
         return {row.sha256: row.refcount for row in rows}
+
+    def blobs_freed(self) -> float:
+        """Contents the tests' sweeper has deleted, as its metric counts them."""
+        return self.sweeper_registry.get_sample_value("aias_artifact_blobs_freed_total") or 0.0
 
     def blob_files(self, tenant: uuid.UUID) -> list[str]:
         return sorted(p.name for p in files_under(self.blob_root / str(tenant) / "sha256"))
@@ -136,10 +142,13 @@ async def served(
                 UsageClient(tenancy_channel),
                 RunOwners(execution_channel),
             )
-            sweeper = Sweeper(replica, SweepConfig(batch=2, blob_grace=timedelta(0)))
+            registry = CollectorRegistry()
+            sweeper = Sweeper(
+                replica, SweepConfig(batch=2, blob_grace=timedelta(0)), SweepMetrics(registry)
+            )
             # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
             stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-            yield Served(stub, blob_root, tenancy, db, sweeper)
+            yield Served(stub, blob_root, tenancy, db, sweeper, registry)
             for opened in (channel, tenancy_channel, execution_channel):
                 await opened.close()
     await db.close()
@@ -761,7 +770,10 @@ async def test_a_blob_stays_while_any_artifact_names_it_and_goes_with_the_last(
     await delete(served, tenant, b.id, "admin")
     # The bytes stop counting at once; the file goes with the next sweep.
     assert await served.storage_used(tenant) == 0
+    freed_before = served.blobs_freed()
     await served.sweeper.sweep()
+    # At least this one: the sweep frees what other tests left unreferenced too.
+    assert served.blobs_freed() >= freed_before + 1
 
     assert await served.blob_rows(tenant) == {}
     assert served.blob_files(tenant) == []
