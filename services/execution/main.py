@@ -111,7 +111,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     # Streams that follow runs end first, so a graceful stop need not wait for them.
     built.on_draining.append(events.close)
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [
         db.close,
         rates.close,

@@ -103,7 +103,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         await worker.stop(settings.server.grace_seconds)
 
     # Cleanups run last-registered first: the worker releases its runs before anything closes.
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [
         db.close,
         artifacts.close,
