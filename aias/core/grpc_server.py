@@ -369,9 +369,16 @@ class BuiltServer:
             await cleanup()
 
 
-def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]) -> BuiltServer:
-    """The server with every service, health and reflection, bound to settings.port (0: any)."""
-    metrics = RpcMetrics(CollectorRegistry())
+def build_grpc_server(
+    settings: ServerSettings,
+    services: Sequence[Registration],
+    registry: CollectorRegistry | None = None,
+) -> BuiltServer:
+    """The server with every service, health and reflection, bound to settings.port (0: any).
+
+    `registry` is what its /metrics serves, for a process whose servicers count more than RPCs.
+    """
+    metrics = RpcMetrics(registry or CollectorRegistry())
     server = grpc.aio.server(
         # Tracing's interceptor first, so the RPC's span is current in ours (its log lines).
         interceptors=[
