@@ -1,15 +1,17 @@
-"""One webhook's trace, followed from the gateway's access log line to the worker's step spans."""
+"""A webhook's trace from the gateway's access log to the worker's steps; metrics; the dashboard."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +19,9 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from aias.core.clients import internal_channel
 from aias.core.context import TENANT_ID
@@ -37,6 +42,8 @@ from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
 from tests.tracing import in_trace, recorded_spans
 
+DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "aias.json"
+JSON = {"Content-Type": "application/json"}
 # A caller's own trace: the gateway's span continues it, and so does everything after.
 CLIENT_TRACE_ID = uuid.uuid4().hex
 CLIENT_TRACEPARENT = f"00-{CLIENT_TRACE_ID}-{uuid.uuid4().hex[:16]}-01"
@@ -72,11 +79,16 @@ def captured(*names: str) -> Iterator[_Lines]:
 
 @dataclass
 class Stack:
-    """Tenancy, execution, a worker and the gateway, built traced by the production factories."""
+    """Tenancy, execution, a worker and the gateway, built traced by the production factories,
+    with the registries their /metrics ports serve."""
 
     gateway_url: str
     tenancy: tenancy_grpc.TenancyServiceStub
     execution: pb_grpc.ExecutionServiceStub
+    registries: dict[str, CollectorRegistry]
+
+    def value(self, process: str, name: str, **labels: str) -> float:
+        return self.registries[process].get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture
@@ -88,27 +100,23 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest.fixture
 async def stack(database: LocalDatabase, spans: InMemorySpanExporter) -> AsyncIterator[Stack]:
     async with AsyncExitStack() as stack:
-        tenancy = await stack.enter_async_context(
-            running(
-                await tenancy_main.build_server(
-                    tenancy_main.TenancySettings(server_settings("tenancy"), database.app_url)
-                )
+        built = {
+            "tenancy": await tenancy_main.build_server(
+                tenancy_main.TenancySettings(server_settings("tenancy"), database.app_url)
+            )
+        }
+        tenancy = await stack.enter_async_context(running(built["tenancy"]))
+        built["execution"] = await execution_main.build_server(
+            execution_main.ExecutionSettings(
+                server_settings("execution"),
+                database.app_url,
+                tenancy,
+                "http://gateway.test",
+                entitlements_ttl=300.0,
+                max_attempts=2,
             )
         )
-        execution = await stack.enter_async_context(
-            running(
-                await execution_main.build_server(
-                    execution_main.ExecutionSettings(
-                        server_settings("execution"),
-                        database.app_url,
-                        tenancy,
-                        "http://gateway.test",
-                        entitlements_ttl=300.0,
-                        max_attempts=2,
-                    )
-                )
-            )
-        )
+        execution = await stack.enter_async_context(running(built["execution"]))
         worker = worker_main.WorkerSettings(
             server=server_settings("execution-worker"),
             database_url=database.app_url,
@@ -119,7 +127,8 @@ async def stack(database: LocalDatabase, spans: InMemorySpanExporter) -> AsyncIt
             step_memory_bytes=256 * 2**20,
             nice=0,
         )
-        await stack.enter_async_context(running(await worker_main.build_server(worker)))
+        built["execution-worker"] = await worker_main.build_server(worker)
+        await stack.enter_async_context(running(built["execution-worker"]))
         gateway = GatewaySettings(
             host="127.0.0.1",
             port=0,
@@ -144,6 +153,7 @@ async def stack(database: LocalDatabase, spans: InMemorySpanExporter) -> AsyncIt
             f"http://127.0.0.1:{port}",
             tenancy_grpc.TenancyServiceStub(channels[0]),
             pb_grpc.ExecutionServiceStub(channels[1]),
+            {name: server.metrics.registry for name, server in built.items()},
         )
 
 
@@ -194,7 +204,7 @@ def _parent_id(span: ReadableSpan) -> int:
 
 def _span_id(span: ReadableSpan) -> int:
     assert span.context is not None
-    return span.context.span_id
+    return int(span.context.span_id)
 
 
 async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
@@ -259,3 +269,92 @@ async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
     finished = [line for line in logs.lines if line["message"] == "run finished"]
     assert [line["trace_id"] for line in finished] == [trace_id]
     assert finished[0]["run_id"] == run.attributes["aias.run.id"]
+
+
+async def test_metrics_count_deliveries_refusals_runs_steps_and_the_pool(stack: Stack) -> None:
+    url = await _webhook_url(stack)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={"order": {"items": [1]}}) as response:
+            assert response.status == 202
+        # Above the free plan's 256 KiB: refused at admission, before the body is read.
+        async with http.post(url, data=b" " * 300_000, headers=JSON) as response:
+            assert response.status == 413
+    deadline = time.monotonic() + 30
+    while stack.value("execution-worker", "aias_runs_finished_total", status="succeeded") < 1:
+        assert time.monotonic() < deadline, "the run never finished"
+        await asyncio.sleep(0.1)
+
+    deliveries = "aias_webhook_deliveries_total"
+    assert stack.value("execution", deliveries, outcome="accepted", reason="RUN_QUEUED") == 1
+    assert stack.value("execution", deliveries, outcome="refused", reason="PAYLOAD_TOO_LARGE") == 1
+    refusals = "aias_entitlement_refusals_total"
+    assert (
+        stack.value(
+            "execution", refusals, limit="webhook_payload_bytes", reason="PAYLOAD_TOO_LARGE"
+        )
+        == 1
+    )
+    # Both transform steps, timed (other tests' leftover runs may have run here too).
+    steps = "aias_step_duration_seconds_count"
+    assert stack.value("execution-worker", steps, type="transform", status="succeeded") >= 2
+    # The default pool: 10 connections and 10 more of overflow; all returned once idle.
+    assert stack.value("execution", "aias_db_pool_max_connections") == 20
+    assert stack.value("execution", "aias_db_pool_open_connections") >= 1
+    assert stack.value("execution", "aias_db_pool_checked_out_connections") == 0
+    assert stack.value("execution-worker", "aias_db_pool_max_connections") == 2 * 4
+
+
+def _sample_names(family: Metric) -> set[str]:
+    """Every series name a family can show, whether or not it has samples yet."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+    }.get(family.type, ("",))
+    return {family.name + suffix for suffix in suffixes} | {s.name for s in family.samples}
+
+
+# PromQL's words, which look like names: functions are told apart by their "(".
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool"}
+
+
+def _queried_names(expression: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(?:by|without)\s*\([^)]*\)", " ", expression)
+    return {
+        match.group(1)
+        for match in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\()?", bare)
+        if not match.group(2) and match.group(1) not in _PROMQL_WORDS
+    }
+
+
+async def test_the_dashboard_queries_only_metrics_the_processes_export(stack: Stack) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    families = [family for r in stack.registries.values() for family in r.collect()]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{stack.gateway_url}/metrics") as response,
+    ):
+        families += text_string_to_metric_families(await response.text())
+    exported = set().union(*(_sample_names(family) for family in families))
+    queried = {
+        name: panel["title"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in _queried_names(target["expr"])
+    }
+    assert len(queried) >= 10
+    missing = {name: title for name, title in queried.items() if name not in exported}
+    assert not missing, f"the dashboard queries metrics no process exports: {missing}"
+    # Every metric the issue asks for has a panel.
+    for wanted in (
+        "aias_run_queue_depth_by_plan",
+        "aias_run_queue_oldest_age_by_plan_seconds",
+        "aias_runs_finished_total",
+        "aias_step_duration_seconds_bucket",
+        "aias_webhook_deliveries_total",
+        "aias_entitlement_refusals_total",
+        "aias_run_lease_losses_total",
+        "aias_db_pool_checked_out_connections",
+    ):
+        assert wanted in queried, wanted
