@@ -163,7 +163,8 @@ def _step(step_id: str, expression: str) -> pb.Step:
     return made
 
 
-async def _webhook_url(stack: Stack) -> str:
+async def _webhook_url(stack: Stack) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A new tenant's webhook URL (of a two-step workflow), and the metadata that acts for it."""
     reply = await stack.tenancy.CreateTenant(tenancy_pb.CreateTenantRequest(name="t", plan="free"))
     meta = ((TENANT_ID, reply.tenant.id),)
     workflow = await stack.execution.CreateWorkflow(
@@ -176,7 +177,7 @@ async def _webhook_url(stack: Stack) -> str:
         pb.CreateWebhookEndpointRequest(workflow_id=workflow.workflow.id, name="shop"),
         metadata=meta,
     )
-    return f"{stack.gateway_url}/api/webhooks/{reply.tenant.id}/{endpoint.secret}"
+    return f"{stack.gateway_url}/api/webhooks/{reply.tenant.id}/{endpoint.secret}", meta
 
 
 async def _finished(spans: InMemorySpanExporter, trace_id: str, steps: int) -> list[ReadableSpan]:
@@ -189,6 +190,12 @@ async def _finished(spans: InMemorySpanExporter, trace_id: str, steps: int) -> l
             return found
         await asyncio.sleep(0.1)
     raise AssertionError(f"the run's spans never ended; trace {trace_id} has {names}")
+
+
+def _lines_of(logs: _Lines, message: str, run_id: object) -> list[dict[str, Any]]:
+    return [
+        line for line in logs.lines if line["message"] == message and line.get("run_id") == run_id
+    ]
 
 
 def _one(spans: list[ReadableSpan], name: str) -> ReadableSpan:
@@ -210,7 +217,7 @@ def _span_id(span: ReadableSpan) -> int:
 async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
     stack: Stack, spans: InMemorySpanExporter
 ) -> None:
-    url = await _webhook_url(stack)
+    url, _meta = await _webhook_url(stack)
     with captured("gateway.access", "services.execution.worker") as logs:
         async with (
             aiohttp.ClientSession() as http,
@@ -233,6 +240,15 @@ async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
         assert trace_id == CLIENT_TRACE_ID
 
         found = await _finished(spans, trace_id, steps=2)
+        run_attributes = _one(found, "run").attributes
+        assert run_attributes is not None
+        run_id = run_attributes["aias.run.id"]
+        # The worker logs the run's end once the outcome is written, just after its span ended;
+        # it may also run other tests' leftover runs (the suite's database is shared).
+        deadline = time.monotonic() + 10
+        while not (finished := _lines_of(logs, "run finished", run_id)):
+            assert time.monotonic() < deadline, "the worker never logged the run's end"
+            await asyncio.sleep(0.05)
 
     gateway = _one(found, "POST /api/webhooks/{tenant_id}/{secret}")
     assert gateway.kind == SpanKind.SERVER
@@ -266,21 +282,25 @@ async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
     assert all(s.attributes and s.attributes["aias.step.status"] == "succeeded" for s in steps)
 
     # The worker's own log line about the run carries the same trace.
-    finished = [line for line in logs.lines if line["message"] == "run finished"]
     assert [line["trace_id"] for line in finished] == [trace_id]
-    assert finished[0]["run_id"] == run.attributes["aias.run.id"]
 
 
 async def test_metrics_count_deliveries_refusals_runs_steps_and_the_pool(stack: Stack) -> None:
-    url = await _webhook_url(stack)
+    url, meta = await _webhook_url(stack)
+    steps = "aias_step_duration_seconds_count"
+    steps_before = stack.value("execution-worker", steps, type="transform", status="succeeded")
     async with aiohttp.ClientSession() as http:
         async with http.post(url, json={"order": {"items": [1]}}) as response:
             assert response.status == 202
+            run_id = (await response.json())["run_id"]
         # Above the free plan's 256 KiB: refused at admission, before the body is read.
         async with http.post(url, data=b" " * 300_000, headers=JSON) as response:
             assert response.status == 413
     deadline = time.monotonic() + 30
-    while stack.value("execution-worker", "aias_runs_finished_total", status="succeeded") < 1:
+    request = pb.GetRunRequest(run_id=run_id)
+    while (
+        await stack.execution.GetRun(request, metadata=meta)
+    ).run.status != pb.RUN_STATUS_SUCCEEDED:
         assert time.monotonic() < deadline, "the run never finished"
         await asyncio.sleep(0.1)
 
@@ -295,8 +315,9 @@ async def test_metrics_count_deliveries_refusals_runs_steps_and_the_pool(stack: 
         == 1
     )
     # Both transform steps, timed (other tests' leftover runs may have run here too).
-    steps = "aias_step_duration_seconds_count"
-    assert stack.value("execution-worker", steps, type="transform", status="succeeded") >= 2
+    assert stack.value("execution-worker", "aias_runs_finished_total", status="succeeded") >= 1
+    steps_after = stack.value("execution-worker", steps, type="transform", status="succeeded")
+    assert steps_after >= steps_before + 2
     # The default pool: 10 connections and 10 more of overflow; all returned once idle.
     assert stack.value("execution", "aias_db_pool_max_connections") == 20
     assert stack.value("execution", "aias_db_pool_open_connections") >= 1
