@@ -66,7 +66,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         ],
     )
     built.on_start.append(entitlements.start)
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop]
     return built
 
