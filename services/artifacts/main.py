@@ -82,7 +82,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     )
     sweeper = Sweeper(service, settings.sweep, SweepMetrics(built.metrics.registry))
     built.on_start += [entitlements.start, sweeper.start]
-    built.probes.append(db.ping)
+    built.add_database(db)
     # Cleanups run last-registered first: the sweeper stops before anything it uses closes.
     built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop, sweeper.stop]
     return built
