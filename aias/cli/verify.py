@@ -240,7 +240,8 @@ async def _stripe(stripe_off: bool) -> Check:
 
 
 async def _round_trip(deployment: Deployment) -> Check:
-    """A throwaway tenant, workflow, endpoint, webhook, run and artifact; then removed."""
+    """A throwaway tenant, workflow, endpoint, webhook, run and artifact; then removed (the
+    artifact through its DELETE route, so that route is checked too)."""
     operator = {"Authorization": f"Bearer {deployment.admin_token}"}
     tenant_id = ""
     try:
@@ -276,9 +277,13 @@ async def _round_trip(deployment: Deployment) -> Check:
             digest = hashlib.sha256(content).hexdigest()
             if content != EXPECTED_ARTIFACT or digest != artifact["sha256"]:
                 return Check("round_trip", False, f"artifact {artifact['id']} has the wrong bytes")
+            async with http.delete(f"/api/artifacts/{artifact['id']}", headers=auth) as r:
+                await _json(r, 200)
             async with http.delete(f"/api/workflows/{workflow['id']}", headers=auth) as response:
                 await response.read()
-        return Check("round_trip", True, f"webhook → run {run_id} → artifact sha256 {digest[:12]}…")
+        return Check(
+            "round_trip", True, f"webhook → run {run_id} → artifact sha256 {digest[:12]}… → deleted"
+        )
     except (aiohttp.ClientError, TimeoutError, _Unexpected) as error:
         return Check("round_trip", False, f"via {deployment.gateway_url}: {error}")
     finally:

@@ -91,6 +91,8 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,
         _A + "DownloadArtifact": Rule.MEMBER,
+        # Deleting loses the content for good, and frees storage for the whole tenant.
+        _A + "DeleteArtifact": Rule.ADMIN,
         _B + "HandleStripeEvent": Rule.PUBLIC,
         _B + "GetBillingStatus": Rule.INTERNAL,
         _B + "CreateCheckoutSession": Rule.ADMIN,

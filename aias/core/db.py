@@ -41,6 +41,8 @@ class SystemPath(StrEnum):
     STRIPE_INTAKE = "stripe_intake"
     # Execution's alert senders: claim due alerts of every tenant, drop old delivered ones.
     ALERT_OUTBOX = "alert_outbox"
+    # The artifacts sweeper: find expired artifacts and unreferenced blobs of every tenant.
+    ARTIFACT_RETENTION = "artifact_retention"
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:

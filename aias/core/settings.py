@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ class Env:
         except ValueError:
             self._problems.append(f"{name} must be a number, got {raw!r}")
             return default
-        if value < minimum:
+        # NaN compares false with everything, so it would pass the minimum unnoticed.
+        if not math.isfinite(value) or value < minimum:
             self._problems.append(f"{name} must be at least {minimum}, got {value}")
         return value
 

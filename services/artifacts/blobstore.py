@@ -62,8 +62,8 @@ class BlobStore(Protocol):
         """Opens a blob, or raises BlobMissing."""
         ...
 
-    async def exists(self, tenant_id: uuid.UUID, blob: StoredBlob) -> bool:
-        """Whether this exact content is already stored for the tenant."""
+    async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
+        """Removes a blob; a blob that is already gone is fine."""
         ...
 
 
@@ -172,9 +172,15 @@ class FilesystemBlobStore:
         fd, name = tempfile.mkstemp(dir=temp_dir, prefix="upload-", suffix=".part")
         return _FileWriter(os.fdopen(fd, "wb"), Path(name), self.tenant_dir(tenant_id) / "sha256")
 
-    async def exists(self, tenant_id: uuid.UUID, blob: StoredBlob) -> bool:
-        path = self.blob_path(tenant_id, blob.sha256)
-        return await asyncio.to_thread(lambda: path.is_file() and path.stat().st_size == blob.size)
+    async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
+        path = self.blob_path(tenant_id, sha256)
+        await asyncio.to_thread(self._delete, path)
+
+    @staticmethod
+    def _delete(path: Path) -> None:
+        with suppress(FileNotFoundError):
+            path.unlink()
+            _fsync_dir(path.parent)
 
     @asynccontextmanager
     async def reader(self, tenant_id: uuid.UUID, sha256: str) -> AsyncIterator[BlobReader]:

@@ -34,6 +34,8 @@ class Artifact:
     id: uuid.UUID
     tenant_id: uuid.UUID
     run_id: uuid.UUID
+    # None for artifacts stored before the workflow was recorded.
+    workflow_id: uuid.UUID | None
     step_id: str
     name: str
     media_type: str
@@ -48,6 +50,7 @@ class UploadSpec:
     """What an upload says about itself, as the caller sent it."""
 
     run_id: str
+    workflow_id: str
     step_id: str
     name: str
     media_type: str
@@ -59,6 +62,8 @@ class NewArtifact:
     """A validated upload spec, ready to be stored."""
 
     run_id: uuid.UUID
+    # What the uploader says the run's workflow is; None leaves it to the run.
+    workflow_id: uuid.UUID | None
     step_id: str
     name: str
     media_type: str
@@ -108,20 +113,34 @@ def kept_for(requested: timedelta | None, plan_days: int | None) -> timedelta | 
     return allowed if requested is None else min(requested, allowed)
 
 
-def validate_upload(spec: UploadSpec) -> NewArtifact:
+def _uuid(value: str, field: str) -> uuid.UUID:
     try:
-        run_id = uuid.UUID(spec.run_id)
+        return uuid.UUID(value)
     except ValueError:
         raise InvalidArgument(
-            "INVALID_ID", f"run_id must be a UUID, got {clip(repr(spec.run_id))}"
+            "INVALID_ID", f"{field} must be a UUID, got {clip(repr(value))}"
         ) from None
+
+
+def validate_upload(spec: UploadSpec) -> NewArtifact:
     return NewArtifact(
-        run_id=run_id,
+        run_id=_uuid(spec.run_id, "run_id"),
+        workflow_id=_uuid(spec.workflow_id, "workflow_id") if spec.workflow_id else None,
         step_id=validate_step_id(spec.step_id),
         name=validate_name(spec.name),
         media_type=validate_media_type(spec.media_type),
         retention=retention_period(spec.retention_days),
     )
+
+
+def check_workflow(new: NewArtifact, run_workflow: uuid.UUID) -> uuid.UUID:
+    """The run's workflow, which an upload that names one must agree with."""
+    if new.workflow_id is not None and new.workflow_id != run_workflow:
+        raise InvalidArgument(
+            "WORKFLOW_MISMATCH",
+            f"run {new.run_id} belongs to workflow {run_workflow}, not {new.workflow_id}",
+        )
+    return run_workflow
 
 
 def check_chunk(chunk: bytes) -> bytes:

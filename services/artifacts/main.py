@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
@@ -16,6 +17,7 @@ from services.artifacts.blobstore import FilesystemBlobStore
 from services.artifacts.runs import RunOwners
 from services.artifacts.service import ArtifactsService
 from services.artifacts.servicer import ArtifactsServicer
+from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArtifactsService"].full_name
 
@@ -28,6 +30,11 @@ class ArtifactsSettings:
     tenancy_addr: str
     execution_addr: str
     entitlements_ttl: float = 30.0
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+# Below a second the sweeper's cross-tenant queries would run back to back for nothing.
+MIN_SWEEP_INTERVAL = 1.0
 
 
 def load_settings(env: Env | None = None) -> ArtifactsSettings:
@@ -40,6 +47,15 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         tenancy_addr=env.address("AIAS_TENANCY_ADDR"),
         execution_addr=env.address("AIAS_EXECUTION_ADDR"),
         entitlements_ttl=env.number("AIAS_ENTITLEMENTS_CACHE_SECONDS", 30.0),
+        sweep=SweepConfig(
+            interval_seconds=env.number(
+                "AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS", 300.0, minimum=MIN_SWEEP_INTERVAL
+            ),
+            batch=env.integer("AIAS_ARTIFACTS_SWEEP_BATCH", 500, minimum=1, maximum=10_000),
+            blob_grace=timedelta(
+                seconds=env.number("AIAS_ARTIFACTS_BLOB_GRACE_SECONDS", 900.0, minimum=0.0)
+            ),
+        ),
     )
     env.check()
     return settings
@@ -53,9 +69,8 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
-    servicer = ArtifactsServicer(
-        ArtifactsService(db, blobs, entitlements, UsageClient(tenancy), RunOwners(execution))
-    )
+    service = ArtifactsService(db, blobs, entitlements, UsageClient(tenancy), RunOwners(execution))
+    servicer = ArtifactsServicer(service)
     built = build_grpc_server(
         settings.server,
         [
@@ -65,9 +80,11 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
             ),
         ],
     )
-    built.on_start.append(entitlements.start)
+    sweeper = Sweeper(service, settings.sweep, SweepMetrics(built.metrics.registry))
+    built.on_start += [entitlements.start, sweeper.start]
     built.add_database(db)
-    built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop]
+    # Cleanups run last-registered first: the sweeper stops before anything it uses closes.
+    built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop, sweeper.stop]
     return built
 
 

@@ -19,6 +19,8 @@ class ArtifactRow(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     tenant_id: Mapped[uuid.UUID]
     run_id: Mapped[uuid.UUID]
+    # None for artifacts stored before the workflow was recorded.
+    workflow_id: Mapped[uuid.UUID | None]
     step_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(255))
     media_type: Mapped[str] = mapped_column(String(255))
@@ -28,3 +30,20 @@ class ArtifactRow(Base):
         DateTime(timezone=True), server_default=func.now()
     )
     expire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class BlobRow(Base):
+    """One stored content per tenant and digest, with how many artifacts name it."""
+
+    __tablename__ = "blobs"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    refcount: Mapped[int] = mapped_column(server_default="0")
+    create_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    unreferenced_time: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
 from services.artifacts.blobstore import StoredBlob
 from services.artifacts.domain import Artifact, NewArtifact
-from services.artifacts.models import ArtifactRow
+from services.artifacts.models import ArtifactRow, BlobRow
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
@@ -19,6 +23,7 @@ def _artifact(row: ArtifactRow) -> Artifact:
         id=row.id,
         tenant_id=row.tenant_id,
         run_id=row.run_id,
+        workflow_id=row.workflow_id,
         step_id=row.step_id,
         name=row.name,
         media_type=row.media_type,
@@ -29,12 +34,115 @@ def _artifact(row: ArtifactRow) -> Artifact:
     )
 
 
+@dataclass(frozen=True)
+class ExpiredArtifact:
+    """An artifact past its expiry, as the sweeper finds it."""
+
+    tenant_id: uuid.UUID
+    id: uuid.UUID
+    sha256: str
+
+
+@dataclass(frozen=True)
+class UnreferencedBlob:
+    """Content no artifact names, as the sweeper finds it."""
+
+    tenant_id: uuid.UUID
+    sha256: str
+
+
 class ArtifactRepository:
+    """One tenant's artifacts and blobs (RLS scopes the session to the tenant).
+
+    Every transaction that changes both locks the blob rows first (in digest order) and the
+    artifact rows second, so uploads, deletions and the sweeper never wait on each other in a
+    cycle.
+    """
+
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
+    async def add_blob_if_absent(self, tenant_id: uuid.UUID, blob: StoredBlob) -> None:
+        """Records content about to be stored; unreferenced until an artifact names it."""
+        await self._session.execute(
+            insert(BlobRow)
+            .values(tenant_id=tenant_id, sha256=blob.sha256, size_bytes=blob.size)
+            .on_conflict_do_nothing(index_elements=[BlobRow.tenant_id, BlobRow.sha256])
+        )
+
+    async def keep_unreferenced(self, sha256: str) -> None:
+        """Restarts the sweeper's grace period of a blob no artifact names (if it is one)."""
+        await self._session.execute(
+            update(BlobRow)
+            .where(BlobRow.sha256 == sha256, BlobRow.refcount == 0)
+            .values(unreferenced_time=func.now())
+        )
+
+    async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
+        """Locks the blob rows of these digests until the transaction ends; returns how many
+        artifacts name each (a digest without a row is left out)."""
+        rows = await self._session.execute(
+            select(BlobRow.sha256, BlobRow.refcount)
+            .where(BlobRow.sha256.in_(sorted(set(digests))))
+            .order_by(BlobRow.sha256)
+            .with_for_update()
+        )
+        return {row.sha256: row.refcount for row in rows}
+
+    async def reference(self, sha256: str) -> None:
+        """One more artifact names the blob (locked by the caller)."""
+        await self._session.execute(
+            update(BlobRow)
+            .where(BlobRow.sha256 == sha256)
+            .values(refcount=BlobRow.refcount + 1, unreferenced_time=None)
+        )
+
+    async def dereference(self, digests: Counter[str]) -> int:
+        """Artifacts naming these blobs (locked by the caller) are gone; returns the bytes of
+        the blobs no artifact names any more, which stop counting against the quota."""
+        freed = 0
+        for sha256, count in sorted(digests.items()):
+            row = (
+                await self._session.execute(
+                    update(BlobRow)
+                    .where(BlobRow.sha256 == sha256)
+                    .values(refcount=BlobRow.refcount - count)
+                    .returning(BlobRow.refcount, BlobRow.size_bytes)
+                )
+            ).one()
+            if row.refcount == 0:
+                freed += row.size_bytes
+                await self._session.execute(
+                    update(BlobRow)
+                    .where(BlobRow.sha256 == sha256)
+                    .values(unreferenced_time=func.now())
+                )
+        return freed
+
+    async def lock_unreferenced(self, digests: Sequence[str], grace: timedelta) -> list[str]:
+        """Of these blobs, the ones still unreferenced for `grace`, locked; a blob an upload
+        holds is skipped (the upload is about to reference it)."""
+        rows = await self._session.scalars(
+            select(BlobRow.sha256)
+            .where(
+                BlobRow.sha256.in_(sorted(set(digests))),
+                BlobRow.refcount == 0,
+                BlobRow.unreferenced_time <= func.now() - grace,
+            )
+            .order_by(BlobRow.sha256)
+            .with_for_update(skip_locked=True)
+        )
+        return list(rows)
+
+    async def delete_blobs(self, digests: Sequence[str]) -> None:
+        await self._session.execute(delete(BlobRow).where(BlobRow.sha256.in_(digests)))
+
     async def add_if_absent(
-        self, tenant_id: uuid.UUID, new: NewArtifact, blob: StoredBlob
+        self,
+        tenant_id: uuid.UUID,
+        new: NewArtifact,
+        workflow_id: uuid.UUID,
+        blob: StoredBlob,
     ) -> Artifact | None:
         """Inserts the artifact, or returns None when its run, step and name are taken."""
         statement = (
@@ -43,6 +151,7 @@ class ArtifactRepository:
                 id=uuid.uuid4(),
                 tenant_id=tenant_id,
                 run_id=new.run_id,
+                workflow_id=workflow_id,
                 step_id=new.step_id,
                 name=new.name,
                 media_type=new.media_type,
@@ -74,10 +183,19 @@ class ArtifactRepository:
         row = await self._session.get(ArtifactRow, artifact_id)
         return _artifact(row) if row else None
 
+    async def delete(self, artifact_ids: Sequence[uuid.UUID], *, expired_only: bool) -> list[str]:
+        """Deletes the artifacts (only those past their expiry when `expired_only`); returns
+        the digest of each one deleted."""
+        statement = delete(ArtifactRow).where(ArtifactRow.id.in_(artifact_ids))
+        if expired_only:
+            statement = statement.where(ArtifactRow.expire_time <= func.now())
+        return list(await self._session.scalars(statement.returning(ArtifactRow.sha256)))
+
     async def page(
         self,
         tenant_id: uuid.UUID,
         run_id: uuid.UUID | None,
+        workflow_id: uuid.UUID | None,
         after: PageCursor | None,
         limit: int,
     ) -> list[Artifact]:
@@ -85,5 +203,34 @@ class ArtifactRepository:
         statement = select(ArtifactRow).where(ArtifactRow.tenant_id == tenant_id)
         if run_id is not None:
             statement = statement.where(ArtifactRow.run_id == run_id)
+        if workflow_id is not None:
+            statement = statement.where(ArtifactRow.workflow_id == workflow_id)
         rows = await self._session.scalars(newest_first(statement, ArtifactRow, after, limit))
         return [_artifact(row) for row in rows]
+
+
+class SweepRepository:
+    """What the sweeper finds across tenants; read-only (`Database.system(ARTIFACT_RETENTION)`)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def expired(self, limit: int) -> list[ExpiredArtifact]:
+        """Artifacts past their expiry, longest expired first."""
+        rows = await self._session.execute(
+            select(ArtifactRow.tenant_id, ArtifactRow.id, ArtifactRow.sha256)
+            .where(ArtifactRow.expire_time <= func.now())
+            .order_by(ArtifactRow.expire_time)
+            .limit(limit)
+        )
+        return [ExpiredArtifact(row.tenant_id, row.id, row.sha256) for row in rows]
+
+    async def unreferenced(self, grace: timedelta, limit: int) -> list[UnreferencedBlob]:
+        """Blobs no artifact has named for at least `grace`, longest unreferenced first."""
+        rows = await self._session.execute(
+            select(BlobRow.tenant_id, BlobRow.sha256)
+            .where(BlobRow.refcount == 0, BlobRow.unreferenced_time <= func.now() - grace)
+            .order_by(BlobRow.unreferenced_time)
+            .limit(limit)
+        )
+        return [UnreferencedBlob(row.tenant_id, row.sha256) for row in rows]

@@ -15,18 +15,21 @@ _TIMEOUT_SECONDS = 5.0
 
 
 class RunOwners:
-    """Asks execution whether a run is the tenant's; a yes is kept, since runs never move."""
+    """Asks execution whether a run is the tenant's, and its workflow; an answer is kept, since
+    runs never move."""
 
     def __init__(self, channel: grpc.aio.Channel, max_entries: int = 100_000) -> None:
         self._stub = execution_grpc.ExecutionServiceStub(channel)
-        self._known: TtlCache[tuple[uuid.UUID, uuid.UUID], bool] = TtlCache(3600.0, max_entries)
+        self._known: TtlCache[tuple[uuid.UUID, uuid.UUID], uuid.UUID] = TtlCache(
+            3600.0, max_entries
+        )
 
-    async def check(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> None:
-        """Returns when the run exists for the tenant; NotFound otherwise."""
-        if self._known.get((tenant_id, run_id)):
-            return
+    async def workflow_of(self, tenant_id: uuid.UUID, run_id: uuid.UUID) -> uuid.UUID:
+        """The run's workflow when the run exists for the tenant; NotFound otherwise."""
+        if (known := self._known.get((tenant_id, run_id))) is not None:
+            return known
         try:
-            await self._stub.GetRun(
+            reply = await self._stub.GetRun(
                 execution_pb.GetRunRequest(run_id=str(run_id)),
                 metadata=(("x-aias-tenant-id", str(tenant_id)),),
                 timeout=_TIMEOUT_SECONDS,
@@ -39,4 +42,6 @@ class RunOwners:
             raise Unavailable(
                 "EXECUTION_UNAVAILABLE", "the execution service did not answer; retry shortly"
             ) from None
-        self._known.put((tenant_id, run_id), True)
+        workflow_id = uuid.UUID(reply.run.workflow_id)
+        self._known.put((tenant_id, run_id), workflow_id)
+        return workflow_id

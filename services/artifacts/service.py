@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Protocol, TypeVar
 
 from aias.core.context import run_id_var
-from aias.core.db import Database, parse_uuid
+from aias.core.db import Database, SystemPath, parse_uuid
 from aias.core.entitlements import (
     EntitlementsCache,
     TenantEntitlements,
@@ -19,16 +22,17 @@ from aias.core.entitlements import (
 from aias.core.errors import AlreadyExists, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
+from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
     Artifact,
     UploadSpec,
     check_chunk,
+    check_workflow,
     kept_for,
     validate_upload,
 )
-from services.artifacts.repository import ArtifactRepository
+from services.artifacts.repository import ArtifactRepository, SweepRepository
 from services.artifacts.runs import RunOwners
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,14 @@ log = logging.getLogger(__name__)
 class Page:
     artifacts: list[Artifact]
     next_page_token: str
+
+
+@dataclass(frozen=True)
+class Swept:
+    """One sweeper batch: how many rows it found, and how many of them it deleted."""
+
+    found: int
+    deleted: int
 
 
 @dataclass(frozen=True)
@@ -71,37 +83,53 @@ class ArtifactsService:
     ) -> Artifact:
         """Stores the content, then records it; a retry with the same content returns the first.
 
-        New content is counted against the plan's storage quota before it becomes visible, so
-        an upload over the quota stores nothing; content the tenant already has costs nothing.
+        Content is stored once per tenant: a `blobs` row per digest counts the artifacts that
+        name it, and its bytes count against the plan's storage quota while that count is above
+        zero. Content new to the tenant (or no longer named by any artifact) is reserved at
+        tenancy before it becomes visible, so an upload over the quota stores nothing.
         """
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
-        await self._runs.check(tenant_id, new.run_id)
+        workflow_id = check_workflow(new, await self._runs.workflow_of(tenant_id, new.run_id))
         entitlements = await self._entitlements.get(tenant_id)
         new = replace(
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)
         )
-        reserved = 0
         async with self._blobs.writer(tenant_id) as writer:
             async for chunk in chunks:
                 await writer.write(check_chunk(chunk))
             written = writer.written()
-            if written.size and not await self._blobs.exists(tenant_id, written):
-                reserved = await self._reserve_storage(entitlements, written.size)
+            # The blob row is committed, its grace period restarted, before the file can
+            # exist, so a file left behind by a failure below is one the sweeper knows of.
+            async with self._db.tenant(tenant_id) as session:
+                repo = ArtifactRepository(session)
+                await repo.add_blob_if_absent(tenant_id, written)
+                await repo.keep_unreferenced(written.sha256)
+            reserved, referenced = 0, False
             try:
-                blob = await writer.commit()
+                async with self._db.tenant(tenant_id) as session:
+                    repo = ArtifactRepository(session)
+                    # The row lock orders this upload with the sweeper and with other uploads
+                    # of the same content: the sweeper deletes a file only under this lock
+                    # with the count at zero, and the file is put in place (or found there)
+                    # under it before the count rises, so a blob the sweeper is freeing is
+                    # stored again by the upload that waited for it, never lost.
+                    if await _locked_refcount(repo, tenant_id, written) == 0 and written.size:
+                        reserved = await self._reserve_storage(entitlements, written.size)
+                    blob = await writer.commit()
+                    stored = await repo.add_if_absent(tenant_id, new, workflow_id, blob)
+                    if stored is not None:
+                        await repo.reference(blob.sha256)
+                        referenced = True
+                    else:
+                        stored = await repo.by_identity(new.run_id, new.step_id, new.name)
             except BaseException:
-                await self._usage.release(
-                    tenant_id, tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES, reserved
-                )
+                await self._release(tenant_id, reserved)
                 raise
-        # The blob is committed before the row, so a row never names a missing blob; a failure
-        # in between leaves an unreferenced blob that the same upload's retry reuses.
-        async with self._db.tenant(tenant_id) as session:
-            repo = ArtifactRepository(session)
-            stored = await repo.add_if_absent(tenant_id, new, blob)
-            if stored is None:
-                stored = await repo.by_identity(new.run_id, new.step_id, new.name)
+        if not referenced:
+            # An artifact of this run, step and name existed already: nothing new names the
+            # content, so what was reserved for it goes back.
+            await self._release(tenant_id, reserved)
         if stored is None:
             # The conflicting row was deleted (by retention) between the insert and the read.
             raise Unavailable("ARTIFACT_CONFLICT_RACE", "the upload raced a deletion; retry it")
@@ -117,6 +145,74 @@ class ArtifactsService:
             extra={"artifact_id": str(stored.id), "size_bytes": blob.size, "sha256": blob.sha256},
         )
         return stored
+
+    async def delete_artifact(self, tenant_id: uuid.UUID, artifact_id: str) -> None:
+        """Deletes an artifact; its content goes when no other artifact names it, and its
+        bytes stop counting against the quota at once."""
+        aid = parse_uuid(artifact_id, "artifact_id")
+        async with self._db.tenant(tenant_id) as session:
+            repo = ArtifactRepository(session)
+            artifact = await repo.get(aid)
+            removed, freed = (
+                await _remove(repo, [(aid, artifact.sha256)], expired_only=False)
+                if artifact is not None
+                else (0, 0)
+            )
+        if not removed:
+            raise NotFound("ARTIFACT_NOT_FOUND", f"artifact {aid} does not exist")
+        await self._release(tenant_id, freed)
+        log.info("artifact deleted", extra={"artifact_id": str(aid)})
+
+    async def delete_expired(self, batch: int) -> Swept:
+        """Deletes up to `batch` artifacts past their expiry, of every tenant, each tenant in
+        its own transaction."""
+        async with self._db.system(SystemPath.ARTIFACT_RETENTION) as session:
+            due = await SweepRepository(session).expired(batch)
+        deleted = 0
+        for tenant_id, found in _by_tenant(due).items():
+            try:
+                async with self._db.tenant(tenant_id) as session:
+                    removed, freed = await _remove(
+                        ArtifactRepository(session),
+                        [(item.id, item.sha256) for item in found],
+                        expired_only=True,
+                    )
+            except Exception:
+                log.exception("deleting expired artifacts failed", extra={"tenant": str(tenant_id)})
+                continue
+            await self._release(tenant_id, freed)
+            deleted += removed
+            if removed:
+                log.info(
+                    "expired artifacts deleted", extra={"tenant": str(tenant_id), "count": removed}
+                )
+        return Swept(len(due), deleted)
+
+    async def free_unreferenced(self, batch: int, grace: timedelta) -> Swept:
+        """Deletes up to `batch` blobs no artifact has named for `grace`, of every tenant."""
+        async with self._db.system(SystemPath.ARTIFACT_RETENTION) as session:
+            found = await SweepRepository(session).unreferenced(grace, batch)
+        deleted = 0
+        for tenant_id, blobs in _by_tenant(found).items():
+            try:
+                async with self._db.tenant(tenant_id) as session:
+                    repo = ArtifactRepository(session)
+                    # Locked with the count at zero: an upload of the same content waits for
+                    # this transaction and then stores the file again (see `upload`).
+                    digests = await repo.lock_unreferenced([b.sha256 for b in blobs], grace)
+                    for sha256 in digests:
+                        await self._blobs.delete(tenant_id, sha256)
+                    await repo.delete_blobs(digests)
+            except Exception:
+                log.exception("freeing unreferenced blobs failed", extra={"tenant": str(tenant_id)})
+                continue
+            deleted += len(digests)
+            if digests:
+                log.info("blobs freed", extra={"tenant": str(tenant_id), "count": len(digests)})
+        return Swept(len(found), deleted)
+
+    async def _release(self, tenant_id: uuid.UUID, amount: int) -> None:
+        await self._usage.release(tenant_id, tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES, amount)
 
     async def _reserve_storage(self, entitlements: TenantEntitlements, size: int) -> int:
         reply = await self._usage.reserve(
@@ -145,15 +241,24 @@ class ArtifactsService:
         return artifact
 
     async def list_artifacts(
-        self, tenant_id: uuid.UUID, run_id: str, requested_size: int, page_token: str
+        self,
+        tenant_id: uuid.UUID,
+        run_id: str,
+        workflow_id: str,
+        requested_size: int,
+        page_token: str,
     ) -> Page:
         run = parse_uuid(run_id, "run_id") if run_id else None
+        workflow = parse_uuid(workflow_id, "workflow_id") if workflow_id else None
         size = page_size(requested_size)
-        after = decode_token(page_token, str(run or ""))
+        scope = f"{run or ''}/{workflow or ''}"
+        after = decode_token(page_token, scope)
         async with self._db.tenant(tenant_id) as session:
             # One extra row says whether another page follows without a COUNT.
-            found = await ArtifactRepository(session).page(tenant_id, run, after, size + 1)
-        return Page(found[:size], next_page_token(found, size, str(run or "")))
+            found = await ArtifactRepository(session).page(
+                tenant_id, run, workflow, after, size + 1
+            )
+        return Page(found[:size], next_page_token(found, size, scope))
 
     @asynccontextmanager
     async def download(self, tenant_id: uuid.UUID, artifact_id: str) -> AsyncIterator[Download]:
@@ -175,6 +280,42 @@ class ArtifactsService:
                 )
                 raise _unavailable(artifact)
             yield Download(artifact, reader)
+
+
+async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:
+    """Locks the blob's row, made again if the sweeper deleted it since it was last seen;
+    returns how many artifacts name it."""
+    while True:
+        await repo.add_blob_if_absent(tenant_id, blob)
+        if (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is not None:
+            return refcount
+
+
+async def _remove(
+    repo: ArtifactRepository, artifacts: list[tuple[uuid.UUID, str]], *, expired_only: bool
+) -> tuple[int, int]:
+    """Deletes artifacts (id, digest) and counts their blobs down, blobs locked first like every
+    writer does; returns how many went and the bytes of content no artifact names any more."""
+    if not artifacts:
+        return 0, 0
+    await repo.lock_blobs([sha256 for _, sha256 in artifacts])
+    removed = await repo.delete([aid for aid, _ in artifacts], expired_only=expired_only)
+    return len(removed), await repo.dereference(Counter(removed))
+
+
+class _OfTenant(Protocol):
+    @property
+    def tenant_id(self) -> uuid.UUID: ...
+
+
+_Item = TypeVar("_Item", bound=_OfTenant)
+
+
+def _by_tenant(items: list[_Item]) -> dict[uuid.UUID, list[_Item]]:
+    grouped: dict[uuid.UUID, list[_Item]] = defaultdict(list)
+    for item in items:
+        grouped[item.tenant_id].append(item)
+    return grouped
 
 
 def _blob_fields(artifact: Artifact) -> dict[str, str]:

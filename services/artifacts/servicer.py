@@ -20,6 +20,7 @@ def artifact_pb(artifact: Artifact) -> pb.Artifact:
     return pb.Artifact(
         id=str(artifact.id),
         run_id=str(artifact.run_id),
+        workflow_id=str(artifact.workflow_id or ""),
         step_id=artifact.step_id,
         name=artifact.name,
         media_type=artifact.media_type,
@@ -57,6 +58,7 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
             )
         spec = UploadSpec(
             run_id=first.metadata.run_id,
+            workflow_id=first.metadata.workflow_id,
             step_id=first.metadata.step_id,
             name=first.metadata.name,
             media_type=first.metadata.media_type,
@@ -75,12 +77,22 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
         self, request: pb.ListArtifactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListArtifactsResponse:
         page = await self._service.list_artifacts(
-            require_tenant(), request.run_id, request.page_size, request.page_token
+            require_tenant(),
+            request.run_id,
+            request.workflow_id,
+            request.page_size,
+            request.page_token,
         )
         return pb.ListArtifactsResponse(
             artifacts=[artifact_pb(artifact) for artifact in page.artifacts],
             next_page_token=page.next_page_token,
         )
+
+    async def DeleteArtifact(
+        self, request: pb.DeleteArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteArtifactResponse:
+        await self._service.delete_artifact(require_tenant(), request.artifact_id)
+        return pb.DeleteArtifactResponse()
 
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext

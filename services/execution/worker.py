@@ -528,6 +528,7 @@ class Worker:
             yield artifacts_pb.UploadArtifactRequest(
                 metadata=artifacts_pb.UploadArtifactMetadata(
                     run_id=str(run.id),
+                    workflow_id=str(run.workflow_id),
                     step_id=step_id,
                     name=artifact.name,
                     media_type=artifact.media_type,

@@ -58,6 +58,17 @@ async def new_tenant(http: aiohttp.ClientSession, plan: str = "free") -> Tenant:
     return Tenant(body["tenant"]["id"], body["admin_key"])
 
 
+async def new_key(http: aiohttp.ClientSession, owner: Tenant, role: str) -> Tenant:
+    """Another API key of the owner's tenant, with this role."""
+    async with http.post(
+        "/api/api-keys", json={"name": role, "role": role}, headers=owner.auth
+    ) as response:
+        body = await expect(response, 201)
+    assert body["api_key"]["role"] == role
+    USED_SECRETS.add(body["key"])
+    return Tenant(owner.id, body["key"])
+
+
 async def new_endpoint(http: aiohttp.ClientSession, tenant: Tenant) -> tuple[dict[str, Any], str]:
     async with http.post("/api/workflows", json=WORKFLOW, headers=tenant.auth) as response:
         workflow = (await expect(response, 201))["workflow"]

@@ -9,10 +9,9 @@ from standardwebhooks import Webhook
 
 from aias.core.launcher import Stack
 from tests.alert_receiver import Receiver
-from tests.e2e.client import ORDER, expect, new_tenant, wait_for_run
+from tests.e2e.client import ORDER, expect, new_key, new_tenant, wait_for_run
 from tests.e2e.conftest import USED_SECRETS
 from tests.e2e.test_dashboard import STRICT_WORKFLOW, browser_session, page, sign_in
-from tests.e2e.test_tenancy_http import new_key
 
 
 async def test_a_failed_run_reaches_the_receiver_signed_and_the_dashboard_shows_it(

@@ -23,11 +23,11 @@ from tests.e2e.client import (
     WORKFLOW,
     Tenant,
     expect,
+    new_key,
     new_tenant,
     wait_for_run,
 )
 from tests.e2e.conftest import USED_SECRETS
-from tests.e2e.test_tenancy_http import new_key
 from tests.e2e.test_walking_skeleton import EXPECTED_ARTIFACT
 
 CHROMIUM = shutil.which("chromium")

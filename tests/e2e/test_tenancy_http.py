@@ -7,21 +7,11 @@ import time
 
 import aiohttp
 
-from tests.e2e.client import OPERATOR, Tenant, expect, new_endpoint, new_tenant
+from tests.e2e.client import OPERATOR, Tenant, expect, new_endpoint, new_key, new_tenant
 from tests.e2e.conftest import USED_SECRETS
 
 # The documented bound for a revoked key (the gateway's key cache TTL); the push makes it ~instant.
 REVOCATION_BOUND_SECONDS = 10.0
-
-
-async def new_key(http: aiohttp.ClientSession, owner: Tenant, role: str) -> Tenant:
-    async with http.post(
-        "/api/api-keys", json={"name": role, "role": role}, headers=owner.auth
-    ) as response:
-        body = await expect(response, 201)
-    assert body["api_key"]["role"] == role
-    USED_SECRETS.add(body["key"])
-    return Tenant(owner.id, body["key"])
 
 
 async def test_keys_are_created_listed_and_revoked_everywhere(http: aiohttp.ClientSession) -> None:

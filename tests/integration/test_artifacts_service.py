@@ -17,14 +17,21 @@ import pytest
 from google.api import httpbody_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
+from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
+from services.artifacts.blobstore import FilesystemBlobStore
 from services.artifacts.main import ArtifactsSettings, build_server
+from services.artifacts.runs import RunOwners
+from services.artifacts.service import ArtifactsService
+from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 from services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
@@ -39,13 +46,14 @@ class Served:
     blob_root: Path
     tenancy: Tenancy
     db: Database
+    sweeper: Sweeper
+    sweeper_registry: CollectorRegistry
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         return await self.tenancy.new_tenant(plan)
 
-    async def new_run(self, tenant: uuid.UUID) -> uuid.UUID:
-        """A queued run of a one-step workflow, as execution stores it."""
-        workflow, run = uuid.uuid4(), uuid.uuid4()
+    async def new_workflow(self, tenant: uuid.UUID) -> uuid.UUID:
+        workflow = uuid.uuid4()
         async with self.db.tenant(tenant) as session:
             await session.execute(
                 text(
@@ -54,6 +62,14 @@ class Served:
                 ),
                 {"w": workflow, "t": tenant},
             )
+        return workflow
+
+    async def new_run(self, tenant: uuid.UUID, workflow: uuid.UUID | None = None) -> uuid.UUID:
+        """A finished run of a one-step workflow (a new one unless given), as execution stores
+        it."""
+        workflow = workflow or await self.new_workflow(tenant)
+        run = uuid.uuid4()
+        async with self.db.tenant(tenant) as session:
             await session.execute(
                 text(
                     "INSERT INTO execution.runs (id, tenant_id, workflow_id, workflow_version, "
@@ -63,6 +79,26 @@ class Served:
                 {"r": run, "t": tenant, "w": workflow},
             )
         return run
+
+    async def storage_used(self, tenant: uuid.UUID) -> int:
+        """The tenant's artifact storage usage as tenancy counts it."""
+        reply = await self.tenancy.stub.GetCurrentTenant(
+            tenancy_pb.GetCurrentTenantRequest(), metadata=as_tenant(tenant)
+        )
+        return int(reply.usage.artifact_storage_bytes)
+
+    async def blob_rows(self, tenant: uuid.UUID) -> dict[str, int]:
+        """The tenant's blob rows: digest -> how many artifacts name it."""
+        async with self.db.tenant(tenant) as session:
+            rows = await session.execute(text("SELECT sha256, refcount FROM artifacts.blobs"))
+        return {row.sha256: row.refcount for row in rows}
+
+    def blobs_freed(self) -> float:
+        """Contents the tests' sweeper has deleted, as its metric counts them."""
+        return self.sweeper_registry.get_sample_value("aias_artifact_blobs_freed_total") or 0.0
+
+    def blob_files(self, tenant: uuid.UUID) -> list[str]:
+        return sorted(p.name for p in files_under(self.blob_root / str(tenant) / "sha256"))
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +126,31 @@ async def served(
             tenancy_addr=tenancy.address,
             execution_addr=execution_addr,
             entitlements_ttl=0.0,
+            # The server's own sweeper expires artifacts often, alongside the tests' uploads and
+            # deletions, but frees no blob: tests that free blobs run a sweep themselves.
+            sweep=SweepConfig(interval_seconds=0.2, blob_grace=timedelta(hours=1)),
         )
         async with running(await build_server(settings)) as address:
             channel = internal_channel(address, INTERNAL_TOKEN)
+            tenancy_channel = internal_channel(tenancy.address, INTERNAL_TOKEN)
+            execution_channel = internal_channel(execution_addr, INTERNAL_TOKEN)
+            # A second replica's sweeper, with a small batch, so a sweep can be run on demand.
+            replica = ArtifactsService(
+                db,
+                FilesystemBlobStore(blob_root),
+                EntitlementsCache(tenancy_channel, 0.0),
+                UsageClient(tenancy_channel),
+                RunOwners(execution_channel),
+            )
+            registry = CollectorRegistry()
+            sweeper = Sweeper(
+                replica, SweepConfig(batch=2, blob_grace=timedelta(0)), SweepMetrics(registry)
+            )
             # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
             stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-            yield Served(stub, blob_root, tenancy, db)
-            await channel.close()
+            yield Served(stub, blob_root, tenancy, db, sweeper, registry)
+            for opened in (channel, tenancy_channel, execution_channel):
+                await opened.close()
     await db.close()
 
 
@@ -118,10 +172,12 @@ def metadata_message(
     step_id: str = "save",
     media_type: str = "application/json",
     retention_days: int = 0,
+    workflow_id: str = "",
 ) -> pb.UploadArtifactRequest:
     return pb.UploadArtifactRequest(
         metadata=pb.UploadArtifactMetadata(
             run_id=str(run_id),
+            workflow_id=workflow_id,
             step_id=step_id,
             name=name,
             media_type=media_type,
@@ -152,8 +208,11 @@ async def upload(
     *,
     media_type: str = "application/json",
     retention_days: int = 0,
+    workflow_id: str = "",
 ) -> pb.Artifact:
-    first = metadata_message(run_id, name, media_type=media_type, retention_days=retention_days)
+    first = metadata_message(
+        run_id, name, media_type=media_type, retention_days=retention_days, workflow_id=workflow_id
+    )
     return await send(
         served, tenant_id, [first, *(pb.UploadArtifactRequest(chunk=c) for c in chunks)]
     )
@@ -641,3 +700,313 @@ async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None
         pb.ListArtifactsRequest(), metadata=as_tenant(intruder)
     )
     assert list(listed.artifacts) == []
+
+
+def as_role(tenant_id: uuid.UUID, role: str) -> tuple[tuple[str, str], ...]:
+    """What the gateway sends for a tenant's API key with this role."""
+    return (*as_tenant(tenant_id), ("x-aias-role", role))
+
+
+async def delete(served: Served, tenant_id: uuid.UUID, artifact_id: str, role: str) -> None:
+    await served.stub.DeleteArtifact(
+        pb.DeleteArtifactRequest(artifact_id=artifact_id), metadata=as_role(tenant_id, role)
+    )
+
+
+async def get(served: Served, tenant_id: uuid.UUID, artifact_id: str) -> pb.Artifact:
+    response: pb.GetArtifactResponse = await served.stub.GetArtifact(
+        pb.GetArtifactRequest(artifact_id=artifact_id), metadata=as_tenant(tenant_id)
+    )
+    return response.artifact
+
+
+async def expire(served: Served, tenant_id: uuid.UUID, *artifact_ids: str) -> None:
+    """Moves artifacts' expiry into the past, as if their retention had run out."""
+    async with served.db.tenant(tenant_id) as session:
+        await session.execute(
+            text(
+                "UPDATE artifacts.artifacts SET expire_time = now() - interval '1 second' "
+                "WHERE id = ANY(:ids)"
+            ),
+            {"ids": [uuid.UUID(a) for a in artifact_ids]},
+        )
+
+
+async def test_same_content_twice_is_one_blob_named_twice_and_counted_once(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(3000)
+    digest = hashlib.sha256(content).hexdigest()
+
+    await upload(served, tenant, run, "a.bin", [content], media_type="application/octet-stream")
+    await upload(served, tenant, run, "b.bin", [content], media_type="application/octet-stream")
+
+    assert await served.blob_rows(tenant) == {digest: 2}
+    assert served.blob_files(tenant) == [digest]
+    assert await served.storage_used(tenant) == len(content)
+
+
+async def test_a_blob_stays_while_any_artifact_names_it_and_goes_with_the_last(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(2000)
+    digest = hashlib.sha256(content).hexdigest()
+    a = await upload(served, tenant, run, "a.bin", [content])
+    b = await upload(served, tenant, run, "b.bin", [content])
+
+    await delete(served, tenant, a.id, "admin")
+    await served.sweeper.sweep()
+
+    assert await served.blob_rows(tenant) == {digest: 1}
+    assert served.blob_files(tenant) == [digest]
+    assert await served.storage_used(tenant) == len(content)
+    _, messages = await download(served, tenant, b.id)
+    assert b"".join(m.data for m in messages) == content
+
+    await delete(served, tenant, b.id, "admin")
+    # The bytes stop counting at once; the file goes with the next sweep.
+    assert await served.storage_used(tenant) == 0
+    freed_before = served.blobs_freed()
+    await served.sweeper.sweep()
+    # At least this one: the sweep frees what other tests left unreferenced too.
+    assert served.blobs_freed() >= freed_before + 1
+
+    assert await served.blob_rows(tenant) == {}
+    assert served.blob_files(tenant) == []
+    # The same content can come back, and counts again.
+    again = await upload(served, tenant, run, "c.bin", [content])
+    _, messages = await download(served, tenant, again.id)
+    assert b"".join(m.data for m in messages) == content
+    assert await served.storage_used(tenant) == len(content)
+
+
+async def test_uploads_of_content_being_swept_never_lose_it(served: Served) -> None:
+    """Uploads, deletions and sweeps of one content at once: whatever interleaving, every
+    artifact left can be downloaded, the count matches, and the usage is the content's once."""
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(5000)
+    digest = hashlib.sha256(content).hexdigest()
+
+    async def churn(i: int) -> str | None:
+        # Each round names the content and lets it go again, so its count keeps touching zero.
+        for round_ in range(4):
+            artifact = await upload(served, tenant, run, f"{i}-{round_}.bin", [content])
+            await delete(served, tenant, artifact.id, "admin")
+        if i % 2:
+            return None
+        return str((await upload(served, tenant, run, f"{i}.bin", [content])).id)
+
+    async def sweep_repeatedly() -> None:
+        for _ in range(40):
+            await served.sweeper.sweep()
+
+    *results, _ = await asyncio.gather(*(churn(i) for i in range(12)), sweep_repeatedly())
+    kept = [r for r in results if r is not None]
+
+    assert len(kept) == 6
+    assert await served.blob_rows(tenant) == {digest: 6}
+    assert served.blob_files(tenant) == [digest]
+    assert await served.storage_used(tenant) == len(content)
+    for artifact_id in kept:
+        _, messages = await download(served, tenant, artifact_id)
+        assert b"".join(m.data for m in messages) == content
+
+
+async def test_retention_sweep_deletes_expired_artifacts_and_gives_storage_back(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    kept_content, shared, alone = os.urandom(100), os.urandom(200), os.urandom(400)
+    kept = await upload(served, tenant, run, "kept.bin", [kept_content])
+    shared_kept = await upload(served, tenant, run, "shared-kept.bin", [shared])
+    doomed = [
+        await upload(served, tenant, run, "shared-expired.bin", [shared]),
+        *[await upload(served, tenant, run, f"alone-{i}.bin", [alone]) for i in range(3)],
+    ]
+    assert await served.storage_used(tenant) == 700
+    await expire(served, tenant, *(a.id for a in doomed))
+
+    # The sweeper's batch is 2: four expired artifacts take more than one.
+    await served.sweeper.sweep()
+
+    for artifact in doomed:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get(served, tenant, artifact.id)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await get(served, tenant, kept.id) == kept
+    assert await get(served, tenant, shared_kept.id) == shared_kept
+    assert await served.storage_used(tenant) == 300
+    assert served.blob_files(tenant) == sorted(
+        hashlib.sha256(c).hexdigest() for c in (kept_content, shared)
+    )
+    assert await served.blob_rows(tenant) == {kept.sha256: 1, shared_kept.sha256: 1}
+
+
+async def test_the_servers_own_sweeper_expires_artifacts(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    artifact = await upload(served, tenant, await served.new_run(tenant), "x.bin", [b"expiring"])
+    await expire(served, tenant, artifact.id)
+
+    for _ in range(250):
+        if await served.storage_used(tenant) == 0:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the server's sweeper did not delete the expired artifact within 5 s")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await get(served, tenant, artifact.id)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await served.blob_rows(tenant) == {artifact.sha256: 0}
+
+
+async def test_deleting_frees_quota_for_new_content(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    await served.tenancy.set_limits(tenant, artifact_storage_bytes=10)
+    run = await served.new_run(tenant)
+    first = await upload(served, tenant, run, "a.bin", [b"12345678"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, tenant, run, "b.bin", [b"abcdefgh"])
+    assert reason(caught.value) == "QUOTA_EXCEEDED"
+
+    await delete(served, tenant, first.id, "admin")
+    second = await upload(served, tenant, run, "b.bin", [b"abcdefgh"])
+
+    assert second.size_bytes == 8
+    assert await served.storage_used(tenant) == 8
+
+
+async def test_delete_is_for_admins_of_the_artifacts_tenant(served: Served) -> None:
+    tenant, stranger = await served.new_tenant(), await served.new_tenant()
+    run = await served.new_run(tenant)
+    artifact = await upload(served, tenant, run, "a.json", [b"{}"])
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(served, tenant, artifact.id, "member")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason(caught.value) == "ROLE_REQUIRED"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(served, stranger, artifact.id, "owner")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert await get(served, tenant, artifact.id) == artifact
+
+    await delete(served, tenant, artifact.id, "admin")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(served, tenant, artifact.id, "owner")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert reason(caught.value) == "ARTIFACT_NOT_FOUND"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await delete(served, tenant, "not-a-uuid", "admin")
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_list_filters_by_workflow_and_run_and_pages(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    workflow, other_workflow = await served.new_workflow(tenant), await served.new_workflow(tenant)
+    runs = [await served.new_run(tenant, workflow) for _ in range(2)]
+    other_run = await served.new_run(tenant, other_workflow)
+    ours = [
+        await upload(served, tenant, runs[i % 2], f"{i}.json", [str(i).encode()]) for i in range(5)
+    ]
+    await upload(served, tenant, other_run, "other.json", [b"0"])
+
+    async def pages(request: pb.ListArtifactsRequest) -> list[list[str]]:
+        found: list[list[str]] = []
+        while True:
+            reply: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+                request, metadata=as_tenant(tenant)
+            )
+            found.append([a.id for a in reply.artifacts])
+            if not reply.next_page_token:
+                return found
+            request.page_token = reply.next_page_token
+
+    by_workflow = await pages(pb.ListArtifactsRequest(workflow_id=str(workflow), page_size=2))
+    assert by_workflow == [[a.id for a in reversed(ours)][i : i + 2] for i in (0, 2, 4)]
+    both = await pages(
+        pb.ListArtifactsRequest(workflow_id=str(workflow), run_id=str(runs[0]), page_size=2)
+    )
+    assert both == [[ours[4].id, ours[2].id], [ours[0].id]]
+    assert all(a.workflow_id == str(workflow) for a in ours)
+
+    first: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(workflow_id=str(workflow), page_size=2), metadata=as_tenant(tenant)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await served.stub.ListArtifacts(
+            pb.ListArtifactsRequest(
+                workflow_id=str(other_workflow), page_token=first.next_page_token
+            ),
+            metadata=as_tenant(tenant),
+        )
+    assert reason(caught.value) == "INVALID_PAGE_TOKEN"
+
+
+async def test_an_upload_naming_another_workflow_than_the_runs_is_refused(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant()
+    workflow = await served.new_workflow(tenant)
+    run = await served.new_run(tenant, workflow)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload(served, tenant, run, "a.json", [b"{}"], workflow_id=str(uuid.uuid4()))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "WORKFLOW_MISMATCH"
+
+    named = await upload(served, tenant, run, "a.json", [b"{}"], workflow_id=str(workflow))
+    assert named.workflow_id == str(workflow)
+
+
+async def test_the_sweeper_leaves_a_blob_an_upload_holds(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    artifact = await upload(served, tenant, await served.new_run(tenant), "a.bin", [b"held"])
+    await delete(served, tenant, artifact.id, "admin")
+
+    async with served.db.tenant(tenant) as session:
+        # What an upload of the same content holds while it puts the file in place.
+        await session.execute(
+            text("SELECT 1 FROM artifacts.blobs WHERE sha256 = :s FOR UPDATE"),
+            {"s": artifact.sha256},
+        )
+        await served.sweeper.sweep()
+        assert served.blob_files(tenant) == [artifact.sha256]
+
+    await served.sweeper.sweep()
+    assert served.blob_files(tenant) == []
+
+
+async def test_an_upload_that_waited_for_the_sweeper_stores_the_content_again(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = b"swept while uploaded"
+    first = await upload(served, tenant, run, "a.bin", [content])
+    await delete(served, tenant, first.id, "admin")
+
+    async with served.db.tenant(tenant) as session:
+        # A sweeper freeing the blob: row locked, file deleted, row deleted, not yet committed.
+        await session.execute(
+            text("SELECT 1 FROM artifacts.blobs WHERE sha256 = :s FOR UPDATE"),
+            {"s": first.sha256},
+        )
+        uploading = asyncio.create_task(upload(served, tenant, run, "b.bin", [content]))
+        await asyncio.sleep(0.3)
+        assert not uploading.done()
+        await FilesystemBlobStore(served.blob_root).delete(tenant, first.sha256)
+        await session.execute(
+            text("DELETE FROM artifacts.blobs WHERE sha256 = :s"), {"s": first.sha256}
+        )
+
+    second = await uploading
+    _, messages = await download(served, tenant, second.id)
+    assert b"".join(m.data for m in messages) == content
+    assert await served.blob_rows(tenant) == {first.sha256: 1}
+    assert await served.storage_used(tenant) == len(content)

@@ -24,6 +24,7 @@ TENANT_TABLES = [
     ("execution", "alert_events"),
     ("execution", "alert_attempts"),
     ("artifacts", "artifacts"),
+    ("artifacts", "blobs"),
     ("billing", "customers"),
     ("billing", "subscriptions"),
     ("billing", "deliveries"),

@@ -1,14 +1,17 @@
-"""Settings read from the environment: backend addresses in every form a channel accepts."""
+"""Settings read from the environment: backend addresses, drain delay, the artifacts sweeper."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
 from aias.core.settings import Env, SettingsError
 from gateway.backends import BACKENDS
 from gateway.settings import load_settings
+from services.artifacts import main as artifacts_main
+from services.artifacts.sweeper import SweepConfig
 
 
 @pytest.mark.parametrize(
@@ -54,3 +57,43 @@ def test_a_gateway_drain_delay_must_leave_time_for_the_requests_in_flight() -> N
     )
     with pytest.raises(SettingsError, match=r"DRAIN_DELAY_SECONDS must be shorter than .*GRACE"):
         load_settings(Env({**environ, "AIAS_GATEWAY_DRAIN_DELAY_SECONDS": "10"}))
+
+
+ARTIFACTS_ENV = {
+    "AIAS_INTERNAL_TOKEN": "internal",
+    "AIAS_APP_DATABASE_URL": "postgresql+psycopg://app@localhost/aias",
+    "AIAS_TENANCY_ADDR": "127.0.0.1:1",
+    "AIAS_EXECUTION_ADDR": "127.0.0.1:2",
+}
+
+
+def test_the_artifacts_sweeper_settings_have_defaults_and_are_read() -> None:
+    default = artifacts_main.load_settings(Env(ARTIFACTS_ENV)).sweep
+    assert default == SweepConfig()
+    assert default.interval_seconds == 300.0
+    configured = artifacts_main.load_settings(
+        Env(
+            {
+                **ARTIFACTS_ENV,
+                "AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS": "30",
+                "AIAS_ARTIFACTS_SWEEP_BATCH": "50",
+                "AIAS_ARTIFACTS_BLOB_GRACE_SECONDS": "0",
+            }
+        )
+    ).sweep
+    assert configured == SweepConfig(30.0, 50, timedelta(0))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS", "0.5"),
+        ("AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS", "nan"),
+        ("AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS", "soon"),
+        ("AIAS_ARTIFACTS_SWEEP_BATCH", "0"),
+        ("AIAS_ARTIFACTS_BLOB_GRACE_SECONDS", "-1"),
+    ],
+)
+def test_a_bad_artifacts_sweeper_setting_is_refused_by_name(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        artifacts_main.load_settings(Env({**ARTIFACTS_ENV, name: value}))
