@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from aias.core.settings import TracingSettings
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 TRACEPARENT = "traceparent"
@@ -32,6 +32,11 @@ def configure_tracing(service: str, settings: TracingSettings) -> TracerProvider
     """
     if not settings.enabled:
         return None
+    # The SDK is imported only here: a process that does not trace keeps its ~2 MiB.
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
     provider = TracerProvider(
         resource=Resource.create({SERVICE_NAME: settings.service_name or service})
     )
@@ -42,6 +47,8 @@ def configure_tracing(service: str, settings: TracingSettings) -> TracerProvider
 
 def _exporter(name: str) -> SpanExporter:
     if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
         return ConsoleSpanExporter()
     # Imported here: the OTLP exporter pulls in its own protobuf modules, needed only when used.
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -52,7 +59,9 @@ def _exporter(name: str) -> SpanExporter:
 def tracing_enabled() -> bool:
     """Whether this process installed a tracer provider; factories add instrumentation only then,
     so a process that does not trace pays nothing per request."""
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+    sdk = sys.modules.get("opentelemetry.sdk.trace")
+    # Without the SDK imported, no SDK provider can be installed.
+    return sdk is not None and isinstance(trace.get_tracer_provider(), sdk.TracerProvider)
 
 
 def _traced(details: Any) -> bool:
