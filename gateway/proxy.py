@@ -39,6 +39,8 @@ FORWARDED_HEADERS = (
     "Content-Type",
     "User-Agent",
     "Range",
+    "If-Range",
+    "If-None-Match",
 )
 TRACE_HEADERS = ("traceparent", "tracestate")
 MAX_TRACE_HEADER_CHARS = 512
@@ -226,10 +228,15 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     """Raw bytes as they arrive; errors before the first chunk still get the error body."""
     first, initial = await _first(route, call)
     status, headers = response_head(initial, keep_length=True, status=route.success_status)
-    headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
+    if status != 304:
+        headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
     response = web.StreamResponse(status=status, headers=headers)
     declared = response.content_length
     await response.prepare(request)
+    if _bodiless(request, status):
+        call.cancel()
+        await response.write_eof()
+        return response
     written = 0
     try:
         chunk = first
@@ -262,6 +269,11 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     return response
 
 
+def _bodiless(request: web.Request, status: int) -> bool:
+    """HEAD (the headers GET would send), 204 and 304 end with the headers."""
+    return request.method == "HEAD" or status in (204, 304)
+
+
 def _abort(request: web.Request) -> None:
     """Closing without the final chunk is how HTTP/1.1 tells a client the body is incomplete."""
     if request.transport is not None:
@@ -284,6 +296,10 @@ async def _stream_json(
     headers["Cache-Control"] = "no-cache"
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    if _bodiless(request, status):
+        call.cancel()
+        await response.write_eof()
+        return response
     item = first
     try:
         try:

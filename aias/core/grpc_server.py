@@ -331,9 +331,16 @@ class BuiltServer:
             await cleanup()
 
 
-def build_grpc_server(settings: ServerSettings, services: Sequence[Registration]) -> BuiltServer:
-    """The server with every service, health and reflection, bound to settings.port (0: any)."""
-    metrics = RpcMetrics(CollectorRegistry())
+def build_grpc_server(
+    settings: ServerSettings,
+    services: Sequence[Registration],
+    registry: CollectorRegistry | None = None,
+) -> BuiltServer:
+    """The server with every service, health and reflection, bound to settings.port (0: any).
+
+    `registry` is where the service's own metrics already are, so one scrape shows them all.
+    """
+    metrics = RpcMetrics(CollectorRegistry() if registry is None else registry)
     server = grpc.aio.server(
         interceptors=[_ServingInterceptor(settings.internal_token, metrics)],
         options=[

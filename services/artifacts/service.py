@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -16,18 +17,23 @@ from aias.core.entitlements import (
     UsageClient,
     quota_exceeded,
 )
-from aias.core.errors import AlreadyExists, NotFound, Unavailable
+from aias.core.errors import AlreadyExists, DataLoss, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
+    Answer,
     Artifact,
+    DownloadPlan,
+    DownloadRequest,
     UploadSpec,
     check_chunk,
     kept_for,
+    plan_download,
     validate_upload,
 )
+from services.artifacts.metrics import ArtifactMetrics
 from services.artifacts.repository import ArtifactRepository
 from services.artifacts.runs import RunOwners
 
@@ -42,13 +48,49 @@ class Page:
 
 @dataclass(frozen=True)
 class Download:
-    """An artifact whose blob is open: its size is checked before the first byte is sent."""
+    """An artifact, what to send of it, and its open blob (None when nothing is sent)."""
 
     artifact: Artifact
-    _reader: BlobReader
+    plan: DownloadPlan
+    _reader: BlobReader | None
+    _metrics: ArtifactMetrics
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._reader.chunks(DOWNLOAD_CHUNK_BYTES)
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The planned bytes, read from storage at the window's offset.
+
+        A whole-body read is hashed as it streams and the last chunk is held back until the
+        digest matches, so a corrupt blob ends the stream with DATA_LOSS before its final
+        byte: the client sees a truncated body, never a complete wrong one. A range cannot be
+        checked (the digest covers the whole blob); only its length is.
+        """
+        window = self.plan.window
+        if self._reader is None or window.length == 0:
+            return
+        digest = hashlib.sha256() if window.length == self.artifact.size_bytes else None
+        held = b""
+        sent = 0
+        async for chunk in self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length):
+            if held:
+                yield held
+            if digest is not None:
+                digest.update(chunk)
+            sent += len(chunk)
+            held = chunk
+        if sent != window.length:
+            self._fail("length", {"bytes_read": sent, "bytes_expected": window.length})
+        if digest is not None and digest.hexdigest() != self.artifact.sha256:
+            self._fail("digest", {"digest_read": digest.hexdigest()})
+        yield held
+
+    def _fail(self, kind: str, fields: dict[str, object]) -> None:
+        self._metrics.corrupt(kind)
+        log.error(
+            "artifact blob is corrupt",
+            extra={**_blob_fields(self.artifact), "kind": kind, **fields},
+        )
+        raise DataLoss(
+            "BLOB_CORRUPT", f"the stored content of artifact {self.artifact.id} is corrupt"
+        )
 
 
 class ArtifactsService:
@@ -59,7 +101,9 @@ class ArtifactsService:
         entitlements: EntitlementsCache,
         usage: UsageClient,
         runs: RunOwners,
+        metrics: ArtifactMetrics,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._blobs = blobs
         self._entitlements = entitlements
@@ -156,10 +200,19 @@ class ArtifactsService:
         return Page(found[:size], next_page_token(found, size, str(run or "")))
 
     @asynccontextmanager
-    async def download(self, tenant_id: uuid.UUID, artifact_id: str) -> AsyncIterator[Download]:
-        """Opens the artifact's blob; a lost or torn blob is reported before any byte is sent."""
+    async def download(
+        self, tenant_id: uuid.UUID, artifact_id: str, request: DownloadRequest
+    ) -> AsyncIterator[Download]:
+        """Decides what to send, then opens the blob unless nothing is sent (304).
+
+        A lost or torn blob is reported before any byte is sent.
+        """
         artifact = await self.get_artifact(tenant_id, artifact_id)
         run_id_var.set(str(artifact.run_id))
+        plan = plan_download(request, artifact.size_bytes, artifact.sha256)
+        if plan.answer is Answer.NOT_MODIFIED:
+            yield Download(artifact, plan, None, self._metrics)
+            return
         async with AsyncExitStack() as stack:
             try:
                 reader = await stack.enter_async_context(
@@ -174,7 +227,7 @@ class ArtifactsService:
                     extra={**_blob_fields(artifact), "blob_size": reader.size},
                 )
                 raise _unavailable(artifact)
-            yield Download(artifact, reader)
+            yield Download(artifact, plan, reader, self._metrics)
 
 
 def _blob_fields(artifact: Artifact) -> dict[str, str]:
