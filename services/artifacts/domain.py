@@ -222,7 +222,12 @@ def plan_download(request: DownloadRequest, size: int, sha256: str) -> DownloadP
         if request.if_range and request.if_range.strip() != entity_tag(sha256):
             return DownloadPlan(Answer.FULL, whole)
         window = _header_window(request.range_header, size)
-        return DownloadPlan(Answer.FULL, whole) if window is None else _partial(window, size)
+        # A satisfiable Range is 206 even when it covers everything, as the client asked.
+        return (
+            DownloadPlan(Answer.FULL, whole)
+            if window is None
+            else DownloadPlan(Answer.PARTIAL, window)
+        )
     return _partial(_requested_window(request.offset, request.length, size), size)
 
 
