@@ -23,6 +23,7 @@ from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from aias.core import authz
+from aias.core.clients import STREAM_WINDOW_OPTIONS
 from aias.core.context import (
     AUTHORIZATION,
     Caller,
@@ -352,6 +353,7 @@ def build_grpc_server(
             ("grpc.http2.max_ping_strikes", 0),
             # A second server on the same port fails to start instead of silently sharing it.
             ("grpc.so_reuseport", 0),
+            *STREAM_WINDOW_OPTIONS,
         ],
     )
     health_servicer = health.aio.HealthServicer()

@@ -18,11 +18,10 @@ from aias.core.settings import Env, ServerSettings
 from services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
 from services.artifacts.metrics import ArtifactMetrics
 from services.artifacts.runs import RunOwners
-from services.artifacts.s3store import (
+from services.artifacts.s3settings import (
     DEFAULT_PART_BYTES,
     MAX_COPY_BYTES,
     MIN_PART_BYTES,
-    S3BlobStore,
     S3Location,
     S3Settings,
 )
@@ -107,6 +106,10 @@ def _s3_settings(env: Env) -> S3Settings | None:
 def build_store(settings: ArtifactsSettings) -> BlobStore:
     """The configured backend: the S3 bucket, or the local directory."""
     if settings.s3 is not None:
+        # Imported only when configured: botocore's service models cost some 18 MiB of memory,
+        # which a filesystem-backed process keeps for its downloads.
+        from services.artifacts.s3store import S3BlobStore
+
         return S3BlobStore(settings.s3)
     return FilesystemBlobStore(settings.blob_root)
 

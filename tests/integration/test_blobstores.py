@@ -13,7 +13,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from services.artifacts.blobstore import BlobMissing, BlobStore, FilesystemBlobStore, StoredBlob
-from services.artifacts.s3store import MIN_PART_BYTES, S3BlobStore
+from services.artifacts.s3settings import MIN_PART_BYTES
+from services.artifacts.s3store import S3BlobStore
 from tests.s3_server import new_bucket, s3_settings
 
 MIB = 1024 * 1024
