@@ -23,6 +23,7 @@ from gateway.ingress import BodyReader
 from gateway.transcoder import (
     ADMISSION_LIMIT_FIELD,
     DEFAULT_CONTENT_TYPE,
+    RawHttpBody,
     RpcRoute,
     render_json,
     render_unary,
@@ -146,6 +147,8 @@ class RpcProxy:
             "response_deserializer": route.response_class.FromString,
         }
         if route.server_streaming:
+            if route.raw_response and not route.response_body:
+                serializers["response_deserializer"] = RawHttpBody.parse
             stream = channel.unary_stream(route.rpc, **serializers)(message, metadata=metadata)
             if route.raw_response:
                 return await _stream(route, request, stream)
@@ -241,8 +244,9 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     try:
         chunk = first
         while chunk is not None:
-            await response.write(chunk.data)
-            written += len(chunk.data)
+            data = chunk.data
+            await response.write(data)
+            written += len(data)
             received = await call.read()
             chunk = None if received is grpc.aio.EOF else received
     except grpc.aio.AioRpcError as error:

@@ -19,7 +19,11 @@ from aias.core.errors import (
 from aias.core.text import checked_file_name
 
 MAX_CHUNK_BYTES = 1024 * 1024
-DOWNLOAD_CHUNK_BYTES = 64 * 1024
+# Downloads go in messages this large: fewer, larger messages cost less per byte in each hop,
+# and the gRPC stream window (2 MiB ahead) still bounds what a hop holds.
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+# Upload chunks received ahead while one is being stored, so receiving and storing overlap.
+UPLOAD_READ_AHEAD = 1
 MAX_NAME_CHARS = 255
 MAX_STEP_ID_CHARS = 64
 MAX_MEDIA_TYPE_CHARS = 255

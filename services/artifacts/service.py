@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 
 from aias.core.context import run_id_var
@@ -23,6 +24,7 @@ from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
+    UPLOAD_READ_AHEAD,
     Answer,
     Artifact,
     DownloadPlan,
@@ -127,7 +129,7 @@ class ArtifactsService:
         )
         reserved = 0
         async with self._blobs.writer(tenant_id) as writer:
-            async for chunk in chunks:
+            async for chunk in _read_ahead(chunks, UPLOAD_READ_AHEAD):
                 await writer.write(check_chunk(chunk))
             written = writer.written()
             if written.size and not await self._blobs.exists(tenant_id, written):
@@ -228,6 +230,34 @@ class ArtifactsService:
                 )
                 raise _unavailable(artifact)
             yield Download(artifact, plan, reader, self._metrics)
+
+
+async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator[bytes]:
+    """The same chunks, with up to `depth` more received while the current one is stored.
+
+    Receiving (gRPC) and storing (hashing, writing) then overlap instead of taking turns.
+    """
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+
+    async def receive() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+        except Exception as error:
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    receiving = asyncio.create_task(receive())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        receiving.cancel()
+        with suppress(asyncio.CancelledError):
+            await receiving
 
 
 def _blob_fields(artifact: Artifact) -> dict[str, str]:

@@ -391,7 +391,7 @@ async def test_an_empty_artifact_ranges_and_downloads(site: Site) -> None:
 
 
 async def test_a_corrupt_blob_ends_the_download_truncated_and_is_counted(site: Site) -> None:
-    content = os.urandom(SIZE)
+    content = os.urandom(3 * MIB + 5)
     artifact = await site.upload(content, "fragile.bin")
     await site.corrupt(artifact)
     before = _corrupt_count(site.registry)
@@ -405,6 +405,16 @@ async def test_a_corrupt_blob_ends_the_download_truncated_and_is_counted(site: S
 
     assert lost.value.code() == grpc.StatusCode.DATA_LOSS
     assert _corrupt_count(site.registry) == before + 2
+
+
+async def test_a_corrupt_blob_of_one_chunk_is_an_error_before_any_byte(site: Site) -> None:
+    artifact = await site.upload(os.urandom(1000), "small.bin")
+    await site.corrupt(artifact)
+
+    response, body = await site.get(artifact)
+
+    assert response.status == 500
+    assert b"BLOB_CORRUPT" in body
 
 
 async def test_a_window_by_grpc_offset_and_length(

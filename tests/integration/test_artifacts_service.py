@@ -24,6 +24,7 @@ from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.localdb import LocalDatabase
+from services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
 from services.artifacts.main import ArtifactsSettings, build_server
 from services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
@@ -302,8 +303,8 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
     assert (artifact.size_bytes, artifact.sha256) == (len(content), digest)
     headers, messages = await download(served, tenant, artifact.id)
     assert b"".join(m.data for m in messages) == content
-    assert max(len(m.data) for m in messages) <= 64 * KIB
-    assert len(messages) >= len(content) // (64 * KIB)
+    assert max(len(m.data) for m in messages) <= DOWNLOAD_CHUNK_BYTES
+    assert len(messages) >= len(content) // DOWNLOAD_CHUNK_BYTES
     assert headers["x-http-header-content-length"] == str(len(content))
     blob = served.blob_root / str(tenant) / "sha256" / digest[:2] / digest
     assert blob.read_bytes() == content
