@@ -107,11 +107,10 @@ class _FileWriter:
         self.committed = False
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._write, chunk)
-
-    def _write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self._file.write(chunk)
+        # Both release the GIL: hashing and writing the chunk run side by side.
+        await asyncio.gather(
+            asyncio.to_thread(self._hash.update, chunk), asyncio.to_thread(self._file.write, chunk)
+        )
         self._size += len(chunk)
 
     def written(self) -> StoredBlob:

@@ -69,20 +69,34 @@ class Download:
         if self._reader is None or window.length == 0:
             return
         digest = hashlib.sha256() if window.length == self.artifact.size_bytes else None
-        held = b""
+        source = aiter(self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length))
+
+        async def pull() -> bytes:
+            chunk = await anext(source, b"")
+            if chunk and digest is not None:
+                # Off the event loop, so it overlaps with sending the chunk before.
+                await asyncio.to_thread(digest.update, chunk)
+            return chunk
+
         sent = 0
-        async for chunk in self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length):
-            if held:
-                yield held
-            if digest is not None:
-                digest.update(chunk)
-            sent += len(chunk)
-            held = chunk
-        if sent != window.length:
-            self._fail("length", {"bytes_read": sent, "bytes_expected": window.length})
-        if digest is not None and digest.hexdigest() != self.artifact.sha256:
-            self._fail("digest", {"digest_read": digest.hexdigest()})
-        yield held
+        reading = asyncio.ensure_future(pull())
+        try:
+            while chunk := await reading:
+                sent += len(chunk)
+                if sent >= window.length:
+                    break
+                # The next chunk is read and hashed while this one goes out.
+                reading = asyncio.ensure_future(pull())
+                yield chunk
+            if sent != window.length:
+                self._fail("length", {"bytes_read": sent, "bytes_expected": window.length})
+            if digest is not None and digest.hexdigest() != self.artifact.sha256:
+                self._fail("digest", {"digest_read": digest.hexdigest()})
+            yield chunk
+        finally:
+            reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await reading
 
     def _fail(self, kind: str, fields: dict[str, object]) -> None:
         self._metrics.corrupt(kind)
