@@ -127,26 +127,37 @@ async def _run(stack: Stack, rounds: int, work: Path) -> dict[str, Any]:
     (blob,) = (stack.data_dir / "artifacts").glob(f"*/sha256/*/{artifact.sha256}")
     uploads = work / "uploads"
     uploads.mkdir()
-    port = _free_port()
+    port, copying_port = _free_port(), _free_port()
+    arguments = ("--file", str(blob), "--uploads", str(uploads))
     bare = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "bench.bare_files", "--port", str(port)),
-        *("--file", str(blob), "--uploads", str(uploads)),
+        *(sys.executable, "-m", "bench.bare_files", "--port", str(port)), *arguments
+    )
+    # The same server with sendfile off: FileResponse then reads and writes in chunks, as any
+    # server must that does something with the bytes on their way (here: hashing them).
+    copying = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "bench.bare_files", "--port", str(copying_port)),
+        *arguments,
+        env={**os.environ, "AIOHTTP_NOSENDFILE": "1"},
     )
     auth = {"Authorization": f"Bearer {hook.key}"}
     figures: dict[str, list[float]] = {
         "download_gateway": [],
         "download_file_response": [],
+        "download_file_response_no_sendfile": [],
         "upload_grpc": [],
         "upload_bare_post": [],
     }
     try:
         await asyncio.to_thread(_wait_listening, port)
+        await asyncio.to_thread(_wait_listening, copying_port)
         bare_url = f"http://127.0.0.1:{port}"
+        copying_url = f"http://127.0.0.1:{copying_port}"
         download_url = f"{stack.gateway_url}/api/artifacts/{artifact.id}/download"
         async with aiohttp.ClientSession() as http:
             # One untimed pass of each warms the page cache and the connections.
             await _read_all(http, download_url, auth)
             await _read_all(http, f"{bare_url}/file", {})
+            await _read_all(http, f"{copying_url}/file", {})
             for number in range(1, rounds + 1):
                 data = _content(number, base)
                 figures["download_gateway"].append(
@@ -155,6 +166,9 @@ async def _run(stack: Stack, rounds: int, work: Path) -> dict[str, Any]:
                 figures["download_file_response"].append(
                     await _timed(_read_all(http, f"{bare_url}/file", {}))
                 )
+                figures["download_file_response_no_sendfile"].append(
+                    await _timed(_read_all(http, f"{copying_url}/file", {}))
+                )
                 figures["upload_grpc"].append(
                     await _timed(_upload(stub, hook.tenant_id, run_id, f"up-{number}.bin", data))
                 )
@@ -162,8 +176,9 @@ async def _run(stack: Stack, rounds: int, work: Path) -> dict[str, Any]:
                     await _timed(_post_all(http, f"{bare_url}/upload", data))
                 )
     finally:
-        bare.terminate()
-        await bare.wait()
+        for server in (bare, copying):
+            server.terminate()
+            await server.wait()
         await channel.close()
     medians = {name: round(statistics.median(values), 1) for name, values in figures.items()}
     began = time.perf_counter()
@@ -177,6 +192,9 @@ async def _run(stack: Stack, rounds: int, work: Path) -> dict[str, Any]:
         "mib_per_second": medians,
         "every_round": {name: [round(v, 1) for v in values] for name, values in figures.items()},
         "download_ratio": round(medians["download_gateway"] / medians["download_file_response"], 2),
+        "download_ratio_no_sendfile": round(
+            medians["download_gateway"] / medians["download_file_response_no_sendfile"], 2
+        ),
         "upload_ratio": round(medians["upload_grpc"] / medians["upload_bare_post"], 2),
         "rss_mib_after": rss_mib(stack),
     }
@@ -194,6 +212,10 @@ def main() -> None:
     print(
         f"  download: gateway {speeds['download_gateway']}, "
         f"FileResponse {speeds['download_file_response']}, ratio {result['download_ratio']}"
+    )
+    print(
+        f"            FileResponse without sendfile {speeds['download_file_response_no_sendfile']}, "
+        f"ratio {result['download_ratio_no_sendfile']}"
     )
     print(
         f"  upload:   UploadArtifact {speeds['upload_grpc']}, "
