@@ -13,10 +13,14 @@ from importlib.metadata import version
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from aias.core.context import request_id_var, tenant_id_var
 from aias.core.entitlements import EntitlementsCache
+from aias.core.tracing import REQUEST_ID_ATTRIBUTE, tracing_enabled
 from gateway.auth import Authenticator
 from gateway.backends import BACKENDS, Backends
 from gateway.dashboard.pages import ROUTES as DASHBOARD_ROUTES
@@ -50,6 +54,10 @@ ROUTE_LABEL = web.RequestKey("route", str)
 READINESS_TIMEOUT_SECONDS = 2.0
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
 _UNMATCHED = "unmatched"
+# Probes and scrapes get no span: they would drown the traces.
+_UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Span names carry the method; any other a client invents is named HTTP, so names stay bounded.
+_SPAN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def build_router(routes: list[RpcRoute]) -> Router[Handler]:
@@ -70,7 +78,11 @@ def build_router(routes: list[RpcRoute]) -> Router[Handler]:
 
 def init_app(settings: GatewaySettings) -> web.Application:
     """The gateway application; backends are connected when it starts and closed when it stops."""
-    app = web.Application(middlewares=[_observe, _errors, _guard], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [_observe, _errors, _guard]
+    if tracing_enabled():
+        # Outermost, so the access log line (written by `_observe`) carries the trace id.
+        middlewares.insert(0, _tracing(trace.get_tracer("aias.gateway")))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     routes = build_routes(BACKENDS)
     app[ROUTER] = build_router(routes)
@@ -187,6 +199,42 @@ async def _observe(
                     "bytes": sent,
                 },
             )
+
+
+def _tracing(tracer: trace.Tracer) -> Middleware:
+    """A server span per request, child of the client's `traceparent`, named by route template.
+
+    Not opentelemetry-instrumentation-aiohttp-server: it records the request's path and URL,
+    and a webhook's path holds its endpoint's secret; and it names spans by aiohttp's route,
+    which here is one catch-all.
+    """
+
+    @web.middleware
+    async def _trace(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path in _UNTRACED_PATHS:
+            return await handler(request)
+        method = request.method if request.method in _SPAN_METHODS else "HTTP"
+        with tracer.start_as_current_span(
+            method,
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method},
+        ) as span:
+            try:
+                response = await handler(request)
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
+                    span.set_status(StatusCode.ERROR)
+                return response
+            finally:
+                route = request.get(ROUTE_LABEL, _UNMATCHED)
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute(REQUEST_ID_ATTRIBUTE, request.get(REQUEST_ID, ""))
+
+    return _trace
 
 
 @web.middleware

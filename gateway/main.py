@@ -10,6 +10,7 @@ import uvloop
 from aias.core.logging import configure_logging
 from aias.core.process import wait_for_termination, write_ready_file
 from aias.core.settings import SettingsError
+from aias.core.tracing import configure_tracing
 from gateway.server import serving
 from gateway.settings import GatewaySettings, load_settings
 
@@ -48,9 +49,15 @@ def main() -> None:
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging("gateway", settings.log_level)
+    # Before the app is built: it adds the tracing middleware only when a provider is installed.
+    tracer_provider = configure_tracing("gateway", settings.tracing)
     _return_large_buffers_to_the_os()
-    # uvloop: aiohttp's parsing and socket work take noticeably less CPU on it.
-    uvloop.run(serve(settings))
+    try:
+        # uvloop: aiohttp's parsing and socket work take noticeably less CPU on it.
+        uvloop.run(serve(settings))
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # sends the spans still buffered
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from aias.core.settings import Env
+from aias.core.settings import Env, TracingSettings
 from gateway.backends import BACKENDS
 from gateway.dashboard.session import MIN_SECRET_CHARS
 from gateway.ingress import MAX_BODY_BYTES
@@ -43,6 +43,7 @@ class GatewaySettings:
     body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
     access_log: bool = True
     public_url: str = DEFAULT_PUBLIC_URL
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
 
 def load_settings(env: Env | None = None) -> GatewaySettings:
@@ -72,6 +73,7 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
         ),
         access_log=env.flag("AIAS_GATEWAY_ACCESS_LOG", True),
         public_url=env.text("AIAS_PUBLIC_URL", DEFAULT_PUBLIC_URL),
+        tracing=TracingSettings.from_env(env),
     )
     if settings.drain_delay_seconds and settings.drain_delay_seconds >= settings.grace_seconds:
         env.problem(

@@ -9,6 +9,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from aias.core.context import AUTHORIZATION, current_caller_metadata
+from aias.core.tracing import client_interceptors
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -72,7 +73,8 @@ def internal_channel(address: str, token: str) -> grpc.aio.Channel:
         address,
         options=_CHANNEL_OPTIONS,
         interceptors=[
-            kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+            *client_interceptors(),
+            *(kind(token) for kind in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)),
         ],
     )
 

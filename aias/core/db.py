@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
 import psycopg
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import QueuePool
 
 from aias.core.errors import InvalidArgument
 
@@ -120,6 +123,36 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+class PoolMetrics(Collector):
+    """The engine's connection pool as it is at each scrape: in use, open, and its ceiling."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        pool = self._engine.sync_engine.pool
+        # QueuePool's counters; another pool class (tests may use NullPool) shows nothing.
+        if not isinstance(pool, QueuePool):
+            return
+        checked_out = pool.checkedout()
+        yield GaugeMetricFamily(
+            "aias_db_pool_checked_out_connections",
+            "Database connections in use by a transaction now.",
+            value=checked_out,
+        )
+        yield GaugeMetricFamily(
+            "aias_db_pool_open_connections",
+            "Database connections open now, in use or idle in the pool.",
+            value=checked_out + pool.checkedin(),
+        )
+        yield GaugeMetricFamily(
+            "aias_db_pool_max_connections",
+            "The most connections the pool opens (its size plus overflow); a transaction that "
+            "needs one more waits.",
+            value=pool.size() + pool._max_overflow,
+        )
 
 
 def libpq_url(database_url: str) -> str:

@@ -20,6 +20,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes.rpc_attributes import RPC_GRPC_STATUS_CODE
+from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from aias.core import authz
@@ -33,7 +36,8 @@ from aias.core.context import (
     run_id_var,
     tenant_id_var,
 )
-from aias.core.db import CONNECTION_ERRORS
+from aias.core.db import CONNECTION_ERRORS, Database, PoolMetrics
+from aias.core.entitlements import NUMERIC_LIMITS, STEP_TYPES_LIMIT
 from aias.core.errors import (
     ERROR_DOMAIN,
     LIMIT,
@@ -46,10 +50,17 @@ from aias.core.errors import (
 )
 from aias.core.process import wait_for_termination, write_ready_file
 from aias.core.settings import ServerSettings
+from aias.core.tracing import (
+    REQUEST_ID_ATTRIBUTE,
+    instrument_sql,
+    server_interceptors,
+    tracing_enabled,
+)
 from aias.core.version import VERSION_METADATA, package_version
 
 log = logging.getLogger(__name__)
 
+_LIMIT_NAMES = frozenset({*NUMERIC_LIMITS, STEP_TYPES_LIMIT})
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # The probe whose answer carries the process's version, so diagnostics can show it.
 HEALTH_CHECK = HEALTH_PREFIX + "Check"
@@ -106,6 +117,19 @@ class RpcMetrics:
             ["grpc_service", "grpc_method"],
             registry=registry,
         )
+        self._refusals = Counter(
+            "aias_entitlement_refusals",
+            "Requests refused by a plan limit or quota, by limit and reason "
+            "(PLAN_LIMIT, QUOTA_EXCEEDED).",
+            ["limit", "reason"],
+            registry=registry,
+        )
+
+    def refused(self, error: DomainError) -> None:
+        """Counts an error that names the limit it enforces; other errors are not refusals."""
+        if (limit := error.metadata.get(LIMIT)) is not None:
+            # Limit names come from the code, but a label must stay bounded whatever happens.
+            self._refusals.labels(limit if limit in _LIMIT_NAMES else "other", error.reason).inc()
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         service, _, name = method.lstrip("/").partition("/")
@@ -180,6 +204,8 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 status_for(InvalidArgument("AMBIGUOUS_CALLER", str(error)))
             )
         request_id_var.set(caller.request_id)
+        if (span := trace.get_current_span()).is_recording():
+            span.set_attribute(REQUEST_ID_ATTRIBUTE, caller.request_id)
         tenant_id_var.set(caller.tenant_id)
         principal_var.set(caller.principal)
         role_var.set(caller.role)
@@ -189,6 +215,7 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def _fail(self, error: Exception, context: grpc.aio.ServicerContext) -> None:
         if isinstance(error, DomainError):
+            self._metrics.refused(error)
             await context.abort_with_status(status_for(error))
         if isinstance(error, CONNECTION_ERRORS):
             log.warning("database unreachable", extra={"error": type(error).__name__})
@@ -216,11 +243,13 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise
         finally:
             code = context.code()
-            self._metrics.observe(
-                method,
-                code if isinstance(code, grpc.StatusCode) else fallback,
-                time.perf_counter() - started,
-            )
+            if not isinstance(code, grpc.StatusCode):
+                code = fallback
+            self._metrics.observe(method, code, time.perf_counter() - started)
+            # OpenTelemetry's interceptor sees `abort`, not the `abort_with_status` used here.
+            if code != grpc.StatusCode.OK and (span := trace.get_current_span()).is_recording():
+                span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+                span.set_status(StatusCode.ERROR, code.name)
 
     def _wrap_unary(self, method: str, public: bool, behavior: Any) -> Any:
         announce = ((VERSION_METADATA, package_version()),) if method == HEALTH_CHECK else ()
@@ -284,7 +313,16 @@ class BuiltServer:
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Dependencies that must answer for the server to report SERVING (e.g. `Database.ping`).
     probes: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # AIAS_TRACE_SQL: databases added with `add_database` get a span per statement.
+    trace_sql: bool = False
     _prober: asyncio.Task[None] | None = None
+
+    def add_database(self, db: Database) -> None:
+        """The process's database: health probe, pool gauges on /metrics, SQL spans if asked."""
+        self.probes.append(db.ping)
+        self.metrics.registry.register(PoolMetrics(db.engine))
+        if self.trace_sql and tracing_enabled():
+            instrument_sql(db.engine)
 
     async def start(self) -> None:
         await self.server.start()
@@ -339,11 +377,15 @@ def build_grpc_server(
 ) -> BuiltServer:
     """The server with every service, health and reflection, bound to settings.port (0: any).
 
-    `registry` is where the service's own metrics already are, so one scrape shows them all.
+    `registry` is what its /metrics serves, for a process whose servicers count more than RPCs.
     """
-    metrics = RpcMetrics(CollectorRegistry() if registry is None else registry)
+    metrics = RpcMetrics(registry or CollectorRegistry())
     server = grpc.aio.server(
-        interceptors=[_ServingInterceptor(settings.internal_token, metrics)],
+        # Tracing's interceptor first, so the RPC's span is current in ours (its log lines).
+        interceptors=[
+            *server_interceptors(),
+            _ServingInterceptor(settings.internal_token, metrics),
+        ],
         options=[
             ("grpc.max_receive_message_length", 8 * 1024 * 1024),
             # Clients ping every 30 s to keep long streams (entitlement watches) alive through
@@ -375,7 +417,9 @@ def build_grpc_server(
             f"{settings.service} cannot listen on {address}: the port is in use or not allowed; "
             f"stop the other process or set AIAS_{settings.service.upper().replace('-', '_')}_PORT"
         )
-    return BuiltServer(server, port, health_servicer, names, metrics)
+    return BuiltServer(
+        server, port, health_servicer, names, metrics, trace_sql=settings.tracing.sql
+    )
 
 
 def start_metrics_server(port: int, registry: CollectorRegistry) -> int:
@@ -410,12 +454,15 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
     """The whole of a gRPC process's main: settings, logging, build, serve until SIGTERM."""
     from aias.core.logging import configure_logging
     from aias.core.settings import SettingsError
+    from aias.core.tracing import configure_tracing
 
     try:
         settings = load()
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging(settings.server.service, settings.server.log_level)
+    # Before the build: the factories add tracing interceptors only when a provider is installed.
+    tracer_provider = configure_tracing(settings.server.service, settings.server.tracing)
 
     async def _run() -> None:
         built = await build(settings)
@@ -426,3 +473,6 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
         uvloop.run(_run())
     except BindError as error:
         raise SystemExit(str(error)) from None
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # sends the spans still buffered

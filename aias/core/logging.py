@@ -1,4 +1,4 @@
-"""JSON log lines with request, tenant and run ids taken from the current context."""
+"""JSON log lines with request, tenant, run, trace and span ids taken from the current context."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aias.core.context import request_id_var, run_id_var, tenant_id_var
+from aias.core.tracing import current_ids
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -36,6 +37,8 @@ class JsonFormatter(logging.Formatter):
         ):
             if value := var.get():
                 entry[key] = value
+        if ids := current_ids():
+            entry["trace_id"], entry["span_id"] = ids
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -147,6 +147,51 @@ def _is_target(value: str) -> bool:
     )
 
 
+# What OTEL_TRACES_EXPORTER may name here; "none" (the default) leaves tracing off entirely.
+TRACE_EXPORTERS = ("none", "otlp", "console")
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Where spans go, read from the standard OTEL_ variables (the SDK reads the rest itself:
+    OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES...)."""
+
+    exporter: str = "none"
+    # OTEL_SERVICE_NAME; empty: the process's own name (its log lines' "service").
+    service_name: str = ""
+    # AIAS_TRACE_SQL: a span per SQL statement. Off by default: see README, "Observability".
+    sql: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.exporter != "none"
+
+    @classmethod
+    def from_env(cls, env: Env) -> TracingSettings:
+        endpoint = env.text("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "") or env.text(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", ""
+        )
+        # An endpoint alone is enough to turn OTLP on; OTEL_TRACES_EXPORTER=none turns it off.
+        exporter = env.text("OTEL_TRACES_EXPORTER", "otlp" if endpoint else "none").lower()
+        if exporter not in TRACE_EXPORTERS:
+            env.problem(
+                f"OTEL_TRACES_EXPORTER must be one of {', '.join(TRACE_EXPORTERS)}, got {exporter!r}"
+            )
+            exporter = "none"
+        protocol = env.text("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        if exporter == "otlp" and protocol != "grpc":
+            env.problem(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL must be grpc (the one bundled), got {protocol!r}"
+            )
+        if env.flag("OTEL_SDK_DISABLED", False):
+            exporter = "none"
+        return cls(
+            exporter=exporter,
+            service_name=env.text("OTEL_SERVICE_NAME", ""),
+            sql=env.flag("AIAS_TRACE_SQL", False),
+        )
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """What every gRPC process needs: where to listen, how to authenticate callers, where to log."""
@@ -159,6 +204,7 @@ class ServerSettings:
     log_level: str
     ready_file: Path | None
     grace_seconds: float
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @classmethod
     def from_env(
@@ -174,4 +220,5 @@ class ServerSettings:
             log_level=env.text("AIAS_LOG_LEVEL", "INFO").upper(),
             ready_file=env.optional_path("AIAS_READY_FILE"),
             grace_seconds=env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0),
+            tracing=TracingSettings.from_env(env),
         )

@@ -145,7 +145,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         registry,
     )
     built.on_start += [entitlements.start, sweep.start]
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [sweep.stop, db.close, execution.close, tenancy.close, entitlements.stop]
     built.on_stop.append(blobs.close)
     return built

@@ -135,7 +135,7 @@ async def build_server(settings: BillingSettings) -> BuiltServer:
             ),
         ],
     )
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [db.close, tenancy.close, execution.close]
     if api is not None:
         built.on_stop.append(api.close)

@@ -70,7 +70,7 @@ async def build_server(settings: AlertsSettings) -> BuiltServer:
         await sender.stop(settings.server.grace_seconds)
 
     # Cleanups run last-registered first: the sender finishes its batch before anything closes.
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [db.close, client.close, stop_sender]
     return built
 

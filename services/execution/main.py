@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from prometheus_client import CollectorRegistry
+
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine, libpq_url
 from aias.core.entitlements import EntitlementsCache
@@ -18,6 +20,7 @@ from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
 from services.execution.domain import DEFAULT_MAX_ATTEMPTS
 from services.execution.events import RunEvents
 from services.execution.ingest import RunWriter
+from services.execution.metrics import WebhookMetrics
 from services.execution.quota import DEFAULT_BLOCK, RunQuota
 from services.execution.service import (
     DEFAULT_ROTATION_GRACE,
@@ -85,6 +88,8 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
     deliveries = DeliveryLog(db, settings.deliveries_kept)
     events = RunEvents(libpq_url(settings.database_url))
     writer = RunWriter(db)
+    # Served on the process's metrics port, beside its RPC metrics.
+    registry = CollectorRegistry()
     service = ExecutionService(
         db,
         entitlements,
@@ -97,6 +102,7 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
         deliveries=deliveries,
         writer=writer,
         rotation_grace=settings.rotation_grace,
+        webhook_metrics=WebhookMetrics(registry),
     )
     servicer = ExecutionServicer(service, alerts)
     built = build_grpc_server(
@@ -106,12 +112,13 @@ async def build_server(settings: ExecutionSettings) -> BuiltServer:
                 SERVICE_NAME, lambda s: pb_grpc.add_ExecutionServiceServicer_to_server(servicer, s)
             ),
         ],
+        registry,
     )
     built.on_start += [entitlements.start, quota.start, targets.start, writer.start]
     # Streams that follow runs end first, so a graceful stop need not wait for them.
     built.on_draining.append(events.close)
     # Cleanups run last-registered first: the quota gives runs back before the channel closes.
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [
         db.close,
         rates.close,

@@ -98,6 +98,8 @@ class RunRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(TIMESTAMP)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     retry_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("execution.runs.id"))
+    # The W3C traceparent of the request that queued the run; the worker's spans continue it.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
 class StepLogRow(Base):

@@ -54,6 +54,16 @@ class QueueState:
 
 
 @dataclass(frozen=True)
+class TenantQueueState:
+    """One tenant's part of the queue: its queued runs, its longest-waiting due one's time."""
+
+    tenant_id: uuid.UUID
+    queued: int
+    oldest_due_time: datetime | None
+    read_time: datetime
+
+
+@dataclass(frozen=True)
 class RunFilter:
     """Which runs a list shows: every field left empty means no condition."""
 
@@ -120,6 +130,24 @@ class ExecutionRepository:
         ).where(RunRow.status == "queued")
         queued, oldest, read_time = (await self._session.execute(query)).one()
         return QueueState(int(queued), oldest, read_time)
+
+    async def queue_by_tenant(self) -> list[TenantQueueState]:
+        """The queue of each tenant with runs queued (one row per such tenant)."""
+        now = func.now()
+        query = (
+            select(
+                RunRow.tenant_id,
+                func.count(),
+                func.min(RunRow.available_time).filter(RunRow.available_time <= now),
+                now,
+            )
+            .where(RunRow.status == "queued")
+            .group_by(RunRow.tenant_id)
+        )
+        return [
+            TenantQueueState(tenant_id, int(queued), oldest, read_time)
+            for tenant_id, queued, oldest, read_time in await self._session.execute(query)
+        ]
 
     async def workflow(
         self, workflow_id: uuid.UUID, *, for_update: bool = False
@@ -406,7 +434,7 @@ _START = text(f"""
         lease_expire_time = now() + :lease, start_time = now(), error = ''
     FROM chosen WHERE r.id = chosen.id
     RETURNING r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.attempt, r.max_attempts,
-        r.payload, r.content_type, r.create_time, r.cancel_requested""")
+        r.payload, r.content_type, r.create_time, r.cancel_requested, r.traceparent""")
 
 # Every statement below touches only runs this worker still holds: same lease owner, same
 # attempt, still running. A worker whose lease was taken over changes nothing.
@@ -472,6 +500,8 @@ class ClaimedRun:
     content_type: str
     create_time: datetime
     cancel_requested: bool
+    # The trace context of the request that queued the run (None: none was recorded).
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
+from prometheus_client import CollectorRegistry
+
 from aias.core import signing
 from aias.core.db import Database, parse_uuid
 from aias.core.entitlements import (
@@ -37,6 +39,7 @@ from aias.core.pagination import (
     page_size,
 )
 from aias.core.ratelimit import RateLimiter
+from aias.core.tracing import current_traceparent
 from services.execution.deliveries import DeliveryLog, delivery_row
 from services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
@@ -50,6 +53,7 @@ from services.execution.domain import (
 )
 from services.execution.events import RunEvents
 from services.execution.ingest import RunWriter, row_values
+from services.execution.metrics import WebhookMetrics
 from services.execution.models import (
     RunRow,
     StepLogRow,
@@ -75,6 +79,8 @@ DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 MAX_ROTATION_GRACE = timedelta(days=7)
 # The reason a delivery log gives an idempotent repeat, which is answered like the first one.
 IDEMPOTENT_REPEAT = "IDEMPOTENT_REPEAT"
+# The reason counted for a delivery that queued a new run.
+RUN_QUEUED = "RUN_QUEUED"
 STATS_HOUR = timedelta(hours=1)
 STATS_DAY = timedelta(days=1)
 FAILURE_WINDOW = timedelta(days=7)
@@ -193,8 +199,11 @@ class ExecutionService:
         deliveries: DeliveryLog,
         writer: RunWriter,
         rotation_grace: timedelta = DEFAULT_ROTATION_GRACE,
+        webhook_metrics: WebhookMetrics | None = None,
     ) -> None:
         self._db = db
+        # Without the process's registry (tests), the counts go to one nobody scrapes.
+        self._webhook_metrics = webhook_metrics or WebhookMetrics(CollectorRegistry())
         self._events = events
         self._entitlements = entitlements
         self._quota = quota
@@ -479,29 +488,39 @@ class ExecutionService:
         delivery to a known endpoint is recorded: an accepted one in the run's transaction, a
         refused one after the refusal.
         """
-        tenant_id, target = await self._target(call.tenant, call.secret)
         try:
-            run = await self._accept(tenant_id, target, call)
+            tenant_id, target = await self._target(call.tenant, call.secret)
+            try:
+                run, repeat = await self._accept(tenant_id, target, call)
+            except DomainError as error:
+                await self._record_refusal(tenant_id, target, error, len(call.body))
+                raise
         except DomainError as error:
-            await self._record_refusal(tenant_id, target, error, len(call.body))
+            self._webhook_metrics.refused(error.reason)
             raise
+        self._webhook_metrics.accepted(IDEMPOTENT_REPEAT if repeat else RUN_QUEUED)
         self._deliveries.recorded(tenant_id)
         return run
 
     async def admit(self, call: WebhookAdmission) -> int:
         """The largest body a webhook URL accepts (0: no plan limit), or why it accepts none."""
-        tenant_id, target = await self._target(call.tenant, call.secret)
         try:
-            entitlements = await self._check_open(tenant_id, target)
-            limit = entitlements.limits.webhook_payload_bytes
-            if limit is not None and call.content_length > limit:
-                raise _too_large(call.content_length, entitlements)
-            if target.signing_key is not None:
-                signing.check_headers(
-                    call.webhook_id, call.webhook_timestamp, call.webhook_signature, time.time()
-                )
+            tenant_id, target = await self._target(call.tenant, call.secret)
+            try:
+                entitlements = await self._check_open(tenant_id, target)
+                limit = entitlements.limits.webhook_payload_bytes
+                if limit is not None and call.content_length > limit:
+                    raise _too_large(call.content_length, entitlements)
+                if target.signing_key is not None:
+                    signing.check_headers(
+                        call.webhook_id, call.webhook_timestamp, call.webhook_signature, time.time()
+                    )
+            except DomainError as error:
+                await self._record_refusal(tenant_id, target, error, call.content_length)
+                raise
         except DomainError as error:
-            await self._record_refusal(tenant_id, target, error, call.content_length)
+            # A delivery refused here never reaches `trigger`: each is counted once.
+            self._webhook_metrics.refused(error.reason)
             raise
         return limit or 0
 
@@ -538,7 +557,8 @@ class ExecutionService:
 
     async def _accept(
         self, tenant_id: uuid.UUID, target: WebhookTarget, call: WebhookCall
-    ) -> RunRow:
+    ) -> tuple[RunRow, bool]:
+        """The delivery's run, and whether it is an earlier run returned for a repeat."""
         entitlements = await self._check_open(tenant_id, target)
         body, content_type = call.body, call.content_type
         limit = entitlements.limits.webhook_payload_bytes
@@ -570,7 +590,7 @@ class ExecutionService:
         # Only a repeat is compared with its first run, so only a run with a key needs one.
         digest = hashlib.sha256(body).digest() if key else None
         if not key:
-            return await self._queue_run(tenant_id, target, entitlements, body, content_type)
+            return await self._queue_run(tenant_id, target, entitlements, body, content_type), False
         ticket = None
         try:
             async with self._db.tenant(tenant_id) as session:
@@ -594,7 +614,7 @@ class ExecutionService:
                         ),
                         refresh=False,
                     )
-                    return existing
+                    return existing, True
                 ticket = await self._quota.take(entitlements)
                 run = self._new_run(tenant_id, target, body, content_type, key, digest)
                 accepted = delivery_row(
@@ -607,7 +627,7 @@ class ExecutionService:
             if ticket is not None:
                 self._quota.give_back(ticket)
             raise
-        return run
+        return run, False
 
     async def _queue_run(
         self,
@@ -652,6 +672,7 @@ class ExecutionService:
             idempotency_key=key or None,
             payload_sha256=digest,
             error="",
+            traceparent=current_traceparent(),
         )
 
     async def _record_refusal(
@@ -792,6 +813,7 @@ class ExecutionService:
                     content_type=original.content_type,
                     error="",
                     retry_of=original.id,
+                    traceparent=current_traceparent(),
                 )
                 await repo.add(run)
         except BaseException:

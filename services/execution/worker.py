@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
@@ -25,6 +27,7 @@ from aias.core.entitlements import EntitlementsCache, Limits
 from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
+from aias.core.tracing import context_from
 from services.execution.domain import RunStatus, StepDefinition, StepStatus
 from services.execution.ledger import RunLedger
 from services.execution.metrics import RunMetrics
@@ -130,6 +133,8 @@ class Worker:
         self._config = config
         self._ledger = RunLedger(db, config.worker_id, config.lease)
         self._outbound = OutboundClient(config.http_allow)
+        # Through the process's provider when tracing is on; otherwise spans cost next to nothing.
+        self._tracer = trace.get_tracer("aias.execution.worker")
         # By (run, attempt): after a lost lease this worker may hold a later attempt of a run
         # while the earlier one is still stopping.
         self._held: dict[tuple[uuid.UUID, int], _Held] = {}
@@ -319,11 +324,27 @@ class Worker:
         tenant_id_var.set(str(run.tenant_id))
         run_id_var.set(str(run.id))
         try:
-            outcome = await self._outcome(held)
-            if outcome is not None:
-                self._ledger.settle(outcome).add_done_callback(
-                    functools.partial(_settled, self._metrics, outcome)
-                )
+            # A child of the request that queued the run, so one trace runs from the webhook to
+            # the last step; a retry's attempts are children of the same request.
+            with self._tracer.start_as_current_span(
+                "run",
+                context=context_from(run.traceparent),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "aias.run.id": str(run.id),
+                    "aias.run.attempt": run.attempt,
+                    "aias.workflow.id": str(run.workflow_id),
+                    "aias.workflow.version": run.workflow_version,
+                },
+            ) as span:
+                outcome = await self._outcome(held)
+                if outcome is not None:
+                    span.set_attribute("aias.run.status", str(outcome.status))
+                    if outcome.status == RunStatus.FAILED:
+                        span.set_status(StatusCode.ERROR, outcome.error)
+                    self._ledger.settle(outcome).add_done_callback(
+                        functools.partial(_settled, self._metrics, outcome)
+                    )
         except asyncio.CancelledError:
             # Shutdown: the run goes back to the queue, its interrupted attempt not counted.
             self._ledger.settle(Outcome(run.id, run.attempt, RunStatus.QUEUED, counts=False))
@@ -343,6 +364,7 @@ class Worker:
         try:
             status, error = await self._execute(held)
         except _LeaseLost:
+            self._metrics.lease_lost()
             log.warning("lease lost; another worker owns the run now")
             return None
         except RetryableError as failure:
@@ -390,36 +412,64 @@ class Worker:
                     )
                 )
                 return RunStatus.CANCELLED, ""
-            started, clock = datetime.now(UTC), time.perf_counter()
-            status, failure_text = StepStatus.SUCCEEDED, ""
-            done: StepOutcome | None = None
-            try:
-                call = StepCall(step.type, step.config, value, content_type, context)
-                outcome = await self._steps.run(call, limits)
-                if outcome.request is not None:
-                    outcome = await self._send(call, outcome.request, limits)
-                if outcome.artifact is not None:
-                    await self._upload(run, step.id, outcome.artifact)
-                done, value, content_type = outcome, outcome.value, JSON
-                if outcome.stop:
-                    status = StepStatus.SKIPPED
-            except StepFailed as failure:
-                status, failure_text = StepStatus.FAILED, str(failure)
-            except RetryableError as failure:
-                elapsed = time.perf_counter() - clock
-                self._ledger.log(
-                    _entry(
-                        run, index, step, StepStatus.FAILED, started, elapsed, None, str(failure)
-                    )
+            with self._tracer.start_as_current_span(
+                f"step {step.type}",
+                attributes={
+                    "aias.step.id": step.id,
+                    "aias.step.type": step.type,
+                    "aias.step.index": index,
+                },
+            ) as span:
+                status, failure_text, done = await self._step(
+                    run,
+                    index,
+                    step,
+                    StepCall(step.type, step.config, value, content_type, context),
+                    limits,
                 )
-                raise
-            elapsed = time.perf_counter() - clock
-            self._ledger.log(_entry(run, index, step, status, started, elapsed, done, failure_text))
+                span.set_attribute("aias.step.status", status.value)
+                if status == StepStatus.FAILED:
+                    span.set_status(StatusCode.ERROR, failure_text)
+            if done is not None:
+                value, content_type = done.value, JSON
             if status == StepStatus.FAILED:
                 return RunStatus.FAILED, f"step {step.id!r} failed: {failure_text}"
             if status == StepStatus.SKIPPED:
                 return RunStatus.SKIPPED, ""
         return RunStatus.SUCCEEDED, ""
+
+    async def _step(
+        self, run: ClaimedRun, index: int, step: StepDefinition, call: StepCall, limits: StepLimits
+    ) -> tuple[StepStatus, str, StepOutcome | None]:
+        """Runs one step and logs it: its status, why it failed, and its outcome if it ran.
+
+        A failure that may pass (RetryableError) is logged and raised: the run is retried.
+        """
+        started, clock = datetime.now(UTC), time.perf_counter()
+        status, failure_text = StepStatus.SUCCEEDED, ""
+        done: StepOutcome | None = None
+        try:
+            outcome = await self._steps.run(call, limits)
+            if outcome.request is not None:
+                outcome = await self._send(call, outcome.request, limits)
+            if outcome.artifact is not None:
+                await self._upload(run, step.id, outcome.artifact)
+            done = outcome
+            if outcome.stop:
+                status = StepStatus.SKIPPED
+        except StepFailed as failure:
+            status, failure_text = StepStatus.FAILED, str(failure)
+        except RetryableError as failure:
+            elapsed = time.perf_counter() - clock
+            self._metrics.step(step.type, StepStatus.FAILED, elapsed)
+            self._ledger.log(
+                _entry(run, index, step, StepStatus.FAILED, started, elapsed, None, str(failure))
+            )
+            raise
+        elapsed = time.perf_counter() - clock
+        self._metrics.step(step.type, status, elapsed)
+        self._ledger.log(_entry(run, index, step, status, started, elapsed, done, failure_text))
+        return status, failure_text, done
 
     async def _steps_of(self, run: ClaimedRun) -> list[StepDefinition] | None:
         async with self._db.tenant(run.tenant_id) as session:
@@ -512,6 +562,8 @@ def _settled(metrics: RunMetrics, outcome: Outcome, recorded: asyncio.Future[boo
         return
     if recorded.result() and outcome.status != RunStatus.QUEUED:
         metrics.finished(str(outcome.status))
+    elif not recorded.result():
+        metrics.lease_lost()
     log.info(
         "run finished" if recorded.result() else "run finished after its lease was lost",
         extra={"status": outcome.status, "attempt": outcome.attempt},

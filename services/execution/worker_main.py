@@ -87,7 +87,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
     built = build_grpc_server(settings.server, [])
     # On the process's metrics port, beside its RPC metrics.
     metrics = RunMetrics(built.metrics.registry)
-    sampler = QueueSampler(db, metrics)
+    sampler = QueueSampler(db, metrics, entitlements.peek)
     worker = Worker(
         db,
         libpq_url(settings.database_url),
@@ -103,7 +103,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         await worker.stop(settings.server.grace_seconds)
 
     # Cleanups run last-registered first: the worker releases its runs before anything closes.
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop += [
         db.close,
         artifacts.close,

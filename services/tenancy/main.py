@@ -47,7 +47,7 @@ async def build_server(settings: TenancySettings) -> BuiltServer:
     )
     built.on_start.append(changes.start)
     built.on_draining.append(changes.close)
-    built.probes.append(db.ping)
+    built.add_database(db)
     built.on_stop.append(db.close)
     return built
 

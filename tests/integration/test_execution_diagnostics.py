@@ -14,11 +14,12 @@ from sqlalchemy import func, update
 from aias.core.clients import internal_channel
 from aias.core.context import TENANT_ID
 from aias.core.db import Database
+from aias.core.entitlements import PLANS, Limits, TenantEntitlements
 from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from services.execution import main as execution_main
-from services.execution.metrics import QueueSampler, RunMetrics
+from services.execution.metrics import UNKNOWN_PLAN, QueueSampler, RunMetrics
 from services.execution.models import RunRow, StepLogRow
 from services.execution.steps import STEP_TYPES
 from tests.conftest import INTERNAL_TOKEN, server_settings
@@ -223,3 +224,38 @@ async def test_the_queue_sampler_measures_every_tenants_queue(
     oldest = registry.get_sample_value("aias_run_queue_oldest_age_seconds")
     assert oldest is not None
     assert oldest >= 40 * 60
+
+
+async def test_the_queue_sampler_sorts_the_queue_by_the_tenants_plans(
+    execution: pb_grpc.ExecutionServiceStub, tenancy: Tenancy, app_db: Database
+) -> None:
+    pro, (waiting, _due) = await _queue_runs(execution, tenancy, 2)
+    known = {pro: TenantEntitlements(pro, "pro", True, Limits())}
+    registry = CollectorRegistry()
+    sampler = QueueSampler(app_db, RunMetrics(registry), known.get)
+
+    def sampled(name: str, plan: str) -> float:
+        value = registry.get_sample_value(name, {"plan": plan})
+        assert value is not None, (name, plan)
+        return value
+
+    await sampler.sample()
+    unknown_before = sampled("aias_run_queue_depth_by_plan", UNKNOWN_PLAN)
+    assert sampled("aias_run_queue_depth_by_plan", "pro") == 2
+    # Plans without queued runs read 0, not a value left from an earlier sample.
+    assert sampled("aias_run_queue_depth_by_plan", "enterprise") == 0
+
+    # A tenant whose limits the worker has not fetched counts as unknown.
+    await _queue_runs(execution, tenancy, 1)
+    async with app_db.tenant(pro) as session:
+        await session.execute(
+            update(RunRow)
+            .where(RunRow.id == waiting)
+            .values(available_time=func.now() - timedelta(minutes=40))
+        )
+    await sampler.sample()
+    assert sampled("aias_run_queue_depth_by_plan", UNKNOWN_PLAN) == unknown_before + 1
+    assert sampled("aias_run_queue_oldest_age_by_plan_seconds", "pro") >= 40 * 60
+    assert registry.get_sample_value("aias_run_queue_depth") == sum(
+        sampled("aias_run_queue_depth_by_plan", plan) for plan in (*PLANS, UNKNOWN_PLAN)
+    )
