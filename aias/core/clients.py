@@ -15,11 +15,11 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 # A fixed flow-control window per stream bounds what one call buffers: with gRPC's bandwidth
 # probing the window grew until a 200 MiB artifact stream held 25-30 MiB more in each hop.
-# 2 MiB ahead keeps two 1 MiB download messages in flight (1 MiB stalled each one on a
-# window update) and still fills a link of 10 ms round trip at 200 MB/s.
+# 1 MiB ahead keeps four 256 KiB download messages in flight and still fills a link of 10 ms
+# round trip at 100 MB/s.
 STREAM_WINDOW_OPTIONS = (
     ("grpc.http2.bdp_probe", 0),
-    ("grpc.http2.lookahead_bytes", 2 * 1024 * 1024),
+    ("grpc.http2.lookahead_bytes", 1024 * 1024),
 )
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),

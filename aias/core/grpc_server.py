@@ -48,7 +48,11 @@ from aias.core.errors import (
     Unavailable,
     clip,
 )
-from aias.core.process import wait_for_termination, write_ready_file
+from aias.core.process import (
+    return_large_buffers_to_the_os,
+    wait_for_termination,
+    write_ready_file,
+)
 from aias.core.settings import ServerSettings
 from aias.core.tracing import (
     REQUEST_ID_ATTRIBUTE,
@@ -461,6 +465,7 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging(settings.server.service, settings.server.log_level)
+    return_large_buffers_to_the_os()
     # Before the build: the factories add tracing interceptors only when a provider is installed.
     tracer_provider = configure_tracing(settings.server.service, settings.server.tracing)
 

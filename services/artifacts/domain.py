@@ -19,9 +19,9 @@ from aias.core.errors import (
 from aias.core.text import checked_file_name
 
 MAX_CHUNK_BYTES = 1024 * 1024
-# Downloads go in messages this large: fewer, larger messages cost less per byte in each hop,
-# and the gRPC stream window (2 MiB ahead) still bounds what a hop holds.
-DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+# Downloads go in messages this large: per byte, larger messages cost less in each hop (64 KiB
+# ones held downloads near 200 MiB/s), and 1 MiB ones were no faster but held more memory.
+DOWNLOAD_CHUNK_BYTES = 256 * 1024
 # Upload chunks received ahead while one is being stored, so receiving and storing overlap.
 UPLOAD_READ_AHEAD = 1
 MAX_NAME_CHARS = 255

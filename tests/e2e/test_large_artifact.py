@@ -44,6 +44,24 @@ def peak_mib(pid: int) -> float:
     raise AssertionError("no VmHWM in /proc status")
 
 
+async def upload(
+    stub: pb_grpc.ArtifactsServiceAsyncStub, tenant_id: str, run_id: str, name: str, mebibytes: int
+) -> pb.UploadArtifactResponse:
+    async def messages() -> AsyncIterator[pb.UploadArtifactRequest]:
+        yield pb.UploadArtifactRequest(
+            metadata=pb.UploadArtifactMetadata(
+                run_id=run_id, step_id="big", name=name, media_type="application/x-big"
+            )
+        )
+        for index in range(mebibytes):
+            yield pb.UploadArtifactRequest(chunk=chunk(index))
+
+    reply: pb.UploadArtifactResponse = await stub.UploadArtifact(
+        messages(), metadata=(("x-aias-tenant-id", tenant_id),)
+    )
+    return reply
+
+
 async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
@@ -53,31 +71,26 @@ async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
         accepted = await expect(response, 202)
     run = await wait_for_run(http, tenant, accepted["run_id"])
     pids = {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
-    for pid in pids.values():
-        reset_peak(pid)
-    print(f"resident memory before, MiB: {[peak_mib(pid) for pid in pids.values()]}")
-    expected = hashlib.sha256()
-
-    async def messages() -> AsyncIterator[pb.UploadArtifactRequest]:
-        yield pb.UploadArtifactRequest(
-            metadata=pb.UploadArtifactMetadata(
-                run_id=run["id"], step_id="big", name="big.bin", media_type="application/x-big"
-            )
-        )
-        for index in range(SIZE // MIB):
-            data = chunk(index)
-            expected.update(data)
-            yield pb.UploadArtifactRequest(chunk=data)
-
     channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
     stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
     try:
-        reply: pb.UploadArtifactResponse = await stub.UploadArtifact(
-            messages(), metadata=(("x-aias-tenant-id", tenant.id),)
-        )
+        # A small round trip first: what the first upload and download of a process set up
+        # once (connections, statement caches) is not what the size of an artifact costs.
+        small = await upload(stub, tenant.id, run["id"], "small.bin", 1)
+        async with http.get(
+            f"/api/artifacts/{small.artifact.id}/download", headers=tenant.auth
+        ) as response:
+            assert len(await response.read()) == MIB
+        for pid in pids.values():
+            reset_peak(pid)
+        print(f"resident memory before, MiB: {[peak_mib(pid) for pid in pids.values()]}")
+        reply = await upload(stub, tenant.id, run["id"], "big.bin", SIZE // MIB)
     finally:
         await channel.close()
     artifact = reply.artifact
+    expected = hashlib.sha256()
+    for index in range(SIZE // MIB):
+        expected.update(chunk(index))
     assert (artifact.size_bytes, artifact.sha256) == (SIZE, expected.hexdigest())
     upload_peaks = {kind: round(peak_mib(pid), 1) for kind, pid in pids.items()}
     for pid in pids.values():
