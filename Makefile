@@ -9,7 +9,7 @@ PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 STUBS := build/aias.binpb
 
-.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-ingest bench-worker clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-ingest bench-worker bench-artifacts clean
 
 # `make run REPLICAS=execution-worker=3,gateway=2` runs more than one process of a kind.
 run: $(STUBS)
@@ -60,6 +60,9 @@ bench-ingest: $(STUBS)
 
 bench-worker: $(STUBS)
 	$(PY) -m bench.worker_throughput
+
+bench-artifacts: $(STUBS)
+	$(PY) -m bench.artifacts_path
 
 clean:
 	rm -rf $(VENV) .tools build

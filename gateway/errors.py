@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +16,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from aias.core.clients import STATUS_DETAILS_KEY, error_info
-from aias.core.errors import ERROR_DOMAIN, HTTP_STATUS_BY_CODE, clip, http_status
+from aias.core.errors import CONTENT_RANGE, ERROR_DOMAIN, HTTP_STATUS_BY_CODE, clip, http_status
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ MISSING_INTERNAL_CREDENTIAL = "MISSING_INTERNAL_CREDENTIAL"
 RETRY_AFTER = "retry_after_seconds"
 # How long a client should wait before retrying when a backend is down.
 BACKEND_RETRY_AFTER = "1"
+# The Content-Range of a 416 answer (RFC 9110 14.4): the size, no range.
+_CONTENT_RANGE = re.compile(r"bytes \*/\d{1,19}")
 # The most any error message says, whatever a backend put in it.
 MAX_MESSAGE_CHARS = 1024
 
@@ -150,6 +153,8 @@ def from_rpc_error(error: grpc.aio.AioRpcError, backend: str) -> GatewayError:
         headers["Retry-After"] = retry
     elif code == grpc.StatusCode.UNAVAILABLE:
         headers["Retry-After"] = BACKEND_RETRY_AFTER
+    if _CONTENT_RANGE.fullmatch(content_range := metadata.get(CONTENT_RANGE, "")):
+        headers["Content-Range"] = content_range
     return GatewayError(
         code,
         reason or code.name,

@@ -23,6 +23,7 @@ from gateway.ingress import BodyReader
 from gateway.transcoder import (
     ADMISSION_LIMIT_FIELD,
     DEFAULT_CONTENT_TYPE,
+    RawHttpBody,
     RpcRoute,
     render_json,
     render_unary,
@@ -39,6 +40,8 @@ FORWARDED_HEADERS = (
     "Content-Type",
     "User-Agent",
     "Range",
+    "If-Range",
+    "If-None-Match",
 )
 TRACE_HEADERS = ("traceparent", "tracestate")
 MAX_TRACE_HEADER_CHARS = 512
@@ -144,6 +147,8 @@ class RpcProxy:
             "response_deserializer": route.response_class.FromString,
         }
         if route.server_streaming:
+            if route.raw_response and not route.response_body:
+                serializers["response_deserializer"] = RawHttpBody.parse
             stream = channel.unary_stream(route.rpc, **serializers)(message, metadata=metadata)
             if route.raw_response:
                 return await _stream(route, request, stream)
@@ -226,16 +231,22 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     """Raw bytes as they arrive; errors before the first chunk still get the error body."""
     first, initial = await _first(route, call)
     status, headers = response_head(initial, keep_length=True, status=route.success_status)
-    headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
+    if status != 304:
+        headers["Content-Type"] = (first.content_type if first else "") or DEFAULT_CONTENT_TYPE
     response = web.StreamResponse(status=status, headers=headers)
     declared = response.content_length
     await response.prepare(request)
+    if _bodiless(request, status):
+        call.cancel()
+        await response.write_eof()
+        return response
     written = 0
     try:
         chunk = first
         while chunk is not None:
-            await response.write(chunk.data)
-            written += len(chunk.data)
+            data = chunk.data
+            await response.write(data)
+            written += len(data)
             received = await call.read()
             chunk = None if received is grpc.aio.EOF else received
     except grpc.aio.AioRpcError as error:
@@ -262,6 +273,11 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     return response
 
 
+def _bodiless(request: web.Request, status: int) -> bool:
+    """HEAD (the headers GET would send), 204 and 304 end with the headers."""
+    return request.method == "HEAD" or status in (204, 304)
+
+
 def _abort(request: web.Request) -> None:
     """Closing without the final chunk is how HTTP/1.1 tells a client the body is incomplete."""
     if request.transport is not None:
@@ -284,6 +300,10 @@ async def _stream_json(
     headers["Cache-Control"] = "no-cache"
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    if _bodiless(request, status):
+        call.cancel()
+        await response.write_eof()
+        return response
     item = first
     try:
         try:

@@ -153,10 +153,15 @@ class Router(Generic[T]):
                 grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {clip(raw_path)}"
             )
         same_method = [match for match in matches if match[0].method == method]
+        if not same_method and method == "HEAD":
+            # HEAD is GET without the body (RFC 9110 9.3.2): every GET route answers it.
+            same_method = [match for match in matches if match[0].method == "GET"]
         if same_method:
             # The most literal template wins: `/tenants/me` over `/tenants/{id}`.
             return min(same_method, key=lambda match: len(match[0].template.fields))
         allowed = sorted({route.method for route, _ in matches})
+        if "GET" in allowed and "HEAD" not in allowed:
+            allowed = sorted([*allowed, "HEAD"])
         raise GatewayError(
             grpc.StatusCode.UNIMPLEMENTED,
             "METHOD_NOT_ALLOWED",

@@ -176,6 +176,58 @@ def _check(route: RpcRoute, where: str) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class RawHttpBody:
+    """A google.api.HttpBody read straight from its wire bytes: `data` is a view, not a copy."""
+
+    content_type: str
+    data: memoryview
+
+    @classmethod
+    def parse(cls, wire: bytes) -> RawHttpBody:
+        """The content type (field 1) and data (field 2); other fields are skipped.
+
+        Streamed downloads are most of the gateway's bytes: the generated parser would copy
+        each chunk into the message and again on every read of `data`.
+        """
+        view = memoryview(wire)
+        content_type, data = "", view[:0]
+        position = 0
+        while position < len(view):
+            key, position = _varint(view, position)
+            number, kind = key >> 3, key & 7
+            if kind == 2:
+                size, position = _varint(view, position)
+                value = view[position : position + size]
+                if len(value) != size:
+                    raise ValueError("truncated HttpBody")
+                position += size
+                if number == 1:
+                    content_type = bytes(value).decode()
+                elif number == 2:
+                    data = value
+            elif kind == 0:
+                _, position = _varint(view, position)
+            elif kind in (1, 5):
+                position += 8 if kind == 1 else 4
+            else:
+                raise ValueError(f"unexpected wire type {kind} in HttpBody")
+        return cls(content_type, data)
+
+
+def _varint(view: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if position >= len(view) or shift > 63:
+            raise ValueError("truncated varint in HttpBody")
+        byte = view[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7
+
+
 def header_name(key: str) -> str:
     """`content-length` -> `Content-Length`, `etag` -> `ETag`."""
     return "-".join(_HEADER_WORDS.get(word, word.capitalize()) for word in key.split("-"))

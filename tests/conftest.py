@@ -13,6 +13,7 @@ import pytest
 from aias.core.db import Database, create_engine
 from aias.core.localdb import LocalDatabase, prepare
 from aias.core.settings import ServerSettings
+from tests.s3_server import moto_server
 
 INTERNAL_TOKEN = "test-internal-token"
 DASHBOARD_SECRET = "test-dashboard-secret-0123456789abcdef"
@@ -54,3 +55,10 @@ async def app_db(database: LocalDatabase) -> AsyncIterator[Database]:
     db = Database(create_engine(database.app_url, pool_size=2))
     yield db
     await db.close()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One moto S3 server for the session; every test makes its own bucket in it."""
+    with moto_server() as endpoint:
+        yield endpoint

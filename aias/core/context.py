@@ -70,6 +70,15 @@ class Caller:
         return pairs
 
 
+def forwarded_header(metadata: Iterable[tuple[str, str | bytes]] | None, name: str) -> str:
+    """The value of a request header the gateway forwarded (`name` in lower case), or ""."""
+    key = FORWARDED_HEADER_PREFIX + name
+    for found, value in metadata or ():
+        if found == key and isinstance(value, str):
+            return value
+    return ""
+
+
 def current_caller_metadata() -> list[tuple[str, str]]:
     """Request id and tenant of the request being served, for an outgoing call."""
     pairs = []

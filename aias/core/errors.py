@@ -95,7 +95,21 @@ class PayloadTooLarge(ResourceExhausted):
 # The ErrorInfo domain of every AIAS error.
 ERROR_DOMAIN = "aias.dev"
 RETRY_AFTER_SECONDS = "retry_after_seconds"
+# ErrorInfo metadata with the Content-Range a 416 answer carries (`bytes */<size>`).
+CONTENT_RANGE = "content_range"
 LIMIT = "limit"
+
+
+class OutOfRange(DomainError):
+    """The request reaches past the end of a resource (a byte range beyond an artifact's size)."""
+
+    code = "OUT_OF_RANGE"
+
+
+class DataLoss(DomainError):
+    """Stored data is lost or corrupt; retrying does not help until an operator restores it."""
+
+    code = "DATA_LOSS"
 
 
 class Unavailable(DomainError):

@@ -26,6 +26,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from aias.core import authz
+from aias.core.clients import STREAM_WINDOW_OPTIONS
 from aias.core.context import (
     AUTHORIZATION,
     Caller,
@@ -47,7 +48,11 @@ from aias.core.errors import (
     Unavailable,
     clip,
 )
-from aias.core.process import wait_for_termination, write_ready_file
+from aias.core.process import (
+    return_large_buffers_to_the_os,
+    wait_for_termination,
+    write_ready_file,
+)
 from aias.core.settings import ServerSettings
 from aias.core.tracing import (
     REQUEST_ID_ATTRIBUTE,
@@ -394,6 +399,7 @@ def build_grpc_server(
             ("grpc.http2.max_ping_strikes", 0),
             # A second server on the same port fails to start instead of silently sharing it.
             ("grpc.so_reuseport", 0),
+            *STREAM_WINDOW_OPTIONS,
         ],
     )
     health_servicer = health.aio.HealthServicer()
@@ -459,6 +465,7 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging(settings.server.service, settings.server.log_level)
+    return_large_buffers_to_the_os()
     # Before the build: the factories add tracing interceptors only when a provider is installed.
     tracer_provider = configure_tracing(settings.server.service, settings.server.tracing)
 

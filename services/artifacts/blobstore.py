@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+TEMP_PREFIX = "upload-"
+
+log = logging.getLogger(__name__)
 
 
 class BlobMissing(Exception):
@@ -44,7 +49,15 @@ class BlobReader(Protocol):
 
     size: int
 
-    def chunks(self, chunk_size: int) -> AsyncIterator[bytes]: ...
+    def chunks(
+        self, chunk_size: int, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """`length` bytes from `offset` (to the end when None), at most `chunk_size` at a time.
+
+        The store starts reading at `offset` (a seek, a ranged GET): bytes before it are never
+        read. The caller keeps `offset + length` within `size`.
+        """
+        ...
 
 
 class BlobStore(Protocol):
@@ -63,7 +76,18 @@ class BlobStore(Protocol):
         ...
 
     async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
-        """Removes a blob; a blob that is already gone is fine."""
+        """Removes a blob; one already gone is not an error. The caller knows nothing names it."""
+        ...
+
+    async def sweep_temporary(self, older_than_seconds: float) -> int:
+        """Removes what uploads left behind (a crash, a lost connection) and returns how many.
+
+        Only uploads untouched for `older_than_seconds` are removed, so one in progress is kept.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Releases the store's connections."""
         ...
 
 
@@ -79,11 +103,10 @@ class _FileWriter:
         self.committed = False
 
     async def write(self, chunk: bytes) -> None:
-        await asyncio.to_thread(self._write, chunk)
-
-    def _write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
-        self._file.write(chunk)
+        # Both release the GIL: hashing and writing the chunk run side by side.
+        await asyncio.gather(
+            asyncio.to_thread(self._hash.update, chunk), asyncio.to_thread(self._file.write, chunk)
+        )
         self._size += len(chunk)
 
     def written(self) -> StoredBlob:
@@ -121,8 +144,16 @@ class _FileReader:
         self._file = file
         self.size = size
 
-    async def chunks(self, chunk_size: int) -> AsyncIterator[bytes]:
-        while chunk := await asyncio.to_thread(self._file.read, chunk_size):
+    async def chunks(
+        self, chunk_size: int, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        remaining = self.size - offset if length is None else length
+        await asyncio.to_thread(self._file.seek, offset)
+        while remaining > 0:
+            chunk = await asyncio.to_thread(self._file.read, min(chunk_size, remaining))
+            if not chunk:
+                return  # the file is shorter than it was; the caller's count says so
+            remaining -= len(chunk)
             yield chunk
 
 
@@ -169,7 +200,7 @@ class FilesystemBlobStore:
     def _open_writer(self, tenant_id: uuid.UUID) -> _FileWriter:
         temp_dir = self.tenant_dir(tenant_id) / "tmp"
         temp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=temp_dir, prefix="upload-", suffix=".part")
+        fd, name = tempfile.mkstemp(dir=temp_dir, prefix=TEMP_PREFIX, suffix=".part")
         return _FileWriter(os.fdopen(fd, "wb"), Path(name), self.tenant_dir(tenant_id) / "sha256")
 
     async def delete(self, tenant_id: uuid.UUID, sha256: str) -> None:
@@ -182,6 +213,24 @@ class FilesystemBlobStore:
             path.unlink()
             _fsync_dir(path.parent)
 
+    async def sweep_temporary(self, older_than_seconds: float) -> int:
+        return await asyncio.to_thread(self._sweep_temporary, time.time() - older_than_seconds)
+
+    def _sweep_temporary(self, cutoff: float) -> int:
+        removed = 0
+        # A writer's file changes with every chunk, so its mtime says when it was last used.
+        for temp in self.root.glob(f"*/tmp/{TEMP_PREFIX}*"):
+            with suppress(FileNotFoundError):
+                if temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+        if removed:
+            log.info("abandoned uploads removed", extra={"count": removed})
+        return removed
+
+    async def close(self) -> None:
+        """Nothing to release: every file is closed when its upload or download ends."""
+
     @asynccontextmanager
     async def reader(self, tenant_id: uuid.UUID, sha256: str) -> AsyncIterator[BlobReader]:
         path = self.blob_path(tenant_id, sha256)
@@ -193,3 +242,31 @@ class FilesystemBlobStore:
             yield _FileReader(file, os.fstat(file.fileno()).st_size)
         finally:
             file.close()
+
+
+class TemporarySweep:
+    """Removes abandoned uploads at start-up and then every `interval_seconds`."""
+
+    def __init__(self, store: BlobStore, max_age_seconds: float, interval_seconds: float) -> None:
+        self._store = store
+        self._max_age = max_age_seconds
+        self._interval = interval_seconds
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="artifact-temp-sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._store.sweep_temporary(self._max_age)
+            except Exception:
+                # A store that is down now may answer on the next round; uploads go on meanwhile.
+                log.exception("sweeping abandoned uploads failed")
+            await asyncio.sleep(self._interval)

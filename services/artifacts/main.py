@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
@@ -13,8 +16,16 @@ from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
-from services.artifacts.blobstore import FilesystemBlobStore
+from services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
+from services.artifacts.metrics import ArtifactMetrics
 from services.artifacts.runs import RunOwners
+from services.artifacts.s3settings import (
+    DEFAULT_PART_BYTES,
+    MAX_COPY_BYTES,
+    MIN_PART_BYTES,
+    S3Location,
+    S3Settings,
+)
 from services.artifacts.service import ArtifactsService
 from services.artifacts.servicer import ArtifactsServicer
 from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
@@ -31,6 +42,11 @@ class ArtifactsSettings:
     execution_addr: str
     entitlements_ttl: float = 30.0
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Blobs go to this bucket when set, else to files under blob_root.
+    s3: S3Settings | None = None
+    # An upload untouched this long was abandoned; the sweep removes what it left.
+    temp_max_age_seconds: float = 3600.0
+    temp_sweep_seconds: float = 600.0
 
 
 # Below a second the sweeper's cross-tenant queries would run back to back for nothing.
@@ -56,21 +72,83 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
                 seconds=env.number("AIAS_ARTIFACTS_BLOB_GRACE_SECONDS", 900.0, minimum=0.0)
             ),
         ),
+        s3=_s3_settings(env),
+        temp_max_age_seconds=env.number("AIAS_ARTIFACTS_TEMP_MAX_AGE_SECONDS", 3600.0, minimum=60),
+        temp_sweep_seconds=env.number("AIAS_ARTIFACTS_TEMP_SWEEP_SECONDS", 600.0, minimum=1),
     )
     env.check()
     return settings
 
 
+def _s3_settings(env: Env) -> S3Settings | None:
+    """The bucket of `AIAS_ARTIFACTS_STORE=s3://bucket/prefix` and the usual AWS variables."""
+    store = env.text("AIAS_ARTIFACTS_STORE", "")
+    if not store:
+        return None
+    try:
+        location = S3Location.parse(store)
+    except ValueError as error:
+        env.problem(
+            f"AIAS_ARTIFACTS_STORE {error} (unset, blobs go under AIAS_ARTIFACTS_DIR instead)"
+        )
+        return None
+    endpoint = env.text("AWS_ENDPOINT_URL_S3", env.text("AWS_ENDPOINT_URL", "")) or None
+    if endpoint and (
+        urlsplit(endpoint).scheme not in ("http", "https") or not urlsplit(endpoint).netloc
+    ):
+        env.problem(
+            f"AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL must be an http(s) URL, got {endpoint!r}"
+        )
+    key_id = env.text("AWS_ACCESS_KEY_ID", "") or None
+    secret = env.text("AWS_SECRET_ACCESS_KEY", "") or None
+    if (key_id is None) != (secret is None):
+        env.problem("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set together or not at all")
+    return S3Settings(
+        location=location,
+        endpoint_url=endpoint,
+        region=env.text("AWS_REGION", env.text("AWS_DEFAULT_REGION", "us-east-1")),
+        access_key_id=key_id,
+        secret_access_key=secret,
+        session_token=env.text("AWS_SESSION_TOKEN", "") or None,
+        part_bytes=env.integer(
+            "AIAS_ARTIFACTS_S3_PART_BYTES",
+            DEFAULT_PART_BYTES,
+            minimum=MIN_PART_BYTES,
+            maximum=MAX_COPY_BYTES,
+        ),
+    )
+
+
+def build_store(settings: ArtifactsSettings) -> BlobStore:
+    """The configured backend: the S3 bucket, or the local directory."""
+    if settings.s3 is not None:
+        # Imported only when configured: botocore's service models cost some 18 MiB of memory,
+        # which a filesystem-backed process keeps for its downloads.
+        from services.artifacts.s3store import S3BlobStore
+
+        return S3BlobStore(settings.s3)
+    return FilesystemBlobStore(settings.blob_root)
+
+
 async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     """The composition root: engine, blob store, channels, use cases, servicer, server."""
-    blobs = FilesystemBlobStore(settings.blob_root)
+    blobs = build_store(settings)
     await blobs.prepare()
+    registry = CollectorRegistry()
     db = Database(create_engine(settings.database_url))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
-    service = ArtifactsService(db, blobs, entitlements, UsageClient(tenancy), RunOwners(execution))
+    service = ArtifactsService(
+        db,
+        blobs,
+        entitlements,
+        UsageClient(tenancy),
+        RunOwners(execution),
+        ArtifactMetrics(registry),
+    )
     servicer = ArtifactsServicer(service)
+    abandoned = TemporarySweep(blobs, settings.temp_max_age_seconds, settings.temp_sweep_seconds)
     built = build_grpc_server(
         settings.server,
         [
@@ -79,12 +157,21 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
                 lambda server: pb_grpc.add_ArtifactsServiceServicer_to_server(servicer, server),
             ),
         ],
+        registry,
     )
     sweeper = Sweeper(service, settings.sweep, SweepMetrics(built.metrics.registry))
-    built.on_start += [entitlements.start, sweeper.start]
+    built.on_start += [entitlements.start, sweeper.start, abandoned.start]
     built.add_database(db)
-    # Cleanups run last-registered first: the sweeper stops before anything it uses closes.
-    built.on_stop += [db.close, execution.close, tenancy.close, entitlements.stop, sweeper.stop]
+    # Cleanups run last-registered first: the sweeps stop before anything they use closes.
+    built.on_stop += [
+        blobs.close,
+        db.close,
+        execution.close,
+        tenancy.close,
+        entitlements.stop,
+        sweeper.stop,
+        abandoned.stop,
+    ]
     return built
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterable, AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol, TypeVar
@@ -19,19 +21,25 @@ from aias.core.entitlements import (
     UsageClient,
     quota_exceeded,
 )
-from aias.core.errors import AlreadyExists, NotFound, Unavailable
+from aias.core.errors import AlreadyExists, DataLoss, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
 from services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
+    UPLOAD_READ_AHEAD,
+    Answer,
     Artifact,
+    DownloadPlan,
+    DownloadRequest,
     UploadSpec,
     check_chunk,
     check_workflow,
     kept_for,
+    plan_download,
     validate_upload,
 )
+from services.artifacts.metrics import ArtifactMetrics
 from services.artifacts.repository import ArtifactRepository, SweepRepository
 from services.artifacts.runs import RunOwners
 
@@ -54,13 +62,63 @@ class Swept:
 
 @dataclass(frozen=True)
 class Download:
-    """An artifact whose blob is open: its size is checked before the first byte is sent."""
+    """An artifact, what to send of it, and its open blob (None when nothing is sent)."""
 
     artifact: Artifact
-    _reader: BlobReader
+    plan: DownloadPlan
+    _reader: BlobReader | None
+    _metrics: ArtifactMetrics
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        return self._reader.chunks(DOWNLOAD_CHUNK_BYTES)
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The planned bytes, read from storage at the window's offset.
+
+        A whole-body read is hashed as it streams and the last chunk is held back until the
+        digest matches, so a corrupt blob ends the stream with DATA_LOSS before its final
+        byte: the client sees a truncated body, never a complete wrong one. A range cannot be
+        checked (the digest covers the whole blob); only its length is.
+        """
+        window = self.plan.window
+        if self._reader is None or window.length == 0:
+            return
+        digest = hashlib.sha256() if window.length == self.artifact.size_bytes else None
+        source = aiter(self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length))
+
+        async def pull() -> bytes:
+            chunk = await anext(source, b"")
+            if chunk and digest is not None:
+                # Off the event loop, so it overlaps with sending the chunk before.
+                await asyncio.to_thread(digest.update, chunk)
+            return chunk
+
+        sent = 0
+        reading = asyncio.ensure_future(pull())
+        try:
+            while chunk := await reading:
+                sent += len(chunk)
+                if sent >= window.length:
+                    break
+                # The next chunk is read and hashed while this one goes out.
+                reading = asyncio.ensure_future(pull())
+                yield chunk
+            if sent != window.length:
+                self._fail("length", {"bytes_read": sent, "bytes_expected": window.length})
+            if digest is not None and digest.hexdigest() != self.artifact.sha256:
+                self._fail("digest", {"digest_read": digest.hexdigest()})
+            yield chunk
+        finally:
+            reading.cancel()
+            with suppress(asyncio.CancelledError):
+                await reading
+
+    def _fail(self, kind: str, fields: dict[str, object]) -> None:
+        self._metrics.corrupt(kind)
+        log.error(
+            "artifact blob is corrupt",
+            extra={**_blob_fields(self.artifact), "kind": kind, **fields},
+        )
+        raise DataLoss(
+            "BLOB_CORRUPT", f"the stored content of artifact {self.artifact.id} is corrupt"
+        )
 
 
 class ArtifactsService:
@@ -71,7 +129,9 @@ class ArtifactsService:
         entitlements: EntitlementsCache,
         usage: UsageClient,
         runs: RunOwners,
+        metrics: ArtifactMetrics,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._blobs = blobs
         self._entitlements = entitlements
@@ -96,7 +156,7 @@ class ArtifactsService:
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)
         )
         async with self._blobs.writer(tenant_id) as writer:
-            async for chunk in chunks:
+            async for chunk in _read_ahead(chunks, UPLOAD_READ_AHEAD):
                 await writer.write(check_chunk(chunk))
             written = writer.written()
             # The blob row is committed, its grace period restarted, before the file can
@@ -261,10 +321,19 @@ class ArtifactsService:
         return Page(found[:size], next_page_token(found, size, scope))
 
     @asynccontextmanager
-    async def download(self, tenant_id: uuid.UUID, artifact_id: str) -> AsyncIterator[Download]:
-        """Opens the artifact's blob; a lost or torn blob is reported before any byte is sent."""
+    async def download(
+        self, tenant_id: uuid.UUID, artifact_id: str, request: DownloadRequest
+    ) -> AsyncIterator[Download]:
+        """Decides what to send, then opens the blob unless nothing is sent (304).
+
+        A lost or torn blob is reported before any byte is sent.
+        """
         artifact = await self.get_artifact(tenant_id, artifact_id)
         run_id_var.set(str(artifact.run_id))
+        plan = plan_download(request, artifact.size_bytes, artifact.sha256)
+        if plan.answer is Answer.NOT_MODIFIED:
+            yield Download(artifact, plan, None, self._metrics)
+            return
         async with AsyncExitStack() as stack:
             try:
                 reader = await stack.enter_async_context(
@@ -279,7 +348,35 @@ class ArtifactsService:
                     extra={**_blob_fields(artifact), "blob_size": reader.size},
                 )
                 raise _unavailable(artifact)
-            yield Download(artifact, reader)
+            yield Download(artifact, plan, reader, self._metrics)
+
+
+async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator[bytes]:
+    """The same chunks, with up to `depth` more received while the current one is stored.
+
+    Receiving (gRPC) and storing (hashing, writing) then overlap instead of taking turns.
+    """
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+
+    async def receive() -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put(chunk)
+        except Exception as error:
+            await queue.put(error)
+        else:
+            await queue.put(None)
+
+    receiving = asyncio.create_task(receive())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        receiving.cancel()
+        with suppress(asyncio.CancelledError):
+            await receiving
 
 
 async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:

@@ -9,11 +9,20 @@ from google.api import httpbody_pb2
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
-from aias.core.context import HTTP_HEADER_PREFIX, require_tenant
+from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX, forwarded_header, require_tenant
 from aias.core.errors import InvalidArgument
 from aias.core.protoconv import timestamp
-from services.artifacts.domain import Artifact, UploadSpec, content_disposition
+from services.artifacts.domain import (
+    Answer,
+    Artifact,
+    DownloadRequest,
+    UploadSpec,
+    content_disposition,
+    entity_tag,
+)
 from services.artifacts.service import ArtifactsService
+
+_HTTP_STATUS = {Answer.FULL: "200", Answer.PARTIAL: "206", Answer.NOT_MODIFIED: "304"}
 
 
 def artifact_pb(artifact: Artifact) -> pb.Artifact:
@@ -97,19 +106,36 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        async with self._service.download(require_tenant(), request.artifact_id) as download:
-            artifact = download.artifact
+        metadata = context.invocation_metadata()
+        wanted = DownloadRequest(
+            offset=request.offset,
+            length=request.length,
+            range_header=forwarded_header(metadata, "range"),
+            if_range=forwarded_header(metadata, "if-range"),
+            if_none_match=forwarded_header(metadata, "if-none-match"),
+        )
+        async with self._service.download(
+            require_tenant(), request.artifact_id, wanted
+        ) as download:
+            artifact, plan = download.artifact, download.plan
+            headers = {
+                "etag": entity_tag(artifact.sha256),
+                "accept-ranges": "bytes",
+                "content-disposition": content_disposition(artifact.name),
+            }
+            if plan.answer is not Answer.NOT_MODIFIED:
+                headers["content-length"] = str(plan.window.length)
+            if plan.answer is Answer.PARTIAL:
+                headers["content-range"] = plan.window.content_range(artifact.size_bytes)
             await context.send_initial_metadata(
                 (
-                    (f"{HTTP_HEADER_PREFIX}content-length", str(artifact.size_bytes)),
-                    (f"{HTTP_HEADER_PREFIX}etag", f'"{artifact.sha256}"'),
-                    (
-                        f"{HTTP_HEADER_PREFIX}content-disposition",
-                        content_disposition(artifact.name),
-                    ),
+                    (HTTP_CODE, _HTTP_STATUS[plan.answer]),
+                    *((f"{HTTP_HEADER_PREFIX}{name}", value) for name, value in headers.items()),
                 )
             )
-            # Only the first message names the type; an empty artifact still sends that one.
+            if plan.answer is Answer.NOT_MODIFIED:
+                return
+            # Only the first message names the type; an empty body still sends that one.
             content_type = artifact.media_type
             async for chunk in download.chunks():
                 yield httpbody_pb2.HttpBody(content_type=content_type, data=chunk)

@@ -28,7 +28,9 @@ from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from services.artifacts.blobstore import FilesystemBlobStore
+from services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
 from services.artifacts.main import ArtifactsSettings, build_server
+from services.artifacts.metrics import ArtifactMetrics
 from services.artifacts.runs import RunOwners
 from services.artifacts.service import ArtifactsService
 from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
@@ -141,6 +143,7 @@ async def served(
                 EntitlementsCache(tenancy_channel, 0.0),
                 UsageClient(tenancy_channel),
                 RunOwners(execution_channel),
+                ArtifactMetrics(CollectorRegistry()),
             )
             registry = CollectorRegistry()
             sweeper = Sweeper(
@@ -361,8 +364,8 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
     assert (artifact.size_bytes, artifact.sha256) == (len(content), digest)
     headers, messages = await download(served, tenant, artifact.id)
     assert b"".join(m.data for m in messages) == content
-    assert max(len(m.data) for m in messages) <= 64 * KIB
-    assert len(messages) >= len(content) // (64 * KIB)
+    assert max(len(m.data) for m in messages) <= DOWNLOAD_CHUNK_BYTES
+    assert len(messages) >= len(content) // DOWNLOAD_CHUNK_BYTES
     assert headers["x-http-header-content-length"] == str(len(content))
     blob = served.blob_root / str(tenant) / "sha256" / digest[:2] / digest
     assert blob.read_bytes() == content

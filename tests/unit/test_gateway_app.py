@@ -639,9 +639,9 @@ async def test_known_path_with_wrong_method_is_405_with_allow(client: Client) ->
     health = await client.post("/healthz")
 
     await _error(response, 405, "METHOD_NOT_ALLOWED")
-    assert response.headers["Allow"] == "GET, POST"
+    assert response.headers["Allow"] == "GET, HEAD, POST"
     await _error(health, 405, "METHOD_NOT_ALLOWED")
-    assert health.headers["Allow"] == "GET"
+    assert health.headers["Allow"] == "GET, HEAD"
 
 
 async def test_unknown_path_is_404_in_the_error_shape(client: Client) -> None:

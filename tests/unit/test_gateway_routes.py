@@ -340,10 +340,19 @@ def test_router_answers_405_with_every_allowed_method() -> None:
     with pytest.raises(GatewayError) as wrong_method:
         router.resolve("PUT", "/api/webhook-endpoints/e1")
     assert wrong_method.value.http_status == 405
-    assert wrong_method.value.headers == {"Allow": "DELETE, GET"}
+    assert wrong_method.value.headers == {"Allow": "DELETE, GET, HEAD"}
     with pytest.raises(GatewayError) as wrong_verb_method:
         router.resolve("DELETE", "/api/webhook-endpoints/e1:rotate")
     assert wrong_verb_method.value.headers == {"Allow": "POST"}
+
+
+def test_head_is_served_by_the_get_route() -> None:
+    router = _router()
+
+    route, params = router.resolve("HEAD", "/api/webhook-endpoints/e1")
+
+    assert (route.target, params) == ("get", {"id": "e1"})
+    assert router.resolve("HEAD", "/api/tenants/me")[0].target == "me"
 
 
 def test_router_answers_404_for_an_unknown_path() -> None:

@@ -1,0 +1,112 @@
+"""A 200 MiB artifact through the real processes: byte-equal, with flat memory in both hops."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import aiohttp
+import pytest
+
+from aias.artifacts.v1 import artifacts_service_pb2 as pb
+from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
+from aias.core.clients import internal_channel
+from aias.core.launcher import Stack
+from tests.conftest import INTERNAL_TOKEN
+from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1024 * 1024
+SIZE = 200 * MIB
+# What "flat" means here: far below the artifact, whatever the process held before.
+PEAK_LIMIT_MIB = 100
+
+
+def chunk(index: int) -> bytes:
+    """One MiB of varied bytes (not compressible, not all alike), the same every time."""
+    seed = hashlib.sha256(index.to_bytes(8, "big")).digest()
+    return seed * (MIB // len(seed))
+
+
+def reset_peak(pid: int) -> None:
+    """Starts the process's peak resident memory (VmHWM) afresh (Linux `clear_refs`, 5)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def peak_mib(pid: int) -> float:
+    """The process's peak resident memory since the last reset, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+async def upload(
+    stub: pb_grpc.ArtifactsServiceAsyncStub, tenant_id: str, run_id: str, name: str, mebibytes: int
+) -> pb.UploadArtifactResponse:
+    async def messages() -> AsyncIterator[pb.UploadArtifactRequest]:
+        yield pb.UploadArtifactRequest(
+            metadata=pb.UploadArtifactMetadata(
+                run_id=run_id, step_id="big", name=name, media_type="application/x-big"
+            )
+        )
+        for index in range(mebibytes):
+            yield pb.UploadArtifactRequest(chunk=chunk(index))
+
+    reply: pb.UploadArtifactResponse = await stub.UploadArtifact(
+        messages(), metadata=(("x-aias-tenant-id", tenant_id),)
+    )
+    return reply
+
+
+async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    tenant = await new_tenant(http, "pro")
+    _, secret = await new_endpoint(http, tenant)
+    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json={}) as response:
+        accepted = await expect(response, 202)
+    run = await wait_for_run(http, tenant, accepted["run_id"])
+    pids = {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
+    channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
+    stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
+    try:
+        # A small round trip first: what the first upload and download of a process set up
+        # once (connections, statement caches) is not what the size of an artifact costs.
+        small = await upload(stub, tenant.id, run["id"], "small.bin", 1)
+        async with http.get(
+            f"/api/artifacts/{small.artifact.id}/download", headers=tenant.auth
+        ) as response:
+            assert len(await response.read()) == MIB
+        for pid in pids.values():
+            reset_peak(pid)
+        print(f"resident memory before, MiB: {[peak_mib(pid) for pid in pids.values()]}")
+        reply = await upload(stub, tenant.id, run["id"], "big.bin", SIZE // MIB)
+    finally:
+        await channel.close()
+    artifact = reply.artifact
+    expected = hashlib.sha256()
+    for index in range(SIZE // MIB):
+        expected.update(chunk(index))
+    assert (artifact.size_bytes, artifact.sha256) == (SIZE, expected.hexdigest())
+    upload_peaks = {kind: round(peak_mib(pid), 1) for kind, pid in pids.items()}
+    for pid in pids.values():
+        reset_peak(pid)
+
+    received = hashlib.sha256()
+    size = 0
+    async with http.get(f"/api/artifacts/{artifact.id}/download", headers=tenant.auth) as response:
+        assert response.status == 200
+        assert response.headers["Content-Length"] == str(SIZE)
+        async for data in response.content.iter_chunked(MIB):
+            received.update(data)
+            size += len(data)
+
+    assert (size, received.hexdigest()) == (SIZE, expected.hexdigest())
+    download_peaks = {kind: round(peak_mib(pid), 1) for kind, pid in pids.items()}
+    print(f"peak resident memory, MiB: upload {upload_peaks}, download {download_peaks}")
+    assert all(peak < PEAK_LIMIT_MIB for peak in upload_peaks.values()), upload_peaks
+    assert all(peak < PEAK_LIMIT_MIB for peak in download_peaks.values()), download_peaks
