@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--root", type=Path, default=ROOT, help="the repository (default: this one)"
     )
+    parser.add_argument("--no-tidy", action="store_true", help="skip ruff's sorting and format")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     changed = []
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in changed:
         print(("would rewrite " if args.check else "rewrote ") + str(name))
     python_files = [str(name) for name in changed if name.suffix in (".py", ".pyi")]
-    if python_files and not args.check:
+    if python_files and not (args.check or args.no_tidy):
         tidy(root, python_files)
     print(f"{len(changed)} file(s) {'to rewrite' if args.check else 'rewritten'}", file=sys.stderr)
     return 1 if args.check and changed else 0
