@@ -8,8 +8,11 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 STUBS := build/aias.binpb
+# The source tree mirrors the installed layout (`aias.services`, `aias.gateway`) with two links,
+# ignored by git: mypy resolves imports by path and cannot follow the editable install's finder.
+LINKS := aias/services aias/gateway
 
-.PHONY: run test lint typecheck buf-lint pytest test-tools protos bench bench-ingest bench-worker bench-artifacts clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos lock bench bench-ingest bench-worker bench-artifacts clean
 
 # `make run REPLICAS=execution-worker=3,gateway=2` runs more than one process of a kind.
 run: $(STUBS)
@@ -23,11 +26,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# One command regenerates every stub and the descriptor image from protos/.
-$(STUBS): $(STAMP) $(PROTOS)
+$(LINKS):
+	ln -sfn ../$(notdir $@) $@
+
+# One command regenerates every stub and the descriptor image from protos/ (the wheel's build
+# generates its own, setup.py).
+$(STUBS): $(STAMP) $(PROTOS) | $(LINKS)
 	$(PY) -m aias.core.protogen
 protos: $(STAMP)
 	$(PY) -m aias.core.protogen
+
+# The container's pinned runtime dependencies, with hashes, from pyproject.toml's ranges: run
+# after changing a dependency, or to take newer releases.
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+		--generate-hashes --upgrade --quiet -o requirements.lock
 
 $(BUF): tools/package.json tools/package-lock.json
 	mkdir -p .tools
@@ -40,7 +53,7 @@ lint: $(STUBS)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STUBS)
-	$(VENV)/bin/mypy aias/core aias/cli services gateway tests bench
+	$(VENV)/bin/mypy aias/core aias/cli aias/services aias/gateway tests bench tools setup.py
 
 buf-lint: $(STUBS) $(BUF)
 	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml
@@ -65,4 +78,4 @@ bench-artifacts: $(STUBS)
 	$(PY) -m bench.artifacts_path
 
 clean:
-	rm -rf $(VENV) .tools build
+	rm -rf $(VENV) .tools build $(LINKS)

@@ -1,4 +1,4 @@
-"""Regenerates the Python stubs and the descriptor image from protos/ (one command, one home)."""
+"""Regenerates the Python stubs and the descriptor image from protos/ (a tool of the source tree)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,16 @@ def _include_dirs() -> list[str]:
     return [str(PROTO_ROOT), str(googleapis), str(well_known)]
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's plugin, a console script: next to this interpreter in a virtual
+    environment, on PATH in pip's build environment (which installs scripts elsewhere)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: install mypy-protobuf")
+    return found
+
+
 def generate(out_dir: Path, image: Path | None) -> None:
     """Runs protoc once for Python, typing stubs and (optionally) the descriptor image."""
     from grpc_tools import protoc
@@ -59,11 +69,8 @@ def generate(out_dir: Path, image: Path | None) -> None:
     packaged = out_dir / PACKAGED_IMAGE
     packaged.parent.mkdir(parents=True, exist_ok=True)
     args += [f"--descriptor_set_out={packaged}", "--include_imports", "--include_source_info"]
-    # mypy-protobuf's plugins are console scripts next to this interpreter.
-    bindir = Path(sys.executable).parent
     args += [
-        f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
-        f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
+        f"--plugin={name}={_plugin(name)}" for name in ("protoc-gen-mypy", "protoc-gen-mypy_grpc")
     ]
     if protoc.main([*args, *files]) != 0:
         raise SystemExit("protoc failed; see the messages above")
@@ -101,10 +108,16 @@ def drift(target: Path = STUB_ROOT) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `aias-protogen`: regenerate, or with --check report drift."""
+    """`python -m aias.core.protogen` in a source checkout: regenerate, or with --check report
+    drift. An installed package has its stubs from the build and is never rewritten."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the stubs drift from protos/")
     args = parser.parse_args(argv)
+    if not (PROTO_ROOT.is_dir() and (REPO / "pyproject.toml").is_file()):
+        raise SystemExit(
+            f"{REPO} is not a source checkout (no protos/ and pyproject.toml): an installed "
+            "package already holds its stubs; run this from a clone of the repository"
+        )
     if args.check:
         problems = drift()
         if problems:
