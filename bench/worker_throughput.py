@@ -72,7 +72,7 @@ async def _workers(stack: Stack, count: int, settings: dict[str, str]) -> AsyncI
                 "-m",
                 "aias.core.launched",
                 str(os.getpid()),
-                "services.execution.worker_main",
+                "aias.services.execution.worker_main",
                 env=env,
             )
         )

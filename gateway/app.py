@@ -21,18 +21,24 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from aias.core.context import request_id_var, tenant_id_var
 from aias.core.entitlements import EntitlementsCache
 from aias.core.tracing import REQUEST_ID_ATTRIBUTE, tracing_enabled
-from gateway.auth import Authenticator
-from gateway.backends import BACKENDS, Backends
-from gateway.dashboard.pages import ROUTES as DASHBOARD_ROUTES
-from gateway.dashboard.state import DASHBOARD, Dashboard
-from gateway.errors import GatewayError, error_response, json_response
-from gateway.ingress import MAX_BODY_BYTES, BodyReader, InflightLimit, check_head, defer_continue
-from gateway.metrics import HttpMetrics
-from gateway.openapi import build_document, render_docs
-from gateway.proxy import RpcProxy
-from gateway.settings import GatewaySettings
-from gateway.template import Router
-from gateway.transcoder import RpcRoute, build_routes
+from aias.gateway.auth import Authenticator
+from aias.gateway.backends import BACKENDS, Backends
+from aias.gateway.dashboard.pages import ROUTES as DASHBOARD_ROUTES
+from aias.gateway.dashboard.state import DASHBOARD, Dashboard
+from aias.gateway.errors import GatewayError, error_response, json_response
+from aias.gateway.ingress import (
+    MAX_BODY_BYTES,
+    BodyReader,
+    InflightLimit,
+    check_head,
+    defer_continue,
+)
+from aias.gateway.metrics import HttpMetrics
+from aias.gateway.openapi import build_document, render_docs
+from aias.gateway.proxy import RpcProxy
+from aias.gateway.settings import GatewaySettings
+from aias.gateway.template import Router
+from aias.gateway.transcoder import RpcRoute, build_routes
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.access")

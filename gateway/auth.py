@@ -14,9 +14,9 @@ from aias.core.authz import OPERATOR_ROLE, PUBLIC_ROLE
 from aias.core.cache import TtlCache
 from aias.core.context import REQUEST_ID, Caller
 from aias.core.jsonmap import enum_to_json
+from aias.gateway.errors import GatewayError, from_rpc_error
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from gateway.errors import GatewayError, from_rpc_error
 
 _LOOKUP_TIMEOUT_SECONDS = 5.0
 

@@ -39,11 +39,11 @@ from aias.core.jsonmap import (
     scalar_from_text,
     set_scalar,
 )
-from gateway.errors import GatewayError
-from gateway.template import PathTemplate
+from aias.gateway.errors import GatewayError
+from aias.gateway.template import PathTemplate
 
 if TYPE_CHECKING:
-    from gateway.transcoder import Admission, RpcRoute
+    from aias.gateway.transcoder import Admission, RpcRoute
 
 # Request fields (string, or int64 for a size) filled from headers when the request message has
 # them and nothing else binds them; the first header present wins (Standard Webhooks'

@@ -11,7 +11,7 @@ import grpc
 from aiohttp import HttpVersion11, web
 from aiohttp.web_protocol import RequestPayloadError
 
-from gateway.errors import GatewayError
+from aias.gateway.errors import GatewayError
 
 # The largest body the gateway reads; the gRPC channels accept 8 MiB messages, and per-plan
 # payload limits below this are the backends' to enforce.

@@ -14,8 +14,8 @@ from aias.core.process import (
 )
 from aias.core.settings import SettingsError
 from aias.core.tracing import configure_tracing
-from gateway.server import serving
-from gateway.settings import GatewaySettings, load_settings
+from aias.gateway.server import serving
+from aias.gateway.settings import GatewaySettings, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.jsonmap import descriptor_of, enum_to_json
-from gateway.binding import MAX_STORED_HEADER_CHARS, STORED_HEADERS, Parameter, parameters
-from gateway.template import PathTemplate
-from gateway.transcoder import HTTP_BODY, RpcRoute
+from aias.gateway.binding import MAX_STORED_HEADER_CHARS, STORED_HEADERS, Parameter, parameters
+from aias.gateway.template import PathTemplate
+from aias.gateway.transcoder import HTTP_BODY, RpcRoute
 
 ERROR_SCHEMA = "Error"
 _TEMPLATE_FIELD = re.compile(r"\{([^}=]+)(=[^}]*)?\}")
@@ -365,7 +365,7 @@ def render_docs(document: Mapping[str, Any]) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     environment = Environment(
-        loader=PackageLoader("gateway", "templates"), autoescape=select_autoescape(["html"])
+        loader=PackageLoader("aias.gateway", "templates"), autoescape=select_autoescape(["html"])
     )
     groups: dict[str, list[tuple[str, str, Any]]] = {}
     for path, operations in document["paths"].items():

@@ -15,12 +15,12 @@ from google.protobuf.message import Message
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
-from gateway.auth import Authenticator
-from gateway.backends import Backends
-from gateway.binding import PRINTABLE_ASCII, build_admission, build_request
-from gateway.errors import GatewayError, error_body, from_rpc_error
-from gateway.ingress import BodyReader
-from gateway.transcoder import (
+from aias.gateway.auth import Authenticator
+from aias.gateway.backends import Backends
+from aias.gateway.binding import PRINTABLE_ASCII, build_admission, build_request
+from aias.gateway.errors import GatewayError, error_body, from_rpc_error
+from aias.gateway.ingress import BodyReader
+from aias.gateway.transcoder import (
     ADMISSION_LIMIT_FIELD,
     DEFAULT_CONTENT_TYPE,
     RawHttpBody,

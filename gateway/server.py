@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, InvalidURLError, LineTooLong
 
 from aias.core.context import request_id_var
-from gateway.app import INFLIGHT, init_app, request_id
-from gateway.errors import GatewayError, error_response
-from gateway.settings import GatewaySettings
+from aias.gateway.app import INFLIGHT, init_app, request_id
+from aias.gateway.errors import GatewayError, error_response
+from aias.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 

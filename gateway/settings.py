@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aias.core.settings import Env, TracingSettings
-from gateway.backends import BACKENDS
-from gateway.dashboard.session import MIN_SECRET_CHARS
-from gateway.ingress import MAX_BODY_BYTES
+from aias.gateway.backends import BACKENDS
+from aias.gateway.dashboard.session import MIN_SECRET_CHARS
+from aias.gateway.ingress import MAX_BODY_BYTES
 
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 import grpc
 
 from aias.core.errors import clip
-from gateway.errors import GatewayError
+from aias.gateway.errors import GatewayError
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LITERAL = re.compile(r"[^/{}*:=]+")

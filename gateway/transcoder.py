@@ -16,10 +16,10 @@ from google.protobuf.message_factory import GetMessageClass
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX
 from aias.core.jsonmap import descriptor_of, field_to_json, message_to_json
-from gateway.backends import BackendSpec
-from gateway.binding import resolve_field
-from gateway.errors import json_response
-from gateway.template import PathTemplate
+from aias.gateway.backends import BackendSpec
+from aias.gateway.binding import resolve_field
+from aias.gateway.errors import json_response
+from aias.gateway.template import PathTemplate
 
 HTTP_BODY = "google.api.HttpBody"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"

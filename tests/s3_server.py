@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from aiobotocore.session import get_session
 
-from services.artifacts.s3settings import MIN_PART_BYTES, S3Location, S3Settings
+from aias.services.artifacts.s3settings import MIN_PART_BYTES, S3Location, S3Settings
 
 REGION = "us-east-1"
 # moto accepts any credentials; these only have to be present and consistent.

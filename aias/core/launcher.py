@@ -43,7 +43,7 @@ class ProcessSpec:
 PROCESSES = (
     ProcessSpec(
         "tenancy",
-        "services.tenancy.main",
+        "aias.services.tenancy.main",
         "AIAS_TENANCY_PORT",
         "AIAS_TENANCY_METRICS_PORT",
         50051,
@@ -51,7 +51,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "artifacts",
-        "services.artifacts.main",
+        "aias.services.artifacts.main",
         "AIAS_ARTIFACTS_PORT",
         "AIAS_ARTIFACTS_METRICS_PORT",
         50053,
@@ -60,7 +60,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "billing",
-        "services.billing.main",
+        "aias.services.billing.main",
         "AIAS_BILLING_PORT",
         "AIAS_BILLING_METRICS_PORT",
         50054,
@@ -69,7 +69,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "execution",
-        "services.execution.main",
+        "aias.services.execution.main",
         "AIAS_EXECUTION_PORT",
         "AIAS_EXECUTION_METRICS_PORT",
         50052,
@@ -78,7 +78,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "execution-worker",
-        "services.execution.worker_main",
+        "aias.services.execution.worker_main",
         "AIAS_EXECUTION_WORKER_PORT",
         "AIAS_EXECUTION_WORKER_METRICS_PORT",
         50055,
@@ -87,7 +87,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "execution-alerts",
-        "services.execution.alerts_main",
+        "aias.services.execution.alerts_main",
         "AIAS_EXECUTION_ALERTS_PORT",
         "AIAS_EXECUTION_ALERTS_METRICS_PORT",
         50056,
@@ -95,7 +95,7 @@ PROCESSES = (
     ),
     ProcessSpec(
         "gateway",
-        "gateway.main",
+        "aias.gateway.main",
         "AIAS_GATEWAY_PORT",
         None,
         8080,

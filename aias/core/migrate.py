@@ -30,9 +30,9 @@ class MigrationError(Exception):
 
 
 def migrations_dir(service: str) -> Path:
-    spec = importlib.util.find_spec(f"services.{service}")
+    spec = importlib.util.find_spec(f"aias.services.{service}")
     if spec is None or not spec.submodule_search_locations:
-        raise MigrationError(f"package services.{service} is not installed")
+        raise MigrationError(f"package aias.services.{service} is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "migrations"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.dashboard.client import EXECUTION_SERVICE
+from aias.gateway.dashboard.client import EXECUTION_SERVICE
 
 
 @dataclass(frozen=True)

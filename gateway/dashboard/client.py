@@ -16,10 +16,10 @@ from aias.core.context import Caller
 from aias.core.jsonmap import enum_from_json
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
+from aias.gateway.backends import BackendHealth, Backends
+from aias.gateway.errors import from_rpc_error
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from gateway.backends import BackendHealth, Backends
-from gateway.errors import from_rpc_error
 
 EXECUTION_SERVICE = execution_pb.DESCRIPTOR.services_by_name["ExecutionService"]
 # The most runs, workflows or endpoints one page shows (the RPCs' own maximum).

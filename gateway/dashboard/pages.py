@@ -20,13 +20,13 @@ from aias.core.context import Caller, request_id_var, tenant_id_var
 from aias.core.jsonmap import enum_to_json, message_to_json
 from aias.core.version import package_version
 from aias.execution.v1 import execution_service_pb2 as execution_pb
-from gateway.binding import PRINTABLE_ASCII
-from gateway.dashboard import session as sessions
-from gateway.dashboard.client import Reader
-from gateway.dashboard.panels import load_panels
-from gateway.dashboard.render import PAGE_HEADERS, html_response
-from gateway.dashboard.state import DASHBOARD, Dashboard
-from gateway.errors import GatewayError, json_response
+from aias.gateway.binding import PRINTABLE_ASCII
+from aias.gateway.dashboard import session as sessions
+from aias.gateway.dashboard.client import Reader
+from aias.gateway.dashboard.panels import load_panels
+from aias.gateway.dashboard.render import PAGE_HEADERS, html_response
+from aias.gateway.dashboard.state import DASHBOARD, Dashboard
+from aias.gateway.errors import GatewayError, json_response
 
 Handler = Callable[[web.Request, Mapping[str, str]], Awaitable[web.StreamResponse]]
 

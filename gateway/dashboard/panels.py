@@ -17,9 +17,9 @@ from yarl import URL
 from aias.core.destinations import shown_url
 from aias.core.jsonmap import message_to_json
 from aias.core.version import package_version
-from gateway.dashboard.client import Reader
-from gateway.dashboard.render import parse_time
-from gateway.errors import GatewayError
+from aias.gateway.dashboard.client import Reader
+from aias.gateway.dashboard.render import parse_time
+from aias.gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def number(value: int | None) -> str:
 
 def environment() -> Environment:
     templates = Environment(
-        loader=PackageLoader("gateway.dashboard", "templates"),
+        loader=PackageLoader("aias.gateway.dashboard", "templates"),
         autoescape=True,
         # A misspelt name fails the page (and its test) instead of rendering as nothing.
         undefined=StrictUndefined,

@@ -8,16 +8,16 @@ from importlib.resources import files
 from aiohttp import web
 
 from aias.core.context import Caller
-from gateway.auth import Authenticator
-from gateway.backends import BACKENDS, Backends
-from gateway.dashboard.actions import RUN_ACTIONS, RunAction, offered
-from gateway.dashboard.client import Reader, Stubs
-from gateway.dashboard.panels import PANELS, Panel
-from gateway.dashboard.render import environment
-from gateway.dashboard.session import Sessions
-from gateway.proxy import RpcProxy
-from gateway.settings import GatewaySettings
-from gateway.transcoder import RpcRoute, build_routes
+from aias.gateway.auth import Authenticator
+from aias.gateway.backends import BACKENDS, Backends
+from aias.gateway.dashboard.actions import RUN_ACTIONS, RunAction, offered
+from aias.gateway.dashboard.client import Reader, Stubs
+from aias.gateway.dashboard.panels import PANELS, Panel
+from aias.gateway.dashboard.render import environment
+from aias.gateway.dashboard.session import Sessions
+from aias.gateway.proxy import RpcProxy
+from aias.gateway.settings import GatewaySettings
+from aias.gateway.transcoder import RpcRoute, build_routes
 
 # Every RPC a page makes must answer within this; a panel whose backend does not says so.
 RPC_TIMEOUT_SECONDS = 3.0
@@ -43,7 +43,9 @@ class Dashboard:
             settings.dashboard_secret, secure=settings.public_url.startswith("https://")
         )
         self.templates = environment()
-        self.stylesheet = (files("gateway.dashboard") / "static" / "dashboard.css").read_bytes()
+        self.stylesheet = (
+            files("aias.gateway.dashboard") / "static" / "dashboard.css"
+        ).read_bytes()
         self.authenticator = authenticator
         self.proxy = proxy
         self.panels = panels

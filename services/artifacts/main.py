@@ -16,19 +16,19 @@ from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
-from services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
-from services.artifacts.metrics import ArtifactMetrics
-from services.artifacts.runs import RunOwners
-from services.artifacts.s3settings import (
+from aias.services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
+from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.runs import RunOwners
+from aias.services.artifacts.s3settings import (
     DEFAULT_PART_BYTES,
     MAX_COPY_BYTES,
     MIN_PART_BYTES,
     S3Location,
     S3Settings,
 )
-from services.artifacts.service import ArtifactsService
-from services.artifacts.servicer import ArtifactsServicer
-from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
+from aias.services.artifacts.service import ArtifactsService
+from aias.services.artifacts.servicer import ArtifactsServicer
+from aias.services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArtifactsService"].full_name
 
@@ -124,7 +124,7 @@ def build_store(settings: ArtifactsSettings) -> BlobStore:
     if settings.s3 is not None:
         # Imported only when configured: botocore's service models cost some 18 MiB of memory,
         # which a filesystem-backed process keeps for its downloads.
-        from services.artifacts.s3store import S3BlobStore
+        from aias.services.artifacts.s3store import S3BlobStore
 
         return S3BlobStore(settings.s3)
     return FilesystemBlobStore(settings.blob_root)

@@ -13,9 +13,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.artifacts.blobstore import StoredBlob
-from services.artifacts.domain import Artifact, NewArtifact
-from services.artifacts.models import ArtifactRow, BlobRow
+from aias.services.artifacts.blobstore import StoredBlob
+from aias.services.artifacts.domain import Artifact, NewArtifact
+from aias.services.artifacts.models import ArtifactRow, BlobRow
 
 
 def _artifact(row: ArtifactRow) -> Artifact:

@@ -14,8 +14,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from services.artifacts.blobstore import TEMP_PREFIX, BlobMissing, BlobWriter, StoredBlob
-from services.artifacts.s3settings import (
+from aias.services.artifacts.blobstore import TEMP_PREFIX, BlobMissing, BlobWriter, StoredBlob
+from aias.services.artifacts.s3settings import (
     COPY_PART_BYTES,
     MAX_COPY_BYTES,
     MIN_PART_BYTES,

@@ -23,9 +23,8 @@ from aias.core.entitlements import (
 )
 from aias.core.errors import AlreadyExists, DataLoss, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
-from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
-from services.artifacts.domain import (
+from aias.services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
+from aias.services.artifacts.domain import (
     DOWNLOAD_CHUNK_BYTES,
     UPLOAD_READ_AHEAD,
     Answer,
@@ -39,9 +38,10 @@ from services.artifacts.domain import (
     plan_download,
     validate_upload,
 )
-from services.artifacts.metrics import ArtifactMetrics
-from services.artifacts.repository import ArtifactRepository, SweepRepository
-from services.artifacts.runs import RunOwners
+from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.repository import ArtifactRepository, SweepRepository
+from aias.services.artifacts.runs import RunOwners
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
 log = logging.getLogger(__name__)
 

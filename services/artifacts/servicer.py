@@ -12,7 +12,7 @@ from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX, forwarded_header, require_tenant
 from aias.core.errors import InvalidArgument
 from aias.core.protoconv import timestamp
-from services.artifacts.domain import (
+from aias.services.artifacts.domain import (
     Answer,
     Artifact,
     DownloadRequest,
@@ -20,7 +20,7 @@ from services.artifacts.domain import (
     content_disposition,
     entity_tag,
 )
-from services.artifacts.service import ArtifactsService
+from aias.services.artifacts.service import ArtifactsService
 
 _HTTP_STATUS = {Answer.FULL: "200", Answer.PARTIAL: "206", Answer.NOT_MODIFIED: "304"}
 

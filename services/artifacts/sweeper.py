@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter
 
-from services.artifacts.service import ArtifactsService, Swept
+from aias.services.artifacts.service import ArtifactsService, Swept
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from aias.core.db import Database, create_engine
 from aias.core.entitlements import DEFAULT_PLAN, PLANS
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings, SettingsError
-from services.billing.domain import Plans
-from services.billing.execution_client import ExecutionClient
-from services.billing.service import BillingService, ReturnUrls
-from services.billing.servicer import BillingServicer
-from services.billing.stripe_api import DEFAULT_API_BASE, StripeApi
-from services.billing.tenancy_client import TenancyClient
+from aias.services.billing.domain import Plans
+from aias.services.billing.execution_client import ExecutionClient
+from aias.services.billing.service import BillingService, ReturnUrls
+from aias.services.billing.servicer import BillingServicer
+from aias.services.billing.stripe_api import DEFAULT_API_BASE, StripeApi
+from aias.services.billing.tenancy_client import TenancyClient
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
 log = logging.getLogger(__name__)

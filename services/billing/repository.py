@@ -11,13 +11,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.billing.domain import (
+from aias.services.billing.domain import (
     GRANTING_STATUSES,
     Outcome,
     StripeEvent,
     SubscriptionSnapshot,
 )
-from services.billing.models import CustomerRow, DeliveryRow, StripeEventRow, SubscriptionRow
+from aias.services.billing.models import CustomerRow, DeliveryRow, StripeEventRow, SubscriptionRow
 
 # Serialises linking a customer with recording its events while it is still unlinked, so no
 # event of a customer being linked slips between the two.

@@ -40,7 +40,7 @@ from aias.core.errors import (
     clip,
 )
 from aias.core.pagination import decode_token, next_page_token, page_size
-from services.billing.domain import (
+from aias.services.billing.domain import (
     CHECKOUT_COMPLETED,
     GRANTING_STATUSES,
     INVOICE_PAST_DUE,
@@ -60,11 +60,11 @@ from services.billing.domain import (
     subscription_from,
     verify,
 )
-from services.billing.execution_client import ExecutionClient
-from services.billing.models import CustomerRow, DeliveryRow, SubscriptionRow
-from services.billing.repository import BillingRepository
-from services.billing.stripe_api import CheckoutSession, StripeApi
-from services.billing.tenancy_client import TenancyClient
+from aias.services.billing.execution_client import ExecutionClient
+from aias.services.billing.models import CustomerRow, DeliveryRow, SubscriptionRow
+from aias.services.billing.repository import BillingRepository
+from aias.services.billing.stripe_api import CheckoutSession, StripeApi
+from aias.services.billing.tenancy_client import TenancyClient
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import grpc
 from aias.billing.v1 import billing_service_pb2 as pb
 from aias.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from aias.core.protoconv import timestamp
-from services.billing.domain import Outcome
-from services.billing.models import DeliveryRow
-from services.billing.service import BillingService, SubscriptionView
+from aias.services.billing.domain import Outcome
+from aias.services.billing.models import DeliveryRow
+from aias.services.billing.service import BillingService, SubscriptionView
 
 _OUTCOME = {
     Outcome.PROCESSED: pb.DELIVERY_OUTCOME_PROCESSED,

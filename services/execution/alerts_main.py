@@ -10,8 +10,8 @@ from aias.core.destinations import ALLOW_SETTING, AddressPolicy
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.outbound import OutboundClient
 from aias.core.settings import Env, ServerSettings
-from services.execution.alerts.domain import RetrySchedule
-from services.execution.alerts.sender import AlertSender, SenderConfig, SenderMetrics
+from aias.services.execution.alerts.domain import RetrySchedule
+from aias.services.execution.alerts.sender import AlertSender, SenderConfig, SenderMetrics
 
 DAY_SECONDS = 86_400
 

@@ -9,8 +9,8 @@ import uuid
 
 from aias.core.db import Database
 from aias.core.errors import DomainError, http_status
-from services.execution.models import WebhookDeliveryRow
-from services.execution.repository import ExecutionRepository
+from aias.services.execution.models import WebhookDeliveryRow
+from aias.services.execution.repository import ExecutionRepository
 
 log = logging.getLogger(__name__)
 

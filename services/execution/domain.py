@@ -12,7 +12,7 @@ from typing import Any
 
 from aias.core.errors import InvalidArgument, clip
 from aias.core.text import checked_text
-from services.execution.steps import STEP_TYPES, StepSpec
+from aias.services.execution.steps import STEP_TYPES, StepSpec
 
 STEP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STEPS = 50

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from aias.core.db import Database
-from services.execution.models import RunRow, WebhookDeliveryRow
+from aias.services.execution.models import RunRow, WebhookDeliveryRow
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from aias.core.db import Database, SystemPath
-from services.execution.domain import FINAL_RUN_STATUSES
-from services.execution.repository import Outcome, QueueRepository, StepLogEntry
+from aias.services.execution.domain import FINAL_RUN_STATUSES
+from aias.services.execution.repository import Outcome, QueueRepository, StepLogEntry
 
 log = logging.getLogger(__name__)
 

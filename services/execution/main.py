@@ -15,20 +15,20 @@ from aias.core.ratelimit import RateLimiter
 from aias.core.settings import Env, ServerSettings
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
-from services.execution.alerts.service import AlertService, QuotaAlerts
-from services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
-from services.execution.domain import DEFAULT_MAX_ATTEMPTS
-from services.execution.events import RunEvents
-from services.execution.ingest import RunWriter
-from services.execution.metrics import WebhookMetrics
-from services.execution.quota import DEFAULT_BLOCK, RunQuota
-from services.execution.service import (
+from aias.services.execution.alerts.service import AlertService, QuotaAlerts
+from aias.services.execution.deliveries import DEFAULT_KEPT, DeliveryLog
+from aias.services.execution.domain import DEFAULT_MAX_ATTEMPTS
+from aias.services.execution.events import RunEvents
+from aias.services.execution.ingest import RunWriter
+from aias.services.execution.metrics import WebhookMetrics
+from aias.services.execution.quota import DEFAULT_BLOCK, RunQuota
+from aias.services.execution.service import (
     DEFAULT_ROTATION_GRACE,
     MAX_ROTATION_GRACE,
     ExecutionService,
 )
-from services.execution.servicer import ExecutionServicer
-from services.execution.targets import WebhookTargets
+from aias.services.execution.servicer import ExecutionServicer
+from aias.services.execution.targets import WebhookTargets
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutionService"].full_name
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from aias.core.db import Database, SystemPath
 from aias.core.entitlements import PLANS, TenantEntitlements
-from services.execution.repository import ExecutionRepository
+from aias.services.execution.repository import ExecutionRepository
 
 log = logging.getLogger(__name__)
 

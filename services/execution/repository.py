@@ -12,7 +12,7 @@ from sqlalchemy import case, delete, func, null, or_, select, text, tuple_, upda
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.execution.models import (
+from aias.services.execution.models import (
     RunRow,
     StepLogRow,
     WebhookDeliveryRow,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from aias.core.errors import DomainError, clip
-from services.execution.domain import decode_payload, decode_response
-from services.execution.steps import (
+from aias.services.execution.domain import decode_payload, decode_response
+from aias.services.execution.steps import (
     ArtifactOutput,
     HttpRequest,
     HttpResponse,

@@ -40,8 +40,8 @@ from aias.core.pagination import (
 )
 from aias.core.ratelimit import RateLimiter
 from aias.core.tracing import current_traceparent
-from services.execution.deliveries import DeliveryLog, delivery_row
-from services.execution.domain import (
+from aias.services.execution.deliveries import DeliveryLog, delivery_row
+from aias.services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
     FINAL_RUN_STATUSES,
     RunStatus,
@@ -51,10 +51,10 @@ from services.execution.domain import (
     validate_name,
     validate_steps,
 )
-from services.execution.events import RunEvents
-from services.execution.ingest import RunWriter, row_values
-from services.execution.metrics import WebhookMetrics
-from services.execution.models import (
+from aias.services.execution.events import RunEvents
+from aias.services.execution.ingest import RunWriter, row_values
+from aias.services.execution.metrics import WebhookMetrics
+from aias.services.execution.models import (
     RunRow,
     StepLogRow,
     WebhookDeliveryRow,
@@ -62,15 +62,15 @@ from services.execution.models import (
     WorkflowRow,
     WorkflowVersionRow,
 )
-from services.execution.quota import RunQuota
-from services.execution.repository import (
+from aias.services.execution.quota import RunQuota
+from aias.services.execution.repository import (
     ExecutionRepository,
     QueueState,
     RunFilter,
     StatusCounts,
     WebhookTarget,
 )
-from services.execution.targets import WebhookTargets
+from aias.services.execution.targets import WebhookTargets
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY_CHARS = 255

@@ -12,17 +12,17 @@ from aias.core.context import HTTP_CODE, require_tenant
 from aias.core.errors import InvalidArgument
 from aias.core.protoconv import struct, timestamp, update_paths
 from aias.execution.v1 import execution_service_pb2 as pb
-from services.execution.alerts.service import AlertService
-from services.execution.alerts.servicer import AlertServicer
-from services.execution.domain import RunStatus, StepDefinition, StepStatus, steps_from_json
-from services.execution.models import (
+from aias.services.execution.alerts.service import AlertService
+from aias.services.execution.alerts.servicer import AlertServicer
+from aias.services.execution.domain import RunStatus, StepDefinition, StepStatus, steps_from_json
+from aias.services.execution.models import (
     RunRow,
     StepLogRow,
     WebhookDeliveryRow,
     WebhookEndpointRow,
     WorkflowVersionRow,
 )
-from services.execution.service import (
+from aias.services.execution.service import (
     EndpointChanges,
     ExecutionService,
     RunStats,
@@ -31,7 +31,7 @@ from services.execution.service import (
     WorkflowChanges,
     WorkflowView,
 )
-from services.execution.steps import STEP_TYPES, StepSpec
+from aias.services.execution.steps import STEP_TYPES, StepSpec
 
 RUN_STATUS = {status: pb.RunStatus.Value(f"RUN_STATUS_{status.name}") for status in RunStatus}
 RUN_STATUS_OF = {number: status for status, number in RUN_STATUS.items()}

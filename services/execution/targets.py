@@ -8,7 +8,7 @@ import uuid
 
 from aias.core.cache import CoherentCache
 from aias.core.db import Database, follow_notifications
-from services.execution.repository import ExecutionRepository, WebhookTarget
+from aias.services.execution.repository import ExecutionRepository, WebhookTarget
 
 CHANNEL = "aias_webhook_targets"
 

@@ -28,18 +28,18 @@ from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
 from aias.core.tracing import context_from
-from services.execution.domain import RunStatus, StepDefinition, StepStatus
-from services.execution.ledger import RunLedger
-from services.execution.metrics import RunMetrics
-from services.execution.repository import (
+from aias.services.execution.domain import RunStatus, StepDefinition, StepStatus
+from aias.services.execution.ledger import RunLedger
+from aias.services.execution.metrics import RunMetrics
+from aias.services.execution.repository import (
     ClaimedRun,
     ExecutionRepository,
     Outcome,
     QueueRepository,
     StepLogEntry,
 )
-from services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
-from services.execution.steps import (
+from aias.services.execution.sandbox import JSON, StepCall, StepLimits, StepOutcome, StepRunner
+from aias.services.execution.steps import (
     ArtifactOutput,
     HttpRequest,
     HttpResponse,

@@ -13,9 +13,9 @@ from aias.core.destinations import ALLOW_SETTING, AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
-from services.execution.metrics import QueueSampler, RunMetrics
-from services.execution.sandbox import StepRunner
-from services.execution.worker import Worker, WorkerConfig, new_worker_id
+from aias.services.execution.metrics import QueueSampler, RunMetrics
+from aias.services.execution.sandbox import StepRunner
+from aias.services.execution.worker import Worker, WorkerConfig, new_worker_id
 
 MIB = 2**20
 # The claim loop, the ledger and reads of workflow versions: a few connections at any concurrency.

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from aias.core.db import Database, create_engine, libpq_url
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
+from aias.services.tenancy.changes import ChangeHub
+from aias.services.tenancy.service import TenancyService
+from aias.services.tenancy.servicer import TenancyServicer
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
-from services.tenancy.changes import ChangeHub
-from services.tenancy.service import TenancyService
-from services.tenancy.servicer import TenancyServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TenancyService"].full_name
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.tenancy.models import ApiKeyRow, MemberRow, TenantRow, UsageRow
+from aias.services.tenancy.models import ApiKeyRow, MemberRow, TenantRow, UsageRow
 
 
 class TenancyRepository:

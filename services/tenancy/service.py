@@ -25,7 +25,7 @@ from aias.core.errors import (
     Unauthenticated,
 )
 from aias.core.pagination import decode_token, next_page_token, page_size
-from services.tenancy.domain import (
+from aias.services.tenancy.domain import (
     NO_PERIOD,
     Metric,
     Role,
@@ -40,8 +40,8 @@ from services.tenancy.domain import (
     validate_name,
     whole_grant,
 )
-from services.tenancy.models import ApiKeyRow, MemberRow, TenantRow
-from services.tenancy.repository import TenancyRepository
+from aias.services.tenancy.models import ApiKeyRow, MemberRow, TenantRow
+from aias.services.tenancy.repository import TenancyRepository
 
 # A key's last use is recorded at most this often, so authentication rarely writes.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

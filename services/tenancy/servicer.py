@@ -11,12 +11,12 @@ from aias.core.context import HTTP_CODE, require_tenant, role_var
 from aias.core.entitlements import PLANS, Limits, limits_to_pb
 from aias.core.errors import InvalidArgument
 from aias.core.protoconv import timestamp
+from aias.services.tenancy.changes import RESET, ChangeHub
+from aias.services.tenancy.domain import Metric, Role, TenantStatus, key_prefix
+from aias.services.tenancy.models import ApiKeyRow, MemberRow, TenantRow
+from aias.services.tenancy.service import TenancyService, TenantChange
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
-from services.tenancy.changes import RESET, ChangeHub
-from services.tenancy.domain import Metric, Role, TenantStatus, key_prefix
-from services.tenancy.models import ApiKeyRow, MemberRow, TenantRow
-from services.tenancy.service import TenancyService, TenantChange
 
 _STATUS = {
     TenantStatus.ACTIVE: pb.TENANT_STATUS_ACTIVE,

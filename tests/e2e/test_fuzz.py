@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aias.core.launcher import Stack
-from gateway.backends import BACKENDS
-from gateway.transcoder import build_routes
+from aias.gateway.backends import BACKENDS
+from aias.gateway.transcoder import build_routes
 from tests.e2e.client import Tenant, new_tenant
 
 ROUTES = sorted({(route.http_method, route.template) for route in build_routes(BACKENDS)})

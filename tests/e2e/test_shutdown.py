@@ -28,7 +28,7 @@ def _start_tenancy(database: LocalDatabase, ready: Path) -> subprocess.Popen[byt
         "AIAS_SHUTDOWN_GRACE_SECONDS": "2",
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services.tenancy.main"], env=env, stderr=subprocess.PIPE
+        [sys.executable, "-m", "aias.services.tenancy.main"], env=env, stderr=subprocess.PIPE
     )
 
 

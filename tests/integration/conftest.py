@@ -9,9 +9,9 @@ import pytest
 from aias.core.clients import internal_channel
 from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
+from aias.services.execution import main as execution_main
+from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from services.execution import main as execution_main
-from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Execution, Tenancy, running
 

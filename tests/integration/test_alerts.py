@@ -28,10 +28,10 @@ from aias.core.destinations import AddressPolicy
 from aias.core.localdb import LocalDatabase
 from aias.core.outbound import OutboundClient
 from aias.execution.v1 import execution_service_pb2 as pb
-from services.execution.alerts.domain import RetrySchedule
-from services.execution.alerts.repository import OutboxRepository
-from services.execution.alerts.sender import AlertSender, SenderConfig, SenderMetrics
-from services.execution.repository import Outcome, QueueRepository
+from aias.services.execution.alerts.domain import RetrySchedule
+from aias.services.execution.alerts.repository import OutboxRepository
+from aias.services.execution.alerts.sender import AlertSender, SenderConfig, SenderMetrics
+from aias.services.execution.repository import Outcome, QueueRepository
 from tests.alert_receiver import Receiver
 from tests.integration.servers import Execution, Tenancy
 from tests.integration.test_billing import (

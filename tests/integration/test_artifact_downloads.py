@@ -23,12 +23,12 @@ from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.localdb import LocalDatabase
+from aias.gateway.server import serving
+from aias.gateway.settings import GatewaySettings
+from aias.services.artifacts.blobstore import FilesystemBlobStore
+from aias.services.artifacts.main import ArtifactsSettings, build_server
+from aias.services.artifacts.s3store import S3BlobStore
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from gateway.server import serving
-from gateway.settings import GatewaySettings
-from services.artifacts.blobstore import FilesystemBlobStore
-from services.artifacts.main import ArtifactsSettings, build_server
-from services.artifacts.s3store import S3BlobStore
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Execution, Tenancy, running
 from tests.s3_server import new_bucket, s3_settings

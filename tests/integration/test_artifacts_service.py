@@ -26,15 +26,15 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
+from aias.services.artifacts.blobstore import FilesystemBlobStore
+from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
+from aias.services.artifacts.main import ArtifactsSettings, build_server
+from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.runs import RunOwners
+from aias.services.artifacts.service import ArtifactsService
+from aias.services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
+from aias.services.execution import main as execution_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.artifacts.blobstore import FilesystemBlobStore
-from services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
-from services.artifacts.main import ArtifactsSettings, build_server
-from services.artifacts.metrics import ArtifactMetrics
-from services.artifacts.runs import RunOwners
-from services.artifacts.service import ArtifactsService
-from services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
-from services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
 

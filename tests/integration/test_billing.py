@@ -27,10 +27,10 @@ from aias.core.clients import internal_channel
 from aias.core.context import ROLE, TENANT_ID
 from aias.core.db import Database, SystemPath
 from aias.core.localdb import LocalDatabase
+from aias.gateway.app import init_app
+from aias.gateway.settings import GatewaySettings
+from aias.services.billing import main as billing_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from gateway.app import init_app
-from gateway.settings import GatewaySettings
-from services.billing import main as billing_main
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Execution, Tenancy, running
 from tests.stripe_fake import (

@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from services.artifacts.blobstore import BlobMissing, BlobStore, FilesystemBlobStore, StoredBlob
-from services.artifacts.s3settings import MIN_PART_BYTES
-from services.artifacts.s3store import S3BlobStore
+from aias.services.artifacts.blobstore import (
+    BlobMissing,
+    BlobStore,
+    FilesystemBlobStore,
+    StoredBlob,
+)
+from aias.services.artifacts.s3settings import MIN_PART_BYTES
+from aias.services.artifacts.s3store import S3BlobStore
 from tests.s3_server import new_bucket, s3_settings
 
 MIB = 1024 * 1024

@@ -9,9 +9,9 @@ import pytest
 from aias.core.clients import internal_channel
 from aias.core.grpc_server import BindError, BuiltServer
 from aias.core.localdb import LocalDatabase
+from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
-from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
 

@@ -16,9 +16,9 @@ from grpc_status import rpc_status
 
 from aias.core.clients import internal_channel
 from aias.core.localdb import LocalDatabase, prepare
+from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as pb_grpc
-from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
 

@@ -18,10 +18,10 @@ from aias.core.entitlements import PLANS, Limits, TenantEntitlements
 from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
-from services.execution import main as execution_main
-from services.execution.metrics import UNKNOWN_PLAN, QueueSampler, RunMetrics
-from services.execution.models import RunRow, StepLogRow
-from services.execution.steps import STEP_TYPES
+from aias.services.execution import main as execution_main
+from aias.services.execution.metrics import UNKNOWN_PLAN, QueueSampler, RunMetrics
+from aias.services.execution.models import RunRow, StepLogRow
+from aias.services.execution.steps import STEP_TYPES
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
 

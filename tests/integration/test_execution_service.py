@@ -19,11 +19,11 @@ from aias.core.db import Database, SystemPath
 from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from aias.services.execution import main as execution_main
+from aias.services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
+from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from services.execution import main as execution_main
-from services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
-from services.tenancy import main as tenancy_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
 

@@ -12,8 +12,8 @@ import pytest
 from aias.core.db import Database
 from aias.core.destinations import AddressPolicy
 from aias.core.localdb import LocalDatabase
-from services.execution.sandbox import JSON, StepCall, StepLimits, StepRunner
-from services.execution.steps import (
+from aias.services.execution.sandbox import JSON, StepCall, StepLimits, StepRunner
+from aias.services.execution.steps import (
     HttpResponse,
     StepContext,
     StepFailed,

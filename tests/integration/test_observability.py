@@ -30,14 +30,14 @@ from aias.core.logging import JsonFormatter
 from aias.core.tracing import REQUEST_ID_ATTRIBUTE
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from aias.gateway.server import serving
+from aias.gateway.settings import GatewaySettings
+from aias.services.execution import main as execution_main
+from aias.services.execution import worker_main
+from aias.services.execution.worker import WorkerConfig
+from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from gateway.server import serving
-from gateway.settings import GatewaySettings
-from services.execution import main as execution_main
-from services.execution import worker_main
-from services.execution.worker import WorkerConfig
-from services.tenancy import main as tenancy_main
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import running
 from tests.tracing import in_trace, recorded_spans
@@ -218,7 +218,7 @@ async def test_a_webhooks_trace_runs_from_the_access_log_to_the_worker_steps(
     stack: Stack, spans: InMemorySpanExporter
 ) -> None:
     url, _meta = await _webhook_url(stack)
-    with captured("gateway.access", "services.execution.worker") as logs:
+    with captured("gateway.access", "aias.services.execution.worker") as logs:
         async with (
             aiohttp.ClientSession() as http,
             http.post(

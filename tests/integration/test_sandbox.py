@@ -14,8 +14,14 @@ from typing import Any
 import psutil
 import pytest
 
-from services.execution.sandbox import JSON, StepCall, StepLimits, StepRunner
-from services.execution.steps import StepContext, StepFailed, canonical_json, run_step, sha256_hex
+from aias.services.execution.sandbox import JSON, StepCall, StepLimits, StepRunner
+from aias.services.execution.steps import (
+    StepContext,
+    StepFailed,
+    canonical_json,
+    run_step,
+    sha256_hex,
+)
 
 MEMORY = 256 * 2**20
 LIMITS = StepLimits(timeout=2.0, output_bytes=2**20)
@@ -48,7 +54,7 @@ def _step_processes(parent: psutil.Process | None = None) -> set[int]:
     found = set()
     for child in (parent or psutil.Process()).children():
         try:
-            if "services.execution.sandbox" in child.cmdline():
+            if "aias.services.execution.sandbox" in child.cmdline():
                 found.add(child.pid)
         except psutil.NoSuchProcess:
             continue
@@ -196,7 +202,7 @@ async def test_close_leaves_no_process_behind() -> None:
 def test_step_processes_die_with_the_worker() -> None:
     program = (
         "import asyncio\n"
-        "from services.execution.sandbox import StepRunner\n"
+        "from aias.services.execution.sandbox import StepRunner\n"
         "async def main() -> None:\n"
         "    pool = StepRunner(processes=2, memory_bytes=256 * 2**20)\n"
         "    await pool.start()\n"

@@ -14,9 +14,9 @@ from grpc_status import rpc_status
 
 from aias.core.db import Database
 from aias.core.entitlements import PLANS
+from aias.services.tenancy.domain import Metric
+from aias.services.tenancy.service import TenancyService
 from aias.tenancy.v1 import tenancy_service_pb2 as pb
-from services.tenancy.domain import Metric
-from services.tenancy.service import TenancyService
 from tests.integration.servers import Tenancy
 
 Metadata = tuple[tuple[str, str], ...]

@@ -23,9 +23,9 @@ from aias.core.db import Database
 from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
+from aias.services.execution import main as execution_main
+from aias.services.execution.domain import decode_payload
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.execution import main as execution_main
-from services.execution.domain import decode_payload
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
 

@@ -20,9 +20,9 @@ from aias.core.db import Database, libpq_url
 from aias.core.destinations import AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.localdb import LocalDatabase
-from services.execution.sandbox import StepRunner
-from services.execution.steps import canonical_json, sha256_hex
-from services.execution.worker import Worker, WorkerConfig
+from aias.services.execution.sandbox import StepRunner
+from aias.services.execution.steps import canonical_json, sha256_hex
+from aias.services.execution.worker import Worker, WorkerConfig
 from tests.conftest import INTERNAL_TOKEN
 from tests.integration.servers import Tenancy
 

@@ -18,8 +18,8 @@ from sqlalchemy import text
 
 from aias.core.db import Database
 from aias.core.localdb import LocalDatabase
-from services.artifacts import main as artifacts_main
-from services.execution import main as execution_main
+from aias.services.artifacts import main as artifacts_main
+from aias.services.execution import main as execution_main
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
 
@@ -74,7 +74,7 @@ async def artifacts(
 def _worker_process(
     name: str, database: LocalDatabase, tenancy: Tenancy, artifacts: str, folder: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`python -m services.execution.worker_main`, as the launcher starts it, with a short lease."""
+    """`python -m aias.services.execution.worker_main`, as the launcher starts it, with a short lease."""
     ready = folder / f"{name}.ready"
     env = {
         **os.environ,
@@ -94,7 +94,7 @@ def _worker_process(
     }
     with (folder / f"{name}.log").open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "services.execution.worker_main"],
+            [sys.executable, "-m", "aias.services.execution.worker_main"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

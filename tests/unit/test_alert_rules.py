@@ -13,8 +13,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from aias.core.grpc_server import RpcMetrics
-from gateway.metrics import HttpMetrics
-from services.execution.metrics import RunMetrics
+from aias.gateway.metrics import HttpMetrics
+from aias.services.execution.metrics import RunMetrics
 
 RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")

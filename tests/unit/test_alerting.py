@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from aias.core.errors import InvalidArgument
-from services.execution.alerts.domain import (
+from aias.services.execution.alerts.domain import (
     RetrySchedule,
     answer_error,
     body,

@@ -8,16 +8,16 @@ from google.protobuf import any_pb2
 
 from aias.core.errors import InvalidArgument, OutOfRange
 from aias.core.settings import Env, SettingsError
-from gateway.transcoder import RawHttpBody
-from services.artifacts.domain import (
+from aias.gateway.transcoder import RawHttpBody
+from aias.services.artifacts.domain import (
     Answer,
     ByteWindow,
     DownloadRequest,
     content_disposition,
     plan_download,
 )
-from services.artifacts.main import load_settings
-from services.artifacts.s3settings import S3Location
+from aias.services.artifacts.main import load_settings
+from aias.services.artifacts.s3settings import S3Location
 
 SHA = "ab" * 32
 TAG = f'"{SHA}"'

@@ -8,7 +8,7 @@ from google.api import annotations_pb2 as http_annotations
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core import authz
 from aias.core.authz import RULES, Rule
-from gateway.backends import BACKENDS
+from aias.gateway.backends import BACKENDS
 
 
 def _methods() -> list[tuple[str, bool, int]]:

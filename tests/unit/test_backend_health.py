@@ -6,7 +6,7 @@ import socket
 
 from aias.core.grpc_server import build_grpc_server
 from aias.core.version import package_version
-from gateway.backends import BackendHealth, Backends
+from aias.gateway.backends import BackendHealth, Backends
 from tests.conftest import INTERNAL_TOKEN, server_settings
 
 

@@ -11,7 +11,7 @@ import pytest
 from aias.core.entitlements import DEFAULT_PLAN, PLANS
 from aias.core.errors import FailedPrecondition, InvalidArgument
 from aias.core.settings import Env, SettingsError
-from services.billing.domain import (
+from aias.services.billing.domain import (
     CHECKOUT_COMPLETED,
     Plans,
     checkout_tenant,
@@ -21,7 +21,7 @@ from services.billing.domain import (
     subscription_from,
     verify,
 )
-from services.billing.main import load_settings
+from aias.services.billing.main import load_settings
 from tests.stripe_fake import (
     WEBHOOK_SECRET,
     checkout_object,

@@ -19,14 +19,14 @@ from pytest_aiohttp import AiohttpClient
 from aias.artifacts.v1 import artifacts_service_pb2 as artifacts_pb
 from aias.core.context import Caller
 from aias.execution.v1 import execution_service_pb2 as execution_pb
-from gateway.app import ENTITLEMENT_CHANGES, init_app
-from gateway.backends import Backends
-from gateway.dashboard.actions import RunAction, offered
-from gateway.dashboard.client import Reader, Stubs
-from gateway.dashboard.panels import PANELS, load_panels, usage_bar
-from gateway.dashboard.render import age, duration, parse_time, size, utc
-from gateway.dashboard.state import DASHBOARD
-from gateway.server import serving
+from aias.gateway.app import ENTITLEMENT_CHANGES, init_app
+from aias.gateway.backends import Backends
+from aias.gateway.dashboard.actions import RunAction, offered
+from aias.gateway.dashboard.client import Reader, Stubs
+from aias.gateway.dashboard.panels import PANELS, load_panels, usage_bar
+from aias.gateway.dashboard.render import age, duration, parse_time, size, utc
+from aias.gateway.dashboard.state import DASHBOARD
+from aias.gateway.server import serving
 from tests.conftest import INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     API_KEY,

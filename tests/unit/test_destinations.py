@@ -8,7 +8,7 @@ import pytest
 
 from aias.core.destinations import AddressPolicy, checked_url
 from aias.core.settings import Env, SettingsError
-from services.execution.worker_main import load_settings
+from aias.services.execution.worker_main import load_settings
 
 DENY = AddressPolicy()
 

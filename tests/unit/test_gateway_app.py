@@ -35,13 +35,13 @@ from aias.core.errors import (
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
+from aias.gateway.app import ENTITLEMENT_CHANGES, init_app
+from aias.gateway.ingress import MAX_BODY_BYTES
+from aias.gateway.proxy import ADMISSION_BODY_BYTES
+from aias.gateway.server import serving
+from aias.gateway.settings import GatewaySettings
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
-from gateway.app import ENTITLEMENT_CHANGES, init_app
-from gateway.ingress import MAX_BODY_BYTES
-from gateway.proxy import ADMISSION_BODY_BYTES
-from gateway.server import serving
-from gateway.settings import GatewaySettings
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 
 ADMIN_TOKEN = "operator-token-for-tests"
@@ -848,7 +848,7 @@ async def test_main_reports_the_bound_port_and_stops_on_sigterm(tmp_path: Path) 
         },
     }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.main", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "aias.gateway.main", env=env, stderr=asyncio.subprocess.PIPE
     )
     try:
         for _ in range(200):
@@ -873,7 +873,7 @@ async def test_main_reports_the_bound_port_and_stops_on_sigterm(tmp_path: Path) 
 async def test_main_fails_fast_on_missing_settings() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIAS_")}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.main", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "aias.gateway.main", env=env, stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 10)
 

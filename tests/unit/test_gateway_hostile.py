@@ -25,11 +25,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aias.core.logging import JsonFormatter
-from gateway.app import build_router
-from gateway.backends import BACKENDS
-from gateway.ingress import MAX_BODY_BYTES
-from gateway.server import serving
-from gateway.transcoder import build_routes
+from aias.gateway.app import build_router
+from aias.gateway.backends import BACKENDS
+from aias.gateway.ingress import MAX_BODY_BYTES
+from aias.gateway.server import serving
+from aias.gateway.transcoder import build_routes
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     ADMIN_TOKEN,
@@ -447,7 +447,7 @@ async def _send_hostile_requests(port: int, secrets: dict[str, str]) -> None:
 async def gateway_process(
     fakes: Fakes, tmp_path: Path, **settings: str
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
-    """`python -m gateway.main` against the fakes, with `settings` added to its environment;
+    """`python -m aias.gateway.main` against the fakes, with `settings` added to its environment;
     its log goes to tmp_path/gateway.log."""
     ready = tmp_path / "ready.json"
     env = {
@@ -464,7 +464,7 @@ async def gateway_process(
     }
     with (tmp_path / "gateway.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.main", env=env, stderr=log
+            sys.executable, "-m", "aias.gateway.main", env=env, stderr=log
         )
     try:
         for _ in range(200):

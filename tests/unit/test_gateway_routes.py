@@ -19,18 +19,18 @@ from multidict import CIMultiDict, MultiDict
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.jsonmap import JsonMappingError, descriptor_of, json_to_message, message_to_json
 from aias.execution.v1 import execution_service_pb2 as execution_pb
-from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from gateway.backends import BACKENDS, BackendSpec
-from gateway.binding import build_admission, build_request, parameters
-from gateway.errors import HTTP_STATUS, GatewayError, error_response, from_rpc_error
-from gateway.template import PathTemplate, Router, TemplateError
-from gateway.transcoder import (
+from aias.gateway.backends import BACKENDS, BackendSpec
+from aias.gateway.binding import build_admission, build_request, parameters
+from aias.gateway.errors import HTTP_STATUS, GatewayError, error_response, from_rpc_error
+from aias.gateway.template import PathTemplate, Router, TemplateError
+from aias.gateway.transcoder import (
     RpcRoute,
     TranscodeError,
     build_routes,
     render_unary,
     response_head,
 )
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
 _F = descriptor_pb2.FieldDescriptorProto
 _PACKAGE = "gwtest.v1"

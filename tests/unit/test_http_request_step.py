@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from aias.core.errors import InvalidArgument
-from services.execution.domain import StepDefinition, decode_response, validate_steps
-from services.execution.steps import (
+from aias.services.execution.domain import StepDefinition, decode_response, validate_steps
+from aias.services.execution.steps import (
     STEP_TYPES,
     HttpResponse,
     StepContext,

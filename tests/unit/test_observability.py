@@ -24,7 +24,7 @@ from aias.core.tracing import (
     server_interceptors,
     tracing_enabled,
 )
-from services.execution.metrics import UNKNOWN_PLAN, RunMetrics, WebhookMetrics
+from aias.services.execution.metrics import UNKNOWN_PLAN, RunMetrics, WebhookMetrics
 from tests.tracing import recorded_spans
 
 

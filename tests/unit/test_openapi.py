@@ -6,9 +6,9 @@ import re
 
 from openapi_spec_validator import validate
 
-from gateway.backends import BACKENDS
-from gateway.openapi import build_document, render_docs
-from gateway.transcoder import build_routes
+from aias.gateway.backends import BACKENDS
+from aias.gateway.openapi import build_document, render_docs
+from aias.gateway.transcoder import build_routes
 
 ROUTES = build_routes(BACKENDS)
 DOCUMENT = build_document(ROUTES, "1.2.3")

@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 
 from aias.core.settings import Env, SettingsError
-from gateway.backends import BACKENDS
-from gateway.settings import load_settings
-from services.artifacts import main as artifacts_main
-from services.artifacts.sweeper import SweepConfig
+from aias.gateway.backends import BACKENDS
+from aias.gateway.settings import load_settings
+from aias.services.artifacts import main as artifacts_main
+from aias.services.artifacts.sweeper import SweepConfig
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from aias.core.errors import InvalidArgument
-from services.execution.domain import StepDefinition, decode_payload, validate_steps
-from services.execution.steps import StepContext, StepFailed, canonical_json, run_step
+from aias.services.execution.domain import StepDefinition, decode_payload, validate_steps
+from aias.services.execution.steps import StepContext, StepFailed, canonical_json, run_step
 
 ORDER = {"id": "o-1", "items": [{"sku": "a", "price": 2.5}, {"sku": "b", "price": 4}]}
 

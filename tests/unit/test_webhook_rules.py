@@ -14,8 +14,8 @@ from standardwebhooks import Webhook
 from aias.core import signing
 from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
 from aias.core.protoconv import update_paths
+from aias.services.execution.domain import check_payload, decode_payload
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.execution.domain import check_payload, decode_payload
 
 # The example secret of the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

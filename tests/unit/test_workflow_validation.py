@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aias.core.errors import InvalidArgument
-from services.execution.domain import StepDefinition, validate_steps
+from aias.services.execution.domain import StepDefinition, validate_steps
 
 SHAPE = StepDefinition("shape", "transform", {"expression": "id"})
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from aias.core.destinations import checked_url
 from aias.core.errors import InvalidArgument, clip
-from services.execution.steps import canonical_json
+from aias.services.execution.steps import canonical_json
 
 RUN_FAILED = "run.failed"
 QUOTA_NEAR = "quota.near"

@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, ForeignKey, Identity, LargeBinary, String, fu
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.execution.models import TIMESTAMP, Base
+from aias.services.execution.models import TIMESTAMP, Base
 
 
 class AlertDestinationRow(Base):

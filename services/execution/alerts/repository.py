@@ -12,8 +12,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.pagination import PageCursor, newest_first
-from services.execution.alerts.domain import DeliveryState
-from services.execution.alerts.models import AlertAttemptRow, AlertDestinationRow, AlertEventRow
+from aias.services.execution.alerts.domain import DeliveryState
+from aias.services.execution.alerts.models import (
+    AlertAttemptRow,
+    AlertDestinationRow,
+    AlertEventRow,
+)
 
 
 class AlertRepository:

@@ -16,7 +16,7 @@ from aias.core import signing
 from aias.core.db import Database, SystemPath, follow_notifications
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.version import package_version
-from services.execution.alerts.domain import (
+from aias.services.execution.alerts.domain import (
     MAX_RESPONSE_BYTES,
     DeliveryState,
     RetrySchedule,
@@ -24,8 +24,12 @@ from services.execution.alerts.domain import (
     body,
     delivered,
 )
-from services.execution.alerts.models import AlertAttemptRow, AlertDestinationRow, AlertEventRow
-from services.execution.alerts.repository import AlertRepository, OutboxRepository
+from aias.services.execution.alerts.models import (
+    AlertAttemptRow,
+    AlertDestinationRow,
+    AlertEventRow,
+)
+from aias.services.execution.alerts.repository import AlertRepository, OutboxRepository
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from aias.core import signing
 from aias.core.db import Database, parse_uuid
 from aias.core.errors import FailedPrecondition, NotFound
 from aias.core.pagination import decode_token, next_page_token, page_size
-from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
-from services.execution.alerts.domain import (
+from aias.services.execution.alerts.domain import (
     MAX_DESTINATIONS,
     NEAR_PERCENT,
     QUOTA_EXCEEDED,
@@ -24,9 +23,14 @@ from services.execution.alerts.domain import (
     validate_events,
     validate_url,
 )
-from services.execution.alerts.models import AlertAttemptRow, AlertDestinationRow, AlertEventRow
-from services.execution.alerts.repository import AlertRepository
-from services.execution.service import Page
+from aias.services.execution.alerts.models import (
+    AlertAttemptRow,
+    AlertDestinationRow,
+    AlertEventRow,
+)
+from aias.services.execution.alerts.repository import AlertRepository
+from aias.services.execution.service import Page
+from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
 log = logging.getLogger(__name__)
 

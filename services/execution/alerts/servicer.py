@@ -10,9 +10,9 @@ from aias.core.db import parse_uuid
 from aias.core.protoconv import struct, timestamp
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
-from services.execution.alerts.domain import DeliveryState, envelope
-from services.execution.alerts.models import AlertAttemptRow, AlertDestinationRow
-from services.execution.alerts.service import AlertService, DeliveryView
+from aias.services.execution.alerts.domain import DeliveryState, envelope
+from aias.services.execution.alerts.models import AlertAttemptRow, AlertDestinationRow
+from aias.services.execution.alerts.service import AlertService, DeliveryView
 
 DELIVERY_STATE = {
     state: pb.AlertDeliveryState.Value(f"ALERT_DELIVERY_STATE_{state.name}")
