@@ -38,6 +38,25 @@ def _checkout(revision: str, root: Path) -> Path:
     shutil.rmtree(folder / "bench", ignore_errors=True)
     shutil.copytree(REPO / "bench", folder / "bench", ignore=shutil.ignore_patterns("results"))
     subprocess.run([sys.executable, "-m", "aias.core.protogen"], cwd=folder, check=True)
+    # The links `make` creates (git ignores them): without them `aias.services` and
+    # `aias.gateway` resolve through the editable install to *this* checkout's code.
+    for package in ("services", "gateway"):
+        (folder / "aias" / package).symlink_to(Path("..") / package)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import aias.core, aias.services, aias.gateway as g; "
+            "print(*(m.__path__[0] for m in (aias.core, aias.services, g)))",
+        ],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not all(Path(path).resolve().is_relative_to(folder.resolve()) for path in where):
+        raise RuntimeError(f"{revision}: the code imported is not the checkout's: {where}")
     return folder
 
 
