@@ -18,7 +18,7 @@ from aias.core.launcher import PROCESSES, Stack
 from aias.services.artifacts.s3store import S3BlobStore
 from tests.conftest import INTERNAL_TOKEN
 from tests.e2e.client import ORDER, expect, new_endpoint, new_tenant, wait_for_run
-from tests.e2e.conftest import ADMIN_TOKEN
+from tests.e2e.conftest import ADMIN_TOKEN, USED_SECRETS
 from tests.e2e.database import fresh_database
 from tests.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, new_bucket, s3_settings
 from tests.stored_blobs import blob_digests, read_blob
@@ -67,6 +67,11 @@ def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iter
             yield S3Suite(stack, data_dir, s3_endpoint, bucket)
         finally:
             assert stack.stop() == dict.fromkeys(ports, 0)
+    # The store's credentials, like every other secret, appear in no process's log.
+    secrets = (SECRET_ACCESS_KEY, *USED_SECRETS, ADMIN_TOKEN, INTERNAL_TOKEN)
+    for log in (data_dir / "logs").iterdir():
+        text = log.read_text(errors="replace")
+        assert not [secret[:12] for secret in secrets if secret in text], log.name
 
 
 @pytest.fixture
