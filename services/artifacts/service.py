@@ -170,9 +170,7 @@ class ArtifactsService:
             # The blob row is committed, its grace period restarted, before the file can
             # exist, so a file left behind by a failure below is one the sweeper knows of.
             async with self._db.tenant(tenant_id) as session:
-                repo = ArtifactRepository(session)
-                await repo.add_blob_if_absent(tenant_id, written)
-                await repo.keep_unreferenced(written.sha256)
+                await ArtifactRepository(session).record_blob(tenant_id, written)
             reserved, referenced = 0, False
             try:
                 async with self._db.tenant(tenant_id) as session:
@@ -376,10 +374,9 @@ async def _one(content: bytes) -> AsyncIterator[bytes]:
 async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:
     """Locks the blob's row, made again if the sweeper deleted it since it was last seen;
     returns how many artifacts name it."""
-    while True:
+    while (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is None:
         await repo.add_blob_if_absent(tenant_id, blob)
-        if (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is not None:
-            return refcount
+    return refcount
 
 
 async def _remove(

@@ -773,6 +773,31 @@ async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None
     assert list(listed.artifacts) == []
 
 
+async def test_a_burst_of_uploads_checks_every_run_against_its_tenant(served: Served) -> None:
+    # Overlapping uploads of several tenants' runs and of no run: each gets its own answer.
+    owner, other = await served.new_tenant(), await served.new_tenant()
+    workflow = await served.new_workflow(owner)
+    runs = [await served.new_run(owner, workflow) for _ in range(12)]
+    foreign = [await served.new_run(other) for _ in range(3)]
+    missing = [uuid.uuid4() for _ in range(3)]
+    burst = [*runs, *foreign, *missing]
+    results = await asyncio.gather(
+        *(store(served, owner, run, "out.json", str(run).encode()) for run in burst),
+        return_exceptions=True,
+    )
+
+    stored = results[: len(runs)]
+    assert all(isinstance(r, pb.Artifact) and r.workflow_id == str(workflow) for r in stored)
+    refused = results[len(runs) :]
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "RUN_NOT_FOUND" for r in refused
+    )
+    listed = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(page_size=100), metadata=as_tenant(owner)
+    )
+    assert sorted(a.run_id for a in listed.artifacts) == sorted(str(r) for r in runs)
+
+
 def as_role(tenant_id: uuid.UUID, role: str) -> tuple[tuple[str, str], ...]:
     """What the gateway sends for a tenant's API key with this role."""
     return (*as_tenant(tenant_id), ("x-aias-role", role))
