@@ -27,9 +27,10 @@ from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
 from aias.services.artifacts.blobstore import BlobStore
-from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
+from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES, MAX_STORE_BYTES
 from aias.services.artifacts.main import ArtifactsSettings, build_server, build_store
 from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES
 from aias.services.artifacts.runs import RunOwners
 from aias.services.artifacts.service import ArtifactsService
 from aias.services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
@@ -241,6 +242,20 @@ async def upload(
     return await send(
         served, tenant_id, [first, *(pb.UploadArtifactRequest(chunk=c) for c in chunks)]
     )
+
+
+async def store(
+    served: Served, tenant_id: uuid.UUID, run_id: uuid.UUID, name: str, content: bytes
+) -> pb.Artifact:
+    """StoreArtifact: the whole content in one message."""
+    request = pb.StoreArtifactRequest(
+        metadata=metadata_message(run_id, name, media_type="application/octet-stream").metadata,
+        content=content,
+    )
+    response: pb.StoreArtifactResponse = await served.stub.StoreArtifact(
+        request, metadata=as_tenant(tenant_id)
+    )
+    return response.artifact
 
 
 async def download(
@@ -708,6 +723,59 @@ async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Ser
     )
 
 
+async def test_overlapping_uploads_reserve_in_blocks_yet_fill_the_quota_exactly(
+    served: Served,
+) -> None:
+    # A limit above one block: the first overlapping uploads get blocks, the last ones exact
+    # grants, and the uploads past the limit are refused.
+    size = 200 * KIB
+    limit = DEFAULT_BLOCK_BYTES + MIB
+    tenant = await served.new_tenant("enterprise")
+    await served.tenancy.set_limits(tenant, artifact_storage_bytes=limit)
+    run = await served.new_run(tenant)
+    results = await asyncio.gather(
+        *(store(served, tenant, run, f"{i}.bin", os.urandom(size)) for i in range(30)),
+        return_exceptions=True,
+    )
+    stored = [r for r in results if isinstance(r, pb.Artifact)]
+    assert len(stored) == limit // size
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "QUOTA_EXCEEDED"
+        for r in results
+        if r not in stored
+    )
+    # What the burst held beyond its uploads went back when it ended.
+    assert await served.storage_used(tenant) == len(stored) * size
+
+
+async def test_store_artifact_is_an_upload_in_one_message(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+    content = b'{"order": 7}'
+
+    stored = await store(served, tenant, run, "out.json", content)
+    # The same artifact streamed again is the same one.
+    streamed = await upload(served, tenant, run, "out.json", [content])
+
+    assert stored.id == streamed.id
+    assert (stored.size_bytes, stored.sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    _headers, body = await download(served, tenant, stored.id)
+    assert b"".join(message.data for message in body) == content
+    assert await served.storage_used(tenant) == len(content)
+
+
+async def test_store_artifact_refuses_content_for_a_stream(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await store(served, tenant, run, "big.bin", bytes(MAX_STORE_BYTES + 1))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "CONTENT_TOO_LARGE"
+    assert await served.stored(tenant) == []
+
+
 async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None:
     owner, intruder = await served.new_tenant(), await served.new_tenant()
     run = await served.new_run(owner)
@@ -721,6 +789,31 @@ async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None
         pb.ListArtifactsRequest(), metadata=as_tenant(intruder)
     )
     assert list(listed.artifacts) == []
+
+
+async def test_a_burst_of_uploads_checks_every_run_against_its_tenant(served: Served) -> None:
+    # Overlapping uploads of several tenants' runs and of no run: each gets its own answer.
+    owner, other = await served.new_tenant(), await served.new_tenant()
+    workflow = await served.new_workflow(owner)
+    runs = [await served.new_run(owner, workflow) for _ in range(12)]
+    foreign = [await served.new_run(other) for _ in range(3)]
+    missing = [uuid.uuid4() for _ in range(3)]
+    burst = [*runs, *foreign, *missing]
+    results = await asyncio.gather(
+        *(store(served, owner, run, "out.json", str(run).encode()) for run in burst),
+        return_exceptions=True,
+    )
+
+    stored = results[: len(runs)]
+    assert all(isinstance(r, pb.Artifact) and r.workflow_id == str(workflow) for r in stored)
+    refused = results[len(runs) :]
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "RUN_NOT_FOUND" for r in refused
+    )
+    listed = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(page_size=100), metadata=as_tenant(owner)
+    )
+    assert sorted(a.run_id for a in listed.artifacts) == sorted(str(r) for r in runs)
 
 
 def as_role(tenant_id: uuid.UUID, role: str) -> tuple[tuple[str, str], ...]:
