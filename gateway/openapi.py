@@ -303,6 +303,20 @@ _FIXED: Mapping[str, tuple[str, str]] = {
 }
 
 
+def _head_of(get: Mapping[str, Any]) -> dict[str, Any]:
+    """The HEAD twin the gateway answers for every GET: the same parameters, security and
+    statuses, and no body."""
+    head = {key: value for key, value in get.items() if key not in ("responses", "description")}
+    head["operationId"] = f"{get['operationId']}_Head"
+    head["summary"] = f"{get['summary']} (headers only)"
+    head["description"] = "The headers the GET of this path would answer, without its body."
+    head["responses"] = {
+        status: {"description": response["description"]}
+        for status, response in get["responses"].items()
+    }
+    return head
+
+
 def build_document(routes: Iterable[RpcRoute], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes` and the gateway's own fixed routes."""
     comments = proto_comments()
@@ -328,6 +342,9 @@ def build_document(routes: Iterable[RpcRoute], version: str) -> dict[str, Any]:
                 },
             }
         }
+    for operations in paths.values():
+        if "get" in operations:
+            operations["head"] = _head_of(operations["get"])
     schemas.components[ERROR_SCHEMA] = _error_schema()
     return {
         "openapi": "3.1.0",

@@ -88,6 +88,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         # Billing raises billing.past_due with it; an internal caller names any tenant.
         _E + "RaiseAlert": Rule.INTERNAL,
         _A + "UploadArtifact": Rule.INTERNAL,
+        _A + "StoreArtifact": Rule.INTERNAL,
         _A + "GetArtifact": Rule.MEMBER,
         _A + "ListArtifacts": Rule.MEMBER,
         _A + "DownloadArtifact": Rule.MEMBER,

@@ -19,6 +19,8 @@ from aias.core.errors import (
 from aias.core.text import checked_file_name
 
 MAX_CHUNK_BYTES = 1024 * 1024
+# Content stored in one message (StoreArtifact) rather than a stream: small step outputs.
+MAX_STORE_BYTES = 512 * 1024
 # Downloads go in messages this large: per byte, larger messages cost less in each hop (64 KiB
 # ones held downloads near 200 MiB/s), and 1 MiB ones were no faster but held more memory.
 DOWNLOAD_CHUNK_BYTES = 256 * 1024
@@ -165,6 +167,16 @@ def check_chunk(chunk: bytes) -> bytes:
             "CHUNK_TOO_LARGE", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes, got {len(chunk)}"
         )
     return chunk
+
+
+def check_content(content: bytes) -> bytes:
+    if len(content) > MAX_STORE_BYTES:
+        raise InvalidArgument(
+            "CONTENT_TOO_LARGE",
+            f"StoreArtifact takes at most {MAX_STORE_BYTES} bytes, got {len(content)}; "
+            "use UploadArtifact for more",
+        )
+    return content
 
 
 def content_disposition(name: str) -> str:

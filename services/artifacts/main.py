@@ -17,6 +17,7 @@ from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, 
 from aias.core.settings import Env, ServerSettings
 from aias.services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
 from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES, StorageQuota
 from aias.services.artifacts.runs import RunOwners
 from aias.services.artifacts.s3settings import (
     DEFAULT_PART_BYTES,
@@ -46,6 +47,9 @@ class ArtifactsSettings:
     # An upload untouched this long was abandoned; the sweep removes what it left.
     temp_max_age_seconds: float = 3600.0
     temp_sweep_seconds: float = 600.0
+    # Storage reserved at tenancy in blocks of this many bytes while a tenant's uploads
+    # overlap; 0 reserves each upload's bytes on their own.
+    storage_block_bytes: int = DEFAULT_BLOCK_BYTES
 
 
 # Below a second the sweeper's cross-tenant queries would run back to back for nothing.
@@ -74,6 +78,9 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         s3=_s3_settings(env),
         temp_max_age_seconds=env.number("AIAS_ARTIFACTS_TEMP_MAX_AGE_SECONDS", 3600.0, minimum=60),
         temp_sweep_seconds=env.number("AIAS_ARTIFACTS_TEMP_SWEEP_SECONDS", 600.0, minimum=1),
+        storage_block_bytes=env.integer(
+            "AIAS_ARTIFACTS_STORAGE_BLOCK_BYTES", DEFAULT_BLOCK_BYTES, minimum=0, maximum=1 << 40
+        ),
     )
     env.check()
     return settings
@@ -138,13 +145,15 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
+    usage = UsageClient(tenancy)
     service = ArtifactsService(
         db,
         blobs,
         entitlements,
-        UsageClient(tenancy),
+        usage,
         RunOwners(execution),
         ArtifactMetrics(registry),
+        StorageQuota(usage, settings.storage_block_bytes),
     )
     servicer = ArtifactsServicer(service)
     abandoned = TemporarySweep(blobs, settings.temp_max_age_seconds, settings.temp_sweep_seconds)

@@ -70,12 +70,17 @@ class ArtifactRepository:
             .on_conflict_do_nothing(index_elements=[BlobRow.tenant_id, BlobRow.sha256])
         )
 
-    async def keep_unreferenced(self, sha256: str) -> None:
-        """Restarts the sweeper's grace period of a blob no artifact names (if it is one)."""
+    async def record_blob(self, tenant_id: uuid.UUID, blob: StoredBlob) -> None:
+        """Records content about to be stored, or restarts the sweeper's grace period of
+        content already recorded that no artifact names; one statement."""
         await self._session.execute(
-            update(BlobRow)
-            .where(BlobRow.sha256 == sha256, BlobRow.refcount == 0)
-            .values(unreferenced_time=func.now())
+            insert(BlobRow)
+            .values(tenant_id=tenant_id, sha256=blob.sha256, size_bytes=blob.size)
+            .on_conflict_do_update(
+                index_elements=[BlobRow.tenant_id, BlobRow.sha256],
+                set_={"unreferenced_time": func.now()},
+                where=BlobRow.refcount == 0,
+            )
         )
 
     async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:

@@ -15,12 +15,7 @@ from typing import Protocol, TypeVar
 
 from aias.core.context import run_id_var
 from aias.core.db import Database, SystemPath, parse_uuid
-from aias.core.entitlements import (
-    EntitlementsCache,
-    TenantEntitlements,
-    UsageClient,
-    quota_exceeded,
-)
+from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.errors import AlreadyExists, DataLoss, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
 from aias.services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
@@ -33,12 +28,14 @@ from aias.services.artifacts.domain import (
     DownloadRequest,
     UploadSpec,
     check_chunk,
+    check_content,
     check_workflow,
     kept_for,
     plan_download,
     validate_upload,
 )
 from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.quota import StorageQuota
 from aias.services.artifacts.repository import ArtifactRepository, SweepRepository
 from aias.services.artifacts.runs import RunOwners
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
@@ -130,8 +127,10 @@ class ArtifactsService:
         usage: UsageClient,
         runs: RunOwners,
         metrics: ArtifactMetrics,
+        storage: StorageQuota | None = None,
     ) -> None:
         self._metrics = metrics
+        self._storage = storage or StorageQuota(usage)
         self._db = db
         self._blobs = blobs
         self._entitlements = entitlements
@@ -148,6 +147,15 @@ class ArtifactsService:
         zero. Content new to the tenant (or no longer named by any artifact) is reserved at
         tenancy before it becomes visible, so an upload over the quota stores nothing.
         """
+        return await self._store(tenant_id, spec, _read_ahead(chunks, UPLOAD_READ_AHEAD))
+
+    async def store(self, tenant_id: uuid.UUID, spec: UploadSpec, content: bytes) -> Artifact:
+        """`upload` of content that came in one message."""
+        return await self._store(tenant_id, spec, _one(check_content(content)))
+
+    async def _store(
+        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterator[bytes]
+    ) -> Artifact:
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
         workflow_id = check_workflow(new, await self._runs.workflow_of(tenant_id, new.run_id))
@@ -155,16 +163,14 @@ class ArtifactsService:
         new = replace(
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)
         )
-        async with self._blobs.writer(tenant_id) as writer:
-            async for chunk in _read_ahead(chunks, UPLOAD_READ_AHEAD):
+        async with self._storage.uploading(tenant_id), self._blobs.writer(tenant_id) as writer:
+            async for chunk in chunks:
                 await writer.write(check_chunk(chunk))
             written = writer.written()
             # The blob row is committed, its grace period restarted, before the file can
             # exist, so a file left behind by a failure below is one the sweeper knows of.
             async with self._db.tenant(tenant_id) as session:
-                repo = ArtifactRepository(session)
-                await repo.add_blob_if_absent(tenant_id, written)
-                await repo.keep_unreferenced(written.sha256)
+                await ArtifactRepository(session).record_blob(tenant_id, written)
             reserved, referenced = 0, False
             try:
                 async with self._db.tenant(tenant_id) as session:
@@ -175,7 +181,7 @@ class ArtifactsService:
                     # under it before the count rises, so a blob the sweeper is freeing is
                     # stored again by the upload that waited for it, never lost.
                     if await _locked_refcount(repo, tenant_id, written) == 0 and written.size:
-                        reserved = await self._reserve_storage(entitlements, written.size)
+                        reserved = await self._storage.reserve(entitlements, written.size)
                     blob = await writer.commit()
                     stored = await repo.add_if_absent(tenant_id, new, workflow_id, blob)
                     if stored is not None:
@@ -184,12 +190,12 @@ class ArtifactsService:
                     else:
                         stored = await repo.by_identity(new.run_id, new.step_id, new.name)
             except BaseException:
-                await self._release(tenant_id, reserved)
+                self._storage.give_back(tenant_id, reserved)
                 raise
-        if not referenced:
-            # An artifact of this run, step and name existed already: nothing new names the
-            # content, so what was reserved for it goes back.
-            await self._release(tenant_id, reserved)
+            if not referenced:
+                # An artifact of this run, step and name existed already: nothing new names
+                # the content, so what was reserved for it goes back.
+                self._storage.give_back(tenant_id, reserved)
         if stored is None:
             # The conflicting row was deleted (by retention) between the insert and the read.
             raise Unavailable("ARTIFACT_CONFLICT_RACE", "the upload raced a deletion; retry it")
@@ -273,24 +279,6 @@ class ArtifactsService:
 
     async def _release(self, tenant_id: uuid.UUID, amount: int) -> None:
         await self._usage.release(tenant_id, tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES, amount)
-
-    async def _reserve_storage(self, entitlements: TenantEntitlements, size: int) -> int:
-        reply = await self._usage.reserve(
-            entitlements.tenant_id,
-            tenancy_pb.METRIC_ARTIFACT_STORAGE_BYTES,
-            size,
-            partial=False,
-        )
-        if reply.granted == 0:
-            raise quota_exceeded(
-                "artifact_storage_bytes",
-                reply.limit,
-                entitlements.plan,
-                f"storing {size} more bytes would exceed the storage quota "
-                f"({reply.used} bytes used)",
-                None,
-            )
-        return int(reply.granted)
 
     async def get_artifact(self, tenant_id: uuid.UUID, artifact_id: str) -> Artifact:
         aid = parse_uuid(artifact_id, "artifact_id")
@@ -379,13 +367,16 @@ async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator
             await receiving
 
 
+async def _one(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
 async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:
     """Locks the blob's row, made again if the sweeper deleted it since it was last seen;
     returns how many artifacts name it."""
-    while True:
+    while (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is None:
         await repo.add_blob_if_absent(tenant_id, blob)
-        if (refcount := (await repo.lock_blobs([blob.sha256])).get(blob.sha256)) is not None:
-            return refcount
+    return refcount
 
 
 async def _remove(

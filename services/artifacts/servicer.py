@@ -109,6 +109,17 @@ def add_to_server(servicer: ArtifactsServicer, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(caught.service, handlers)
 
 
+def _spec(metadata: pb.UploadArtifactMetadata) -> UploadSpec:
+    return UploadSpec(
+        run_id=metadata.run_id,
+        workflow_id=metadata.workflow_id,
+        step_id=metadata.step_id,
+        name=metadata.name,
+        media_type=metadata.media_type,
+        retention_days=metadata.retention_days,
+    )
+
+
 class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
     def __init__(self, service: ArtifactsService) -> None:
         self._service = service
@@ -125,16 +136,16 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
             raise InvalidArgument(
                 "UPLOAD_METADATA_FIRST", "the first message of an upload must carry the metadata"
             )
-        spec = UploadSpec(
-            run_id=first.metadata.run_id,
-            workflow_id=first.metadata.workflow_id,
-            step_id=first.metadata.step_id,
-            name=first.metadata.name,
-            media_type=first.metadata.media_type,
-            retention_days=first.metadata.retention_days,
-        )
-        artifact = await self._service.upload(tenant_id, spec, _chunks(messages))
+        artifact = await self._service.upload(tenant_id, _spec(first.metadata), _chunks(messages))
         return pb.UploadArtifactResponse(artifact=artifact_pb(artifact))
+
+    async def StoreArtifact(
+        self, request: pb.StoreArtifactRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StoreArtifactResponse:
+        artifact = await self._service.store(
+            require_tenant(), _spec(request.metadata), request.content
+        )
+        return pb.StoreArtifactResponse(artifact=artifact_pb(artifact))
 
     async def GetArtifact(
         self, request: pb.GetArtifactRequest, context: grpc.aio.ServicerContext

@@ -54,6 +54,9 @@ NOTIFY_CHANNEL = "aias_run_queue"
 # A cancellation asked for while a worker holds the run (migration execution_0003).
 CANCEL_CHANNEL = "aias_run_cancel"
 UPLOAD_CHUNK = 256 * 1024
+# Artifacts up to this size go in one StoreArtifact message, not a stream (the service takes
+# up to 512 KiB that way; a stream per small file cost more than the file).
+STORE_BYTES = UPLOAD_CHUNK
 # Tenants one claim considers. With more tenants waiting, the claims after it serve the rest in
 # turn, so a run waits at most (tenants waiting / CLAIM_TENANTS) claims for its tenant's turn.
 CLAIM_TENANTS = 16
@@ -94,6 +97,9 @@ class WorkerConfig:
     step_output_bytes: int = 16 * 2**20
     # Where http_request steps may go besides public addresses (AIAS_HTTP_STEP_ALLOW).
     http_allow: AddressPolicy = field(default_factory=AddressPolicy)
+    # Artifacts up to this many bytes are stored in one message, larger ones streamed (0:
+    # every one streamed).
+    store_bytes: int = STORE_BYTES
 
 
 @dataclass
@@ -524,23 +530,29 @@ class Worker:
         return await self._steps.run(read, limits)
 
     async def _upload(self, run: ClaimedRun, step_id: str, artifact: ArtifactOutput) -> None:
+        metadata = artifacts_pb.UploadArtifactMetadata(
+            run_id=str(run.id),
+            workflow_id=str(run.workflow_id),
+            step_id=step_id,
+            name=artifact.name,
+            media_type=artifact.media_type,
+        )
+
         async def messages() -> AsyncIterator[artifacts_pb.UploadArtifactRequest]:
-            yield artifacts_pb.UploadArtifactRequest(
-                metadata=artifacts_pb.UploadArtifactMetadata(
-                    run_id=str(run.id),
-                    workflow_id=str(run.workflow_id),
-                    step_id=step_id,
-                    name=artifact.name,
-                    media_type=artifact.media_type,
-                )
-            )
+            yield artifacts_pb.UploadArtifactRequest(metadata=metadata)
             for offset in range(0, len(artifact.content), UPLOAD_CHUNK):
                 yield artifacts_pb.UploadArtifactRequest(
                     chunk=artifact.content[offset : offset + UPLOAD_CHUNK]
                 )
 
         try:
-            await self._artifacts.UploadArtifact(messages(), timeout=60)
+            if self._config.store_bytes and len(artifact.content) <= self._config.store_bytes:
+                await self._artifacts.StoreArtifact(
+                    artifacts_pb.StoreArtifactRequest(metadata=metadata, content=artifact.content),
+                    timeout=60,
+                )
+            else:
+                await self._artifacts.UploadArtifact(messages(), timeout=60)
         except grpc.aio.AioRpcError as error:
             if error.code() in _RETRYABLE:
                 raise RetryableError(f"artifact upload failed: {error.details()}") from None

@@ -15,7 +15,7 @@ from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
 from aias.services.execution.metrics import QueueSampler, RunMetrics
 from aias.services.execution.sandbox import StepRunner
-from aias.services.execution.worker import Worker, WorkerConfig, new_worker_id
+from aias.services.execution.worker import STORE_BYTES, Worker, WorkerConfig, new_worker_id
 
 MIB = 2**20
 # The claim loop, the ledger and reads of workflow versions: a few connections at any concurrency.
@@ -57,6 +57,9 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
                 "AIAS_STEP_OUTPUT_BYTES", 16 * MIB, minimum=1024, maximum=2**31
             ),
             http_allow=env.parsed(ALLOW_SETTING, AddressPolicy.parse, AddressPolicy()),
+            store_bytes=env.integer(
+                "AIAS_WORKER_STORE_ARTIFACT_BYTES", STORE_BYTES, minimum=0, maximum=STORE_BYTES
+            ),
         ),
         step_processes=env.integer("AIAS_STEP_PROCESSES", concurrency, minimum=1, maximum=256),
         # Below 64 MiB the interpreter and the step libraries alone would not fit.

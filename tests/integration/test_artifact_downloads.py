@@ -32,6 +32,7 @@ from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Execution, Tenancy, running
 from tests.s3_server import new_bucket, s3_settings
+from tests.stored_blobs import temporaries
 
 MIB = 1024 * 1024
 SIZE = 300_000
@@ -124,16 +125,7 @@ class Site:
             )
 
     async def leftovers(self) -> list[str]:
-        store = self.store
-        if isinstance(store, FilesystemBlobStore):
-            return [str(path) for path in store.root.glob(f"{self.tenant}/tmp/*")]
-        uploads = await store.client.list_multipart_uploads(Bucket=store.bucket)
-        objects = await store.client.list_objects_v2(
-            Bucket=store.bucket, Prefix=f"{store.prefix}tmp/"
-        )
-        return [u["Key"] for u in uploads.get("Uploads", [])] + [
-            o["Key"] for o in objects.get("Contents", [])
-        ]
+        return await temporaries(self.store, self.tenant)
 
 
 @pytest.fixture(scope="module", params=["filesystem", "s3"])

@@ -1,4 +1,5 @@
-"""The artifacts service over real gRPC, against a real PostgreSQL and a real blob directory."""
+"""The artifacts service over real gRPC, against a real PostgreSQL, on both blob backends (a
+directory, and a bucket of a local S3-compatible server)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import asyncio
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import cast
 
 import grpc
@@ -26,10 +26,11 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
-from aias.services.artifacts.blobstore import FilesystemBlobStore
-from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES
-from aias.services.artifacts.main import ArtifactsSettings, build_server
+from aias.services.artifacts.blobstore import BlobStore
+from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES, MAX_STORE_BYTES
+from aias.services.artifacts.main import ArtifactsSettings, build_server, build_store
 from aias.services.artifacts.metrics import ArtifactMetrics
+from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES
 from aias.services.artifacts.runs import RunOwners
 from aias.services.artifacts.service import ArtifactsService
 from aias.services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
@@ -37,6 +38,8 @@ from aias.services.execution import main as execution_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from tests.conftest import INTERNAL_TOKEN, server_settings
 from tests.integration.servers import Tenancy, running
+from tests.s3_server import new_bucket, s3_settings
+from tests.stored_blobs import blob_digests, read_blob, temporaries
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -45,7 +48,8 @@ MIB = 1024 * KIB
 @dataclass
 class Served:
     stub: pb_grpc.ArtifactsServiceAsyncStub
-    blob_root: Path
+    # The tests' own handle on the storage the server uses, to look at and remove what it holds.
+    store: BlobStore
     tenancy: Tenancy
     db: Database
     sweeper: Sweeper
@@ -99,16 +103,31 @@ class Served:
         """Contents the tests' sweeper has deleted, as its metric counts them."""
         return self.sweeper_registry.get_sample_value("aias_artifact_blobs_freed_total") or 0.0
 
-    def blob_files(self, tenant: uuid.UUID) -> list[str]:
-        return sorted(p.name for p in files_under(self.blob_root / str(tenant) / "sha256"))
+    async def blob_files(self, tenant: uuid.UUID) -> list[str]:
+        """The digests of the tenant's blobs in storage."""
+        return await blob_digests(self.store, tenant)
+
+    async def stored(self, tenant: uuid.UUID) -> list[str]:
+        """Everything the storage holds for the tenant: blobs and uploads' temporary data."""
+        return [*await self.blob_files(tenant), *await temporaries(self.store, tenant)]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["filesystem", "s3"])
 async def served(
-    database: LocalDatabase, tmp_path_factory: pytest.TempPathFactory, tenancy: Tenancy
+    request: pytest.FixtureRequest,
+    database: LocalDatabase,
+    tmp_path_factory: pytest.TempPathFactory,
+    tenancy: Tenancy,
+    s3_endpoint: str,
 ) -> AsyncIterator[Served]:
-    """The real server, built by the production factory, on an ephemeral port."""
+    """The real server, built by the production factory, on an ephemeral port, storing blobs
+    in a directory or in a bucket of its own; every test makes its own tenants in it."""
     blob_root = tmp_path_factory.mktemp("artifacts")
+    s3 = (
+        s3_settings(s3_endpoint, await new_bucket(s3_endpoint), "blobs")
+        if request.param == "s3"
+        else None
+    )
     execution = await execution_main.build_server(
         execution_main.ExecutionSettings(
             server_settings("execution"),
@@ -131,7 +150,10 @@ async def served(
             # The server's own sweeper expires artifacts often, alongside the tests' uploads and
             # deletions, but frees no blob: tests that free blobs run a sweep themselves.
             sweep=SweepConfig(interval_seconds=0.2, blob_grace=timedelta(hours=1)),
+            s3=s3,
         )
+        store = build_store(settings)
+        await store.prepare()
         async with running(await build_server(settings)) as address:
             channel = internal_channel(address, INTERNAL_TOKEN)
             tenancy_channel = internal_channel(tenancy.address, INTERNAL_TOKEN)
@@ -139,7 +161,7 @@ async def served(
             # A second replica's sweeper, with a small batch, so a sweep can be run on demand.
             replica = ArtifactsService(
                 db,
-                FilesystemBlobStore(blob_root),
+                store,
                 EntitlementsCache(tenancy_channel, 0.0),
                 UsageClient(tenancy_channel),
                 RunOwners(execution_channel),
@@ -151,10 +173,11 @@ async def served(
             )
             # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
             stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-            yield Served(stub, blob_root, tenancy, db, sweeper, registry)
+            yield Served(stub, store, tenancy, db, sweeper, registry)
             for opened in (channel, tenancy_channel, execution_channel):
                 await opened.close()
     await db.close()
+    await store.close()
 
 
 def as_tenant(tenant_id: uuid.UUID) -> tuple[tuple[str, str], ...]:
@@ -221,6 +244,20 @@ async def upload(
     )
 
 
+async def store(
+    served: Served, tenant_id: uuid.UUID, run_id: uuid.UUID, name: str, content: bytes
+) -> pb.Artifact:
+    """StoreArtifact: the whole content in one message."""
+    request = pb.StoreArtifactRequest(
+        metadata=metadata_message(run_id, name, media_type="application/octet-stream").metadata,
+        content=content,
+    )
+    response: pb.StoreArtifactResponse = await served.stub.StoreArtifact(
+        request, metadata=as_tenant(tenant_id)
+    )
+    return response.artifact
+
+
 async def download(
     served: Served, tenant_id: uuid.UUID, artifact_id: str
 ) -> tuple[dict[str, str], list[httpbody_pb2.HttpBody]]:
@@ -232,14 +269,10 @@ async def download(
     return headers, messages
 
 
-def files_under(path: Path) -> list[Path]:
-    return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
-
-
-async def eventually(condition: str, check: Callable[[], bool]) -> None:
-    """Polls for server-side work on disk, which the client cannot observe through the RPC."""
+async def eventually(condition: str, check: Callable[[], Awaitable[bool]]) -> None:
+    """Polls for server-side work in storage, which the client cannot observe through the RPC."""
     for _ in range(250):
-        if check():
+        if await check():
             return
         await asyncio.sleep(0.02)
     pytest.fail(f"timed out after 5 s waiting for {condition}")
@@ -367,8 +400,7 @@ async def test_multi_mebibyte_upload_streams_back_in_bounded_chunks(served: Serv
     assert max(len(m.data) for m in messages) <= DOWNLOAD_CHUNK_BYTES
     assert len(messages) >= len(content) // DOWNLOAD_CHUNK_BYTES
     assert headers["x-http-header-content-length"] == str(len(content))
-    blob = served.blob_root / str(tenant) / "sha256" / digest[:2] / digest
-    assert blob.read_bytes() == content
+    assert await read_blob(served.store, tenant, digest) == content
 
 
 async def test_upload_must_start_with_metadata(served: Served) -> None:
@@ -387,7 +419,7 @@ async def test_upload_must_start_with_metadata(served: Served) -> None:
         assert reason(caught.value) == "UPLOAD_METADATA_FIRST"
     assert metadata_twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason(metadata_twice.value) == "UPLOAD_CHUNK_EXPECTED"
-    assert files_under(served.blob_root / str(tenant)) == []
+    assert await served.stored(tenant) == []
 
 
 @pytest.mark.parametrize(
@@ -426,7 +458,7 @@ async def test_oversized_chunk_is_refused_and_leaves_nothing(served: Served) -> 
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason(caught.value) == "CHUNK_TOO_LARGE"
-    assert files_under(served.blob_root / str(tenant)) == []
+    assert await served.stored(tenant) == []
     listed: pb.ListArtifactsResponse = await served.stub.ListArtifacts(
         pb.ListArtifactsRequest(), metadata=as_tenant(tenant)
     )
@@ -441,7 +473,7 @@ async def test_reupload_with_same_content_returns_the_first_artifact(served: Ser
     again = await upload(served, tenant, run, "out.json", [b"[1,", b"2,3]"])
 
     assert again == first
-    assert len(files_under(served.blob_root / str(tenant) / "sha256")) == 1
+    assert await served.blob_files(tenant) == [first.sha256]
 
 
 async def test_identical_content_under_two_names_is_stored_once(served: Served) -> None:
@@ -453,7 +485,7 @@ async def test_identical_content_under_two_names_is_stored_once(served: Served) 
 
     assert a.id != b.id
     assert a.sha256 == b.sha256
-    assert len(files_under(served.blob_root / str(tenant) / "sha256")) == 1
+    assert await served.blob_files(tenant) == [a.sha256]
 
 
 async def test_reupload_with_different_content_is_refused(served: Served) -> None:
@@ -602,8 +634,7 @@ async def test_malformed_ids_and_missing_tenant_are_refused(served: Served) -> N
 async def test_missing_blob_is_reported_not_streamed(served: Served) -> None:
     tenant = await served.new_tenant()
     artifact = await upload(served, tenant, await served.new_run(tenant), "gone.json", [b"{}"])
-    blob = served.blob_root / str(tenant) / "sha256" / artifact.sha256[:2] / artifact.sha256
-    blob.unlink()
+    await served.store.delete(tenant, artifact.sha256)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await download(served, tenant, artifact.id)
@@ -617,28 +648,31 @@ async def test_cancelled_upload_leaves_no_row_blob_or_temp_file(
 ) -> None:
     tenant = await served.new_tenant()
     run = await served.new_run(tenant)
-    tenant_dir = served.blob_root / str(tenant)
     release = asyncio.Event()
 
     async def stalled() -> AsyncIterator[pb.UploadArtifactRequest]:
         yield metadata_message(run, "partial.bin")
-        for _ in range(4):
+        # More than one S3 part, so that store has started a multipart upload too.
+        for _ in range(6 * MIB // (256 * KIB)):
             yield pb.UploadArtifactRequest(chunk=os.urandom(256 * KIB))
         await release.wait()
 
+    async def uploading() -> bool:
+        return bool(await temporaries(served.store, tenant))
+
+    async def discarded() -> bool:
+        return await served.stored(tenant) == []
+
     call = served.stub.UploadArtifact(stalled(), metadata=as_tenant(tenant))
     try:
-        await eventually(
-            "the server to write the temp file",
-            lambda: any(p.stat().st_size > 0 for p in files_under(tenant_dir / "tmp")),
-        )
+        await eventually("the server to write temporary data", uploading)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
     finally:
         release.set()
 
-    await eventually("the server to discard the upload", lambda: files_under(tenant_dir) == [])
+    await eventually("the server to discard the upload", discarded)
     async with app_db.tenant(tenant) as session:
         rows = await session.scalar(
             text("SELECT count(*) FROM artifacts.artifacts WHERE run_id = :run"), {"run": run}
@@ -666,8 +700,7 @@ async def test_storage_quota_counts_new_content_once_and_stores_nothing_over_it(
         pb.ListArtifactsRequest(run_id=str(run)), metadata=as_tenant(tenant)
     )
     assert sorted(a.name for a in listed.artifacts) == ["a.bin", "b.bin"]
-    stored = files_under(served.blob_root / str(tenant))
-    assert [p.name for p in stored] == [hashlib.sha256(b"12345678").hexdigest()]
+    assert await served.stored(tenant) == [hashlib.sha256(b"12345678").hexdigest()]
 
 
 async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Served) -> None:
@@ -690,6 +723,59 @@ async def test_concurrent_uploads_do_not_overshoot_the_storage_quota(served: Ser
     )
 
 
+async def test_overlapping_uploads_reserve_in_blocks_yet_fill_the_quota_exactly(
+    served: Served,
+) -> None:
+    # A limit above one block: the first overlapping uploads get blocks, the last ones exact
+    # grants, and the uploads past the limit are refused.
+    size = 200 * KIB
+    limit = DEFAULT_BLOCK_BYTES + MIB
+    tenant = await served.new_tenant("enterprise")
+    await served.tenancy.set_limits(tenant, artifact_storage_bytes=limit)
+    run = await served.new_run(tenant)
+    results = await asyncio.gather(
+        *(store(served, tenant, run, f"{i}.bin", os.urandom(size)) for i in range(30)),
+        return_exceptions=True,
+    )
+    stored = [r for r in results if isinstance(r, pb.Artifact)]
+    assert len(stored) == limit // size
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "QUOTA_EXCEEDED"
+        for r in results
+        if r not in stored
+    )
+    # What the burst held beyond its uploads went back when it ended.
+    assert await served.storage_used(tenant) == len(stored) * size
+
+
+async def test_store_artifact_is_an_upload_in_one_message(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+    content = b'{"order": 7}'
+
+    stored = await store(served, tenant, run, "out.json", content)
+    # The same artifact streamed again is the same one.
+    streamed = await upload(served, tenant, run, "out.json", [content])
+
+    assert stored.id == streamed.id
+    assert (stored.size_bytes, stored.sha256) == (len(content), hashlib.sha256(content).hexdigest())
+    _headers, body = await download(served, tenant, stored.id)
+    assert b"".join(message.data for message in body) == content
+    assert await served.storage_used(tenant) == len(content)
+
+
+async def test_store_artifact_refuses_content_for_a_stream(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await store(served, tenant, run, "big.bin", bytes(MAX_STORE_BYTES + 1))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "CONTENT_TOO_LARGE"
+    assert await served.stored(tenant) == []
+
+
 async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None:
     owner, intruder = await served.new_tenant(), await served.new_tenant()
     run = await served.new_run(owner)
@@ -703,6 +789,31 @@ async def test_upload_for_another_tenants_run_is_refused(served: Served) -> None
         pb.ListArtifactsRequest(), metadata=as_tenant(intruder)
     )
     assert list(listed.artifacts) == []
+
+
+async def test_a_burst_of_uploads_checks_every_run_against_its_tenant(served: Served) -> None:
+    # Overlapping uploads of several tenants' runs and of no run: each gets its own answer.
+    owner, other = await served.new_tenant(), await served.new_tenant()
+    workflow = await served.new_workflow(owner)
+    runs = [await served.new_run(owner, workflow) for _ in range(12)]
+    foreign = [await served.new_run(other) for _ in range(3)]
+    missing = [uuid.uuid4() for _ in range(3)]
+    burst = [*runs, *foreign, *missing]
+    results = await asyncio.gather(
+        *(store(served, owner, run, "out.json", str(run).encode()) for run in burst),
+        return_exceptions=True,
+    )
+
+    stored = results[: len(runs)]
+    assert all(isinstance(r, pb.Artifact) and r.workflow_id == str(workflow) for r in stored)
+    refused = results[len(runs) :]
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and reason(r) == "RUN_NOT_FOUND" for r in refused
+    )
+    listed = await served.stub.ListArtifacts(
+        pb.ListArtifactsRequest(page_size=100), metadata=as_tenant(owner)
+    )
+    assert sorted(a.run_id for a in listed.artifacts) == sorted(str(r) for r in runs)
 
 
 def as_role(tenant_id: uuid.UUID, role: str) -> tuple[tuple[str, str], ...]:
@@ -747,7 +858,7 @@ async def test_same_content_twice_is_one_blob_named_twice_and_counted_once(
     await upload(served, tenant, run, "b.bin", [content], media_type="application/octet-stream")
 
     assert await served.blob_rows(tenant) == {digest: 2}
-    assert served.blob_files(tenant) == [digest]
+    assert await served.blob_files(tenant) == [digest]
     assert await served.storage_used(tenant) == len(content)
 
 
@@ -765,7 +876,7 @@ async def test_a_blob_stays_while_any_artifact_names_it_and_goes_with_the_last(
     await served.sweeper.sweep()
 
     assert await served.blob_rows(tenant) == {digest: 1}
-    assert served.blob_files(tenant) == [digest]
+    assert await served.blob_files(tenant) == [digest]
     assert await served.storage_used(tenant) == len(content)
     _, messages = await download(served, tenant, b.id)
     assert b"".join(m.data for m in messages) == content
@@ -779,7 +890,7 @@ async def test_a_blob_stays_while_any_artifact_names_it_and_goes_with_the_last(
     assert served.blobs_freed() >= freed_before + 1
 
     assert await served.blob_rows(tenant) == {}
-    assert served.blob_files(tenant) == []
+    assert await served.blob_files(tenant) == []
     # The same content can come back, and counts again.
     again = await upload(served, tenant, run, "c.bin", [content])
     _, messages = await download(served, tenant, again.id)
@@ -813,7 +924,7 @@ async def test_uploads_of_content_being_swept_never_lose_it(served: Served) -> N
 
     assert len(kept) == 6
     assert await served.blob_rows(tenant) == {digest: 6}
-    assert served.blob_files(tenant) == [digest]
+    assert await served.blob_files(tenant) == [digest]
     assert await served.storage_used(tenant) == len(content)
     for artifact_id in kept:
         _, messages = await download(served, tenant, artifact_id)
@@ -845,7 +956,7 @@ async def test_retention_sweep_deletes_expired_artifacts_and_gives_storage_back(
     assert await get(served, tenant, kept.id) == kept
     assert await get(served, tenant, shared_kept.id) == shared_kept
     assert await served.storage_used(tenant) == 300
-    assert served.blob_files(tenant) == sorted(
+    assert await served.blob_files(tenant) == sorted(
         hashlib.sha256(c).hexdigest() for c in (kept_content, shared)
     )
     assert await served.blob_rows(tenant) == {kept.sha256: 1, shared_kept.sha256: 1}
@@ -979,10 +1090,10 @@ async def test_the_sweeper_leaves_a_blob_an_upload_holds(served: Served) -> None
             {"s": artifact.sha256},
         )
         await served.sweeper.sweep()
-        assert served.blob_files(tenant) == [artifact.sha256]
+        assert await served.blob_files(tenant) == [artifact.sha256]
 
     await served.sweeper.sweep()
-    assert served.blob_files(tenant) == []
+    assert await served.blob_files(tenant) == []
 
 
 async def test_an_upload_that_waited_for_the_sweeper_stores_the_content_again(
@@ -1003,7 +1114,7 @@ async def test_an_upload_that_waited_for_the_sweeper_stores_the_content_again(
         uploading = asyncio.create_task(upload(served, tenant, run, "b.bin", [content]))
         await asyncio.sleep(0.3)
         assert not uploading.done()
-        await FilesystemBlobStore(served.blob_root).delete(tenant, first.sha256)
+        await served.store.delete(tenant, first.sha256)
         await session.execute(
             text("DELETE FROM artifacts.blobs WHERE sha256 = :s"), {"s": first.sha256}
         )

@@ -21,6 +21,7 @@ from aias.services.artifacts.blobstore import (
 from aias.services.artifacts.s3settings import MIN_PART_BYTES
 from aias.services.artifacts.s3store import S3BlobStore
 from tests.s3_server import new_bucket, s3_settings
+from tests.stored_blobs import temporaries
 
 MIB = 1024 * 1024
 
@@ -61,14 +62,7 @@ async def read(
 
 async def leftovers(store: BlobStore) -> list[str]:
     """Whatever uploads left behind: temporary files, temporary objects, open multipart uploads."""
-    if isinstance(store, FilesystemBlobStore):
-        return [str(path) for path in store.root.glob("*/tmp/*")]
-    assert isinstance(store, S3BlobStore)
-    uploads = await store.client.list_multipart_uploads(Bucket=store.bucket)
-    objects = await store.client.list_objects_v2(Bucket=store.bucket, Prefix=f"{store.prefix}tmp/")
-    return [u["Key"] for u in uploads.get("Uploads", [])] + [
-        o["Key"] for o in objects.get("Contents", [])
-    ]
+    return await temporaries(store)
 
 
 async def test_a_blob_reads_back_whole_and_by_range(store: BlobStore) -> None:

@@ -57,3 +57,19 @@ def test_the_docs_page_needs_nothing_from_outside() -> None:
     assert "<script" not in page
     assert not re.search(r"(src|href)=\"(https?:)?//", page), "no external resource"
     assert "/api/webhooks/{tenant_id}/{secret}" in page
+
+
+def test_every_get_has_a_head_twin_without_a_body() -> None:
+    gets = {path: ops["get"] for path, ops in DOCUMENT["paths"].items() if "get" in ops}
+    heads = {path: ops["head"] for path, ops in DOCUMENT["paths"].items() if "head" in ops}
+
+    assert gets.keys() == heads.keys()
+    assert "/api/artifacts/{artifact_id}/download" in heads
+    for path, head in heads.items():
+        get = gets[path]
+        assert head.get("parameters") == get.get("parameters")
+        assert head.get("security") == get.get("security")
+        assert head["responses"].keys() == get["responses"].keys()
+        assert all("content" not in response for response in head["responses"].values())
+    operation_ids = [op["operationId"] for ops in DOCUMENT["paths"].values() for op in ops.values()]
+    assert len(operation_ids) == len(set(operation_ids))
