@@ -1,6 +1,7 @@
-"""The ingest benchmark on several revisions of the code, alternating, on this machine.
+"""The ingest (or artifacts) benchmark on several revisions of the code, alternating.
 
     python -m bench.compare --rounds 2 a70c3c4 5a9d367 HEAD
+    python -m bench.compare --bench artifacts --rounds 3 main HEAD
 
 Each revision is checked out into a temporary worktree, gets its stubs generated, and is
 benchmarked with *this* checkout's `bench/` (so every revision is measured the same way); the
@@ -37,23 +38,38 @@ def _checkout(revision: str, root: Path) -> Path:
     shutil.rmtree(folder / "bench", ignore_errors=True)
     shutil.copytree(REPO / "bench", folder / "bench", ignore=shutil.ignore_patterns("results"))
     subprocess.run([sys.executable, "-m", "aias.core.protogen"], cwd=folder, check=True)
+    # The links `make` creates (git ignores them): without them `aias.services` and
+    # `aias.gateway` resolve through the editable install to *this* checkout's code.
+    for package in ("services", "gateway"):
+        (folder / "aias" / package).symlink_to(Path("..") / package)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import aias.core, aias.services, aias.gateway as g; "
+            "print(*(m.__path__[0] for m in (aias.core, aias.services, g)))",
+        ],
+        cwd=folder,
+        env={**os.environ, "PYTHONPATH": str(folder)},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not all(Path(path).resolve().is_relative_to(folder.resolve()) for path in where):
+        raise RuntimeError(f"{revision}: the code imported is not the checkout's: {where}")
     return folder
 
 
-def _run(folder: Path, seconds: float, rates: list[str]) -> dict[str, Any]:
-    output = folder / "ingest.json"
+def _run(folder: Path, bench: str, seconds: float, rates: list[str]) -> dict[str, Any]:
+    output = folder / f"{bench}.json"
+    if bench == "artifacts":
+        # One round per run: the revisions take turns round by round, each beside its own
+        # same-run FileResponse baselines.
+        command = ["bench.artifacts_path", "--rounds", "1"]
+    else:
+        command = ["bench.ingest", "--seconds", str(seconds), "--rates", *rates]
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.ingest",
-            "--seconds",
-            str(seconds),
-            "--rates",
-            *rates,
-            "--output",
-            str(output),
-        ],
+        [sys.executable, "-m", *command, "--output", str(output)],
         cwd=folder,
         env={**os.environ, "PYTHONPATH": str(folder)},
         check=True,
@@ -63,9 +79,26 @@ def _run(folder: Path, seconds: float, rates: list[str]) -> dict[str, Any]:
     return figures
 
 
+def _median(runs: list[dict[str, Any]], pick: Any) -> float:
+    return round(float(statistics.median(pick(run) for run in runs)), 2)
+
+
+def _artifacts_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    summary = {
+        name: _median(runs, lambda r, n=name: r["mib_per_second"][n])
+        for name in runs[0]["mib_per_second"]
+    }
+    for name in ("download_ratio", "download_ratio_no_sendfile", "upload_ratio"):
+        summary[name] = _median(runs, lambda r, n=name: r[n])
+    return summary
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    if "download_ratio" in runs[0]:
+        return _artifacts_summary(runs)
+
     def median(pick: Any) -> float:
-        return round(float(statistics.median(pick(run) for run in runs)), 2)
+        return _median(runs, pick)
 
     summary = {
         "bare_c64_per_second": median(lambda r: r["bare_aiohttp_202_c64"]["per_second"]),
@@ -85,6 +118,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("revisions", nargs="+")
+    parser.add_argument("--bench", choices=("ingest", "artifacts"), default="ingest")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", nargs="*", default=["150", "500"])
@@ -95,10 +129,13 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {revision: [] for revision in args.revisions}
     try:
         folders = {revision: _checkout(revision, root) for revision in args.revisions}
+        order = list(folders.items())
         for round_number in range(args.rounds):
-            for revision, folder in folders.items():
+            # Who goes first changes every round: a run shares the CPU with what the one
+            # before it left running.
+            for revision, folder in order if round_number % 2 == 0 else reversed(order):
                 print(f"round {round_number + 1}: {revision}", flush=True)
-                results[revision].append(_run(folder, args.seconds, args.rates))
+                results[revision].append(_run(folder, args.bench, args.seconds, args.rates))
     finally:
         subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False)
         for folder in root.iterdir():
@@ -110,7 +147,10 @@ def main() -> None:
     summaries = {revision: _summary(runs) for revision, runs in results.items()}
     for revision, summary in summaries.items():
         print(f"{revision}: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
-    write_json("compare", {"rounds": args.rounds, "seconds": args.seconds, "revisions": summaries})
+    write_json(
+        "compare" if args.bench == "ingest" else f"compare-{args.bench}",
+        {"rounds": args.rounds, "seconds": args.seconds, "revisions": summaries},
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ TEMP_PREFIX = "upload-"
 log = logging.getLogger(__name__)
 
 
+class Digest(Protocol):
+    """What `hashlib.sha256()` returns, as far as reading a blob needs it."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 class BlobMissing(Exception):
     """The blob an artifact names is not in the store."""
 
@@ -50,12 +56,17 @@ class BlobReader(Protocol):
     size: int
 
     def chunks(
-        self, chunk_size: int, offset: int = 0, length: int | None = None
+        self,
+        chunk_size: int,
+        offset: int = 0,
+        length: int | None = None,
+        digest: Digest | None = None,
     ) -> AsyncIterator[bytes]:
         """`length` bytes from `offset` (to the end when None), at most `chunk_size` at a time.
 
         The store starts reading at `offset` (a seek, a ranged GET): bytes before it are never
-        read. The caller keeps `offset + length` within `size`.
+        read. The caller keeps `offset + length` within `size`. Each chunk is fed to `digest`,
+        when given, before it is yielded, off the event loop.
         """
         ...
 
@@ -145,16 +156,28 @@ class _FileReader:
         self.size = size
 
     async def chunks(
-        self, chunk_size: int, offset: int = 0, length: int | None = None
+        self,
+        chunk_size: int,
+        offset: int = 0,
+        length: int | None = None,
+        digest: Digest | None = None,
     ) -> AsyncIterator[bytes]:
         remaining = self.size - offset if length is None else length
         await asyncio.to_thread(self._file.seek, offset)
         while remaining > 0:
-            chunk = await asyncio.to_thread(self._file.read, min(chunk_size, remaining))
+            # One trip to a worker thread per chunk: reading and hashing there both release
+            # the GIL, and each trip costs the event loop more than the hashing itself.
+            chunk = await asyncio.to_thread(self._read, min(chunk_size, remaining), digest)
             if not chunk:
                 return  # the file is shorter than it was; the caller's count says so
             remaining -= len(chunk)
             yield chunk
+
+    def _read(self, size: int, digest: Digest | None) -> bytes:
+        chunk = self._file.read(size)
+        if digest is not None:
+            digest.update(chunk)
+        return chunk
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
-from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
@@ -28,7 +27,7 @@ from aias.services.artifacts.s3settings import (
     S3Settings,
 )
 from aias.services.artifacts.service import ArtifactsService
-from aias.services.artifacts.servicer import ArtifactsServicer
+from aias.services.artifacts.servicer import ArtifactsServicer, add_to_server
 from aias.services.artifacts.sweeper import SweepConfig, Sweeper, SweepMetrics
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArtifactsService"].full_name
@@ -163,7 +162,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         [
             Registration(
                 SERVICE_NAME,
-                lambda server: pb_grpc.add_ArtifactsServiceServicer_to_server(servicer, server),
+                lambda server: add_to_server(servicer, server),
             ),
         ],
         registry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -14,7 +15,13 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aias.services.artifacts.blobstore import TEMP_PREFIX, BlobMissing, BlobWriter, StoredBlob
+from aias.services.artifacts.blobstore import (
+    TEMP_PREFIX,
+    BlobMissing,
+    BlobWriter,
+    Digest,
+    StoredBlob,
+)
 from aias.services.artifacts.s3settings import (
     COPY_PART_BYTES,
     MAX_COPY_BYTES,
@@ -131,7 +138,11 @@ class _S3Reader:
         self.size = size
 
     async def chunks(
-        self, chunk_size: int, offset: int = 0, length: int | None = None
+        self,
+        chunk_size: int,
+        offset: int = 0,
+        length: int | None = None,
+        digest: Digest | None = None,
     ) -> AsyncIterator[bytes]:
         length = self.size - offset if length is None else length
         if length <= 0:
@@ -152,6 +163,8 @@ class _S3Reader:
             raise
         async with response["Body"] as body:
             async for chunk in body.iter_chunks(chunk_size):
+                if digest is not None:
+                    await asyncio.to_thread(digest.update, chunk)
                 yield chunk
 
 

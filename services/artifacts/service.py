@@ -78,14 +78,14 @@ class Download:
         if self._reader is None or window.length == 0:
             return
         digest = hashlib.sha256() if window.length == self.artifact.size_bytes else None
-        source = aiter(self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length))
+        # The store hashes each chunk as it reads it, off the event loop, so reading and
+        # hashing the next chunk overlap with sending this one.
+        source = aiter(
+            self._reader.chunks(DOWNLOAD_CHUNK_BYTES, window.offset, window.length, digest)
+        )
 
         async def pull() -> bytes:
-            chunk = await anext(source, b"")
-            if chunk and digest is not None:
-                # Off the event loop, so it overlaps with sending the chunk before.
-                await asyncio.to_thread(digest.update, chunk)
-            return chunk
+            return await anext(source, b"")
 
         sent = 0
         reading = asyncio.ensure_future(pull())

@@ -18,6 +18,7 @@ from aias.services.artifacts.domain import (
 )
 from aias.services.artifacts.main import load_settings
 from aias.services.artifacts.s3settings import S3Location
+from aias.services.artifacts.servicer import http_body_wire
 
 SHA = "ab" * 32
 TAG = f'"{SHA}"'
@@ -197,3 +198,25 @@ def test_bad_store_settings_are_named() -> None:
     assert "AWS_SECRET_ACCESS_KEY" in str(half.value)
     assert "http(s) URL" in str(half.value)
     assert "AIAS_ARTIFACTS_S3_PART_BYTES" in str(half.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b"", "text/plain"),
+        (b"x", ""),
+        (bytes(range(256)) * 1024, "application/octet-stream"),
+        (b"\x00" * 127, "a/" + "b" * 200),
+        (b"\x01" * 128, ""),
+        (b"", ""),
+    ],
+)
+def test_download_wire_bytes_are_the_http_body_protobuf_would_write(
+    data: bytes, content_type: str
+) -> None:
+    wire = http_body_wire(data, content_type)
+    expected = httpbody_pb2.HttpBody(content_type=content_type, data=data)
+    assert wire == expected.SerializeToString()
+    assert httpbody_pb2.HttpBody.FromString(wire) == expected
+    parsed = RawHttpBody.parse(wire)
+    assert (parsed.content_type, bytes(parsed.data)) == (content_type, data)
