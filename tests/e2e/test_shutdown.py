@@ -39,7 +39,11 @@ def test_sigterm_turns_health_not_serving_and_exits_zero(
     with _start_tenancy(database, ready) as process:
         _watch_shutdown(process, ready)
         assert process.stderr is not None
-        messages = [json.loads(line)["message"] for line in process.stderr.read().splitlines()]
+        output = process.stderr.read().decode(errors="replace")
+    lines = output.splitlines()
+    # Every line the process writes is a JSON log line: a traceback would be a stray line.
+    assert all(line.startswith("{") for line in lines), output
+    messages = [json.loads(line)["message"] for line in lines]
     assert messages[-2:] == ["shutting down", "stopped"]
 
 
