@@ -14,6 +14,7 @@ from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
 from aias.core.launcher import PROCESSES, Stack
+from aias.services.execution.worker import UPLOAD_CHUNK
 from tests.conftest import INTERNAL_TOKEN
 from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
 from tests.e2e.conftest import ADMIN_TOKEN
@@ -56,8 +57,11 @@ async def upload(
                 run_id=run_id, step_id="big", name=name, media_type="application/x-big"
             )
         )
+        # In messages of the worker's size (a quarter MiB), as the suite's own uploader sends.
         for index in range(mebibytes):
-            yield pb.UploadArtifactRequest(chunk=chunk(index))
+            content = chunk(index)
+            for offset in range(0, MIB, UPLOAD_CHUNK):
+                yield pb.UploadArtifactRequest(chunk=content[offset : offset + UPLOAD_CHUNK])
 
     reply: pb.UploadArtifactResponse = await stub.UploadArtifact(
         messages(), metadata=(("x-aias-tenant-id", tenant_id),)
