@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from aias.core.periodic import Periodic
+
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 TEMP_PREFIX = "upload-"
 
@@ -271,25 +273,14 @@ class TemporarySweep:
     """Removes abandoned uploads at start-up and then every `interval_seconds`."""
 
     def __init__(self, store: BlobStore, max_age_seconds: float, interval_seconds: float) -> None:
-        self._store = store
-        self._max_age = max_age_seconds
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "artifact-temp-sweep",
+            lambda: store.sweep_temporary(max_age_seconds),
+            interval_seconds,
+        )
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="artifact-temp-sweep")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._store.sweep_temporary(self._max_age)
-            except Exception:
-                # A store that is down now may answer on the next round; uploads go on meanwhile.
-                log.exception("sweeping abandoned uploads failed")
-            await asyncio.sleep(self._interval)
+        await self._periodic.stop()

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter
 
+from aias.core.periodic import Periodic
 from aias.services.artifacts.service import ArtifactsService, Swept
-
-log = logging.getLogger(__name__)
-
 
 # A batch that does not shrink (a tenant's transaction failing) waits for the next interval
 # rather than spinning.
@@ -57,7 +52,7 @@ class Sweeper:
         self._service = service
         self._config = config
         self._metrics = metrics
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("artifact-sweeper", self.sweep, config.interval_seconds)
 
     async def sweep(self) -> tuple[int, int]:
         """One full sweep: expired artifacts first (that may unreference blobs), then blobs;
@@ -83,18 +78,7 @@ class Sweeper:
         return found
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep_forever(), name="artifact-sweeper")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception as error:
-                log.warning("sweeping artifacts failed", extra={"error": type(error).__name__})
-            await asyncio.sleep(self._config.interval_seconds)
+        await self._periodic.stop()

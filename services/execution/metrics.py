@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,9 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from aias.core.db import Database, SystemPath
 from aias.core.entitlements import PLANS, TenantEntitlements
+from aias.core.periodic import Periodic
 from aias.services.execution.repository import ExecutionRepository
-
-log = logging.getLogger(__name__)
 
 # How often a worker reads the queue's depth and age; about one scrape interval.
 SAMPLE_SECONDS = 15.0
@@ -133,8 +129,7 @@ class QueueSampler:
         self._db = db
         self._metrics = metrics
         self._plan_of = plan_of
-        self._interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("queue-sampler", self.sample, interval_seconds)
 
     async def sample(self) -> None:
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
@@ -157,19 +152,7 @@ class QueueSampler:
         self._metrics.queue(depth, oldest, by_plan)
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._sample_forever(), name="queue-sampler")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _sample_forever(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception as error:
-                # The gauges keep their last values; the database's own alert says why.
-                log.warning("sampling the run queue failed", extra={"error": type(error).__name__})
-            await asyncio.sleep(self._interval)
+        await self._periodic.stop()

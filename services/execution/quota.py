@@ -10,7 +10,6 @@ all units at shutdown, are given back, so usage shows what was really started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from typing import Protocol
 import grpc
 
 from aias.core.entitlements import TenantEntitlements, UsageClient, quota_exceeded
+from aias.core.periodic import Periodic
 from aias.core.protoconv import timestamp
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
@@ -73,17 +73,16 @@ class RunQuota:
         self._clock = clock
         self._blocks: dict[uuid.UUID, _Block] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Periodic(
+            "run-quota-sweeper", self.sweep, max(self._idle / 2, 0.1), at_start=False
+        )
 
     async def start(self) -> None:
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="run-quota-sweeper")
+        await self._sweeper.start()
 
     async def close(self) -> None:
         """Gives every unused unit back (called at shutdown)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._sweeper.stop()
         blocks, self._blocks = self._blocks, {}
         await asyncio.gather(
             *(self._release(tid, b.remaining, b.period_start) for tid, b in blocks.items())
@@ -172,14 +171,6 @@ class RunQuota:
         await asyncio.gather(
             *(self._release(tid, b.remaining, b.period_start) for tid, b in idle if b.remaining)
         )
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(max(self._idle / 2, 0.1))
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("giving back unused runs failed")
 
     async def _release(self, tenant_id: uuid.UUID, amount: int, period_start: datetime) -> None:
         await self._usage.release(
