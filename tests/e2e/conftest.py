@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
@@ -81,3 +82,29 @@ def stack(
 async def http(stack: Stack) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(base_url=stack.gateway_url) as session:
         yield session
+
+
+@contextmanager
+def own_suite(
+    data_dir: Path, extra_env: Mapping[str, str], replicas: Mapping[str, int] | None = None
+) -> Iterator[Stack]:
+    """The whole suite on a database of its own (no other suite's worker takes its runs), on
+    ports the system picks, stopped at the end."""
+    ports = {spec.name: 0 for spec in PROCESSES}
+    with fresh_database() as database:
+        running = Stack(
+            data_dir,
+            database,
+            INTERNAL_TOKEN,
+            ADMIN_TOKEN,
+            ports,
+            ports,
+            log_dir=data_dir / "logs",
+            extra_env=dict(extra_env),
+            replicas=dict(replicas or {}),
+        )
+        running.start()
+        try:
+            yield running
+        finally:
+            running.stop()

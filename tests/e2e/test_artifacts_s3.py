@@ -18,8 +18,7 @@ from aias.core.launcher import PROCESSES, Stack
 from aias.services.artifacts.s3store import S3BlobStore
 from tests.conftest import INTERNAL_TOKEN
 from tests.e2e.client import ORDER, expect, new_endpoint, new_tenant, wait_for_run
-from tests.e2e.conftest import ADMIN_TOKEN, USED_SECRETS
-from tests.e2e.database import fresh_database
+from tests.e2e.conftest import ADMIN_TOKEN, USED_SECRETS, own_suite
 from tests.s3_server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, new_bucket, s3_settings
 from tests.stored_blobs import blob_digests, read_blob
 
@@ -40,33 +39,23 @@ def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iter
     configured only through the environment, as an operator would."""
     bucket = asyncio.run(new_bucket(s3_endpoint))
     data_dir = tmp_path_factory.mktemp("s3-suite")
-    ports = {spec.name: 0 for spec in PROCESSES}
-    with fresh_database() as database:
-        stack = Stack(
-            data_dir,
-            database,
-            INTERNAL_TOKEN,
-            ADMIN_TOKEN,
-            ports,
-            ports,
-            log_dir=data_dir / "logs",
-            extra_env={
-                "AIAS_WORKER_POLL_SECONDS": "0.5",
-                "AIAS_ARTIFACTS_STORE": f"s3://{bucket}/{PREFIX}",
-                "AWS_ENDPOINT_URL_S3": s3_endpoint,
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
-                "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
-                "AWS_REGION": REGION,
-                # A deleted artifact's content leaves the bucket within the test.
-                "AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS": "1",
-                "AIAS_ARTIFACTS_BLOB_GRACE_SECONDS": "0",
-            },
-        )
-        stack.start()
-        try:
-            yield S3Suite(stack, data_dir, s3_endpoint, bucket)
-        finally:
-            assert stack.stop() == dict.fromkeys(ports, 0)
+    with own_suite(
+        data_dir,
+        {
+            "AIAS_WORKER_POLL_SECONDS": "0.5",
+            "AIAS_ARTIFACTS_STORE": f"s3://{bucket}/{PREFIX}",
+            "AWS_ENDPOINT_URL_S3": s3_endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+            "AWS_REGION": REGION,
+            # A deleted artifact's content leaves the bucket within the test.
+            "AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS": "1",
+            "AIAS_ARTIFACTS_BLOB_GRACE_SECONDS": "0",
+        },
+    ) as stack:
+        yield S3Suite(stack, data_dir, s3_endpoint, bucket)
+        # Every process stops cleanly (the suite's own stop afterwards finds none left).
+        assert stack.stop() == {spec.name: 0 for spec in PROCESSES}
     # The store's credentials, like every other secret, appear in no process's log.
     secrets = (SECRET_ACCESS_KEY, *USED_SECRETS, ADMIN_TOKEN, INTERNAL_TOKEN)
     for log in (data_dir / "logs").iterdir():

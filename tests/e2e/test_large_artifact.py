@@ -13,12 +13,11 @@ import pytest
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.clients import internal_channel
-from aias.core.launcher import PROCESSES, Stack
+from aias.core.launcher import Stack
 from aias.services.execution.worker import UPLOAD_CHUNK
 from tests.conftest import INTERNAL_TOKEN
 from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
-from tests.e2e.conftest import ADMIN_TOKEN
-from tests.e2e.database import fresh_database
+from tests.e2e.conftest import own_suite
 
 pytestmark = pytest.mark.e2e
 
@@ -73,24 +72,10 @@ async def upload(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A suite of its own, fresh: the shared one's processes carry what earlier tests left
     (caches, pools), which is not what an artifact's size costs."""
-    data_dir = tmp_path_factory.mktemp("large-artifact")
-    ports = {spec.name: 0 for spec in PROCESSES}
-    with fresh_database() as database:
-        running = Stack(
-            data_dir,
-            database,
-            INTERNAL_TOKEN,
-            ADMIN_TOKEN,
-            ports,
-            ports,
-            log_dir=data_dir / "logs",
-            extra_env={"AIAS_WORKER_POLL_SECONDS": "0.5"},
-        )
-        running.start()
-        try:
-            yield running
-        finally:
-            running.stop()
+    with own_suite(
+        tmp_path_factory.mktemp("large-artifact"), {"AIAS_WORKER_POLL_SECONDS": "0.5"}
+    ) as running:
+        yield running
 
 
 async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(

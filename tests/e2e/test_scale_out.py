@@ -27,11 +27,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
-from aias.core.launcher import PROCESSES, Child, Stack
-from tests.conftest import INTERNAL_TOKEN
+from aias.core.launcher import Child, Stack
 from tests.e2e.client import Tenant, expect, new_tenant
-from tests.e2e.conftest import ADMIN_TOKEN
-from tests.e2e.database import fresh_database, superuser
+from tests.e2e.conftest import own_suite
+from tests.e2e.database import superuser
 from tests.remote_fake import Remote
 
 REPLICAS = {"gateway": 2, "execution": 2, "execution-worker": 3}
@@ -85,33 +84,20 @@ def _artifact_sha256(number: int) -> str:
 @pytest.fixture(scope="module")
 def scaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The suite with replicas, on its own database (no other suite's worker takes its runs)."""
-    data_dir = tmp_path_factory.mktemp("scale-out")
-    ports = {spec.name: 0 for spec in PROCESSES}
-    with fresh_database() as database:
-        stack = Stack(
-            data_dir,
-            database,
-            INTERNAL_TOKEN,
-            ADMIN_TOKEN,
-            ports,
-            ports,
-            log_dir=data_dir / "logs",
-            extra_env={
-                "AIAS_WORKER_LEASE_SECONDS": str(LEASE_SECONDS),
-                "AIAS_WORKER_POLL_SECONDS": "0.5",
-                "AIAS_WORKER_CONCURRENCY": "8",
-                "AIAS_STEP_PROCESSES": "2",
-                "AIAS_GATEWAY_DRAIN_DELAY_SECONDS": "1",
-                # The endpoint the runs call listens on 127.0.0.1.
-                "AIAS_HTTP_STEP_ALLOW": "127.0.0.1",
-            },
-            replicas=REPLICAS,
-        )
-        stack.start()
-        try:
-            yield stack
-        finally:
-            stack.stop()
+    with own_suite(
+        tmp_path_factory.mktemp("scale-out"),
+        {
+            "AIAS_WORKER_LEASE_SECONDS": str(LEASE_SECONDS),
+            "AIAS_WORKER_POLL_SECONDS": "0.5",
+            "AIAS_WORKER_CONCURRENCY": "8",
+            "AIAS_STEP_PROCESSES": "2",
+            "AIAS_GATEWAY_DRAIN_DELAY_SECONDS": "1",
+            # The endpoint the runs call listens on 127.0.0.1.
+            "AIAS_HTTP_STEP_ALLOW": "127.0.0.1",
+        },
+        REPLICAS,
+    ) as stack:
+        yield stack
 
 
 @dataclass
