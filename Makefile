@@ -53,7 +53,7 @@ lint: $(STUBS)
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STUBS)
-	$(VENV)/bin/mypy aias/core aias/cli aias/services aias/gateway tests bench tools setup.py
+	$(VENV)/bin/mypy aias/core aias/cli aias/services aias/gateway tests bench setup.py
 
 buf-lint: $(STUBS) $(BUF)
 	$(BUF) lint $(STUBS) --exclude-path google --config buf.yaml
