@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from aias.core.launcher import launch
-from bench.machine import describe
+from bench.common import machine, print_machine
 
 
 async def _measure(
@@ -117,7 +117,7 @@ async def _run(url: str, admin: str, total: int, concurrency: int, rounds: int) 
                 taken.append(
                     await _measure(session, "POST", path, total, concurrency, json=PAYLOAD)
                 )
-    print("\n".join(describe()))
+    print_machine(machine())
     print(f"requests per round: {total}, concurrency: {concurrency}, rounds: {rounds} (medians)")
     figures = (
         ("baseline GET /healthz (gateway only)", baseline),

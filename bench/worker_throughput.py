@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -39,7 +38,7 @@ from sqlalchemy import text
 
 from aias.core.db import Database, SystemPath, create_engine
 from aias.core.launcher import Stack, launch
-from bench.machine import cpu_model, describe
+from bench.common import machine, print_machine
 
 ONE_STEP = [{"id": "shape", "type": "transform", "config": {"expression": "{order: id}"}}]
 FOUR_STEPS = [
@@ -304,7 +303,7 @@ async def _run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(measured: dict[str, Any]) -> None:
     results = measured["results"]
-    print("\n".join(describe()))
+    print_machine(measured["machine"])
     print("worker settings: " + ", ".join(f"{k}={v}" for k, v in measured["settings"].items()))
     baseline = results["baseline"]
     print(
@@ -354,14 +353,7 @@ def main() -> None:
         finally:
             stack.stop()
             stack.database.stop()
-    measured["machine"] = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "arch": platform.machine(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.now().isoformat(timespec="seconds"),
-    }
+    measured["machine"] = {**machine(), "date": datetime.now().isoformat(timespec="seconds")}
     _report(measured)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(measured, indent=2))
