@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
@@ -53,7 +53,9 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise InvalidArgument("INVALID_ID", f"{what} must be a UUID, got {value!r}") from None
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, *, name: str, pool_size: int = 10, settings: Mapping[str, str] | None = None
+) -> AsyncEngine:
     """An async engine over psycopg 3.
 
     No ping per checkout (a round trip on every transaction): a connection found dead by a
@@ -61,8 +63,13 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     connection older than the failure, so a restarted database costs the requests in flight
     at that moment, and the health probe finds it first when the process is idle.
     `hide_parameters` keeps statement parameters (webhook bodies, secrets' hashes) out of
-    every error message and log line.
+    every error message and log line. `name` is the connections' `application_name`, so
+    `pg_stat_activity` (and the server's logs, with `%a`) say which process holds each one;
+    `settings` are server settings every connection starts with.
     """
+    connect_args = {"application_name": f"aias-{name}"}
+    if settings:
+        connect_args["options"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
     return create_async_engine(
         url,
         pool_size=pool_size,
@@ -70,6 +77,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=False,
         pool_timeout=5,
         hide_parameters=True,
+        connect_args=connect_args,
     )
 
 

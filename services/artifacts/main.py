@@ -141,7 +141,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     blobs = build_store(settings)
     await blobs.prepare()
     registry = CollectorRegistry()
-    db = Database(create_engine(settings.database_url))
+    db = Database(create_engine(settings.database_url, name="artifacts"))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)

@@ -107,7 +107,7 @@ def load_settings(env: Env | None = None) -> BillingSettings:
 async def build_server(settings: BillingSettings) -> BuiltServer:
     """The composition root: engine, tenancy and execution channels, Stripe client, use cases,
     server."""
-    db = Database(create_engine(settings.database_url))
+    db = Database(create_engine(settings.database_url, name="billing"))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
     stripe = settings.stripe

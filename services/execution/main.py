@@ -78,7 +78,7 @@ def load_settings(env: Env | None = None) -> ExecutionSettings:
 async def build_server(settings: ExecutionSettings) -> BuiltServer:
     """The composition root: engine, tenancy channel, caches, use cases (alerts too), servicer,
     server."""
-    db = Database(create_engine(settings.database_url))
+    db = Database(create_engine(settings.database_url, name="execution"))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     alerts = AlertService(db)

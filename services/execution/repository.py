@@ -382,26 +382,51 @@ class ExecutionRepository:
 # The worker's hot path, in SQL beside the functions that run it: each statement handles a
 # whole batch of runs. Every one runs inside `Database.system(SystemPath.RUN_QUEUE)`.
 
-# Claimable: queued and due, or running under a lease that expired (its worker died).
-_CLAIMABLE = """(
-    (r.status = 'queued' AND r.available_time <= now())
-    OR (r.status = 'running' AND r.lease_expire_time < now()))"""
+# The queue is two partial indexes over the runs table: `runs_queued` (tenant, available time)
+# holds queued runs, `runs_leased` (lease expiry) running ones. A run whose lease expired (its
+# worker died or stalled) goes back to the queue (`_RECLAIM`), so a claim only looks at queued
+# rows: a tenant's oldest is the first entry of its part of `runs_queued`.
 
-# The tenants with claimable runs, in id order after :after, by a loose index scan over
-# `runs_queue`: one probe per tenant, so a tenant with 10,000 queued runs costs what one with a
-# single run does.
+# The tenants with due runs, in id order after :after and then from the start up to :after,
+# by a loose index scan over `runs_queued`: one probe per tenant (its oldest queued run, due or
+# not), so a tenant with 10,000 queued runs costs what one with a single run does. Each walk
+# starts from a seed row (dropped at the end), so every probe is the same parameterised index
+# scan whatever the planner's statistics say about the queue; the scan is lazy and stops once
+# :limit tenants are found.
+_NEXT_QUEUED = """
+    SELECT n.tenant_id, n.available_time FROM {walk} t CROSS JOIN LATERAL (
+        SELECT r.tenant_id, r.available_time FROM execution.runs r
+        WHERE r.status = 'queued' AND r.tenant_id > t.tenant_id {bound}
+        ORDER BY r.tenant_id, r.available_time LIMIT 1) n"""
 _TENANTS_WITH_WORK = text(f"""
-    WITH RECURSIVE tenants(tenant_id) AS (
-        (SELECT r.tenant_id FROM execution.runs r
-         WHERE r.tenant_id > :after AND {_CLAIMABLE}
-         ORDER BY r.tenant_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT r.tenant_id FROM execution.runs r
-                WHERE r.tenant_id > t.tenant_id AND {_CLAIMABLE}
-                ORDER BY r.tenant_id LIMIT 1)
-        FROM tenants t WHERE t.tenant_id IS NOT NULL
+    WITH RECURSIVE
+    later(tenant_id, available_time) AS (
+        SELECT CAST(:after AS uuid), CAST(NULL AS timestamptz)
+        UNION ALL {_NEXT_QUEUED.format(walk="later", bound="")}
+    ),
+    earlier(tenant_id, available_time) AS (
+        SELECT CAST(:first AS uuid), CAST(NULL AS timestamptz)
+        UNION ALL {_NEXT_QUEUED.format(walk="earlier", bound="AND r.tenant_id <= :after")}
     )
-    SELECT tenant_id FROM tenants WHERE tenant_id IS NOT NULL LIMIT :limit""")
+    (SELECT tenant_id FROM later WHERE available_time <= now())
+    UNION ALL
+    (SELECT tenant_id FROM earlier WHERE available_time <= now())
+    LIMIT :limit""")
+
+# Runs whose lease expired, back to the queue (first in line: their available time is kept).
+# The attempt they were on stays counted; the claim that takes them starts the next one. Rows
+# another transaction holds are left to a later pass.
+# Below every tenant id (the walk's first seed); no tenant has it.
+_NIL_UUID = uuid.UUID(int=0)
+
+_RECLAIM = text("""
+    UPDATE execution.runs r
+    SET status = 'queued', lease_owner = NULL, lease_expire_time = NULL
+    WHERE r.id IN (
+        SELECT e.id FROM execution.runs e
+        WHERE e.status = 'running' AND e.lease_expire_time < now()
+        FOR UPDATE SKIP LOCKED)
+    RETURNING r.id""")
 
 # Serialises the claims of each tenant until the transaction ends, so two workers cannot both
 # take a tenant's last free slot. Locks are taken in one order (PostgreSQL evaluates volatile
@@ -416,15 +441,16 @@ _LIVE_LEASES = text("""
       AND r.status = 'running' AND r.lease_expire_time >= now()
     GROUP BY r.tenant_id""")
 
-# Up to `wanted` of each tenant's oldest claimable runs, locked (rows another claim holds are
-# skipped, not waited for) and marked running under the worker's lease.
-_START = text(f"""
+# Up to `wanted` of each tenant's oldest due runs (an ordered scan of `runs_queued`), locked
+# (rows another claim holds are skipped, not waited for) and marked running under the worker's
+# lease.
+_START = text("""
     WITH chosen AS (
         SELECT picked.id
         FROM unnest(CAST(:tenants AS uuid[]), CAST(:wanted AS int[])) AS w(tenant_id, wanted)
         CROSS JOIN LATERAL (
             SELECT r.id FROM execution.runs r
-            WHERE r.tenant_id = w.tenant_id AND {_CLAIMABLE}
+            WHERE r.tenant_id = w.tenant_id AND r.status = 'queued' AND r.available_time <= now()
             ORDER BY r.available_time LIMIT w.wanted
             FOR UPDATE SKIP LOCKED
         ) AS picked
@@ -546,9 +572,15 @@ class QueueRepository:
         self._session = session
         self._worker = worker
 
+    async def reclaim(self) -> int:
+        """Puts the runs whose lease expired back in the queue; returns how many."""
+        return len((await self._session.execute(_RECLAIM)).all())
+
     async def tenants_with_work(self, after: uuid.UUID, limit: int) -> list[uuid.UUID]:
-        """Up to `limit` tenants with claimable runs, in id order after `after`."""
-        rows = await self._session.execute(_TENANTS_WITH_WORK, {"after": after, "limit": limit})
+        """Up to `limit` tenants with due runs, in id order after `after`, then from the first."""
+        rows = await self._session.execute(
+            _TENANTS_WITH_WORK, {"after": after, "first": _NIL_UUID, "limit": limit}
+        )
         return list(rows.scalars())
 
     async def live_leases(self, tenants: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:

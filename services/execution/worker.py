@@ -66,6 +66,9 @@ _FIRST = uuid.UUID(int=0)
 # than half the slots are free, the claim loop waits this long first, so claims come in batches;
 # it is also the most this adds to a run's wait.
 CLAIM_LINGER_SECONDS = 0.01
+# How often a claim first puts runs whose lease expired back in the queue (a lease lasts far
+# longer, so this adds at most a second to a takeover).
+RECLAIM_INTERVAL_SECONDS = 1.0
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -151,6 +154,7 @@ class Worker:
         self._stopping = asyncio.Event()
         # Where the round-robin walk over tenants resumes: after the last tenant served.
         self._after = _FIRST
+        self._next_reclaim = 0.0
         self._fetches: dict[uuid.UUID, asyncio.Task[None]] = {}
         # Tenants that no longer exist: their leftover runs are held back by no limit.
         self._gone: TtlCache[uuid.UUID, bool] = TtlCache(3600.0, 10_000)
@@ -241,10 +245,12 @@ class Worker:
         """
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
             queue = QueueRepository(session, self._config.worker_id)
+            now = time.monotonic()
+            if now >= self._next_reclaim:
+                self._next_reclaim = now + RECLAIM_INTERVAL_SECONDS
+                if reclaimed := await queue.reclaim():
+                    log.warning("runs whose lease expired are queued again", extra={"runs": reclaimed})
             tenants = await queue.tenants_with_work(self._after, CLAIM_TENANTS)
-            if len(tenants) < CLAIM_TENANTS and self._after != _FIRST:
-                wrapped = await queue.tenants_with_work(_FIRST, CLAIM_TENANTS - len(tenants))
-                tenants += [tenant for tenant in wrapped if tenant not in tenants]
             caps = self._caps(tenants)
             running = await queue.live_leases([t for t, cap in caps.items() if cap is not None])
             free = {

@@ -76,13 +76,22 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
 # On a machine shared with the gateway and execution, the worker takes the CPU they leave:
 # a webhook's 202 waits on the CPU, a queued run only on its turn (see README, "CPU sharing").
 DEFAULT_NICE = 10
+# The queue's statements walk `runs_queued` in order and stop after a few entries. The table
+# fills and drains in seconds, so its statistics are often stale, and a planner that believes
+# the queue is nearly empty picks a bitmap scan that reads a whole backlog and sorts it; the
+# worker's statements are all index walks or lookups by key, so its connections go without.
+QUEUE_SETTINGS = {"enable_bitmapscan": "off"}
 
 
 async def build_server(settings: WorkerSettings) -> BuiltServer:
     """The composition root: engine, channels, entitlements, step pool, worker, health server."""
     if settings.nice:
         os.nice(settings.nice)  # before the step processes start: they inherit it
-    db = Database(create_engine(settings.database_url, pool_size=POOL_SIZE))
+    db = Database(
+        create_engine(
+            settings.database_url, name="worker", pool_size=POOL_SIZE, settings=QUEUE_SETTINGS
+        )
+    )
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)

@@ -34,7 +34,7 @@ def load_settings(env: Env | None = None) -> TenancySettings:
 
 async def build_server(settings: TenancySettings) -> BuiltServer:
     """The composition root: engine, change hub, use cases, servicer, gRPC server."""
-    db = Database(create_engine(settings.database_url))
+    db = Database(create_engine(settings.database_url, name="tenancy"))
     changes = ChangeHub(libpq_url(settings.database_url))
     servicer = TenancyServicer(TenancyService(db), changes)
     built = build_grpc_server(

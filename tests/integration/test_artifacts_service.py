@@ -138,7 +138,7 @@ async def served(
             max_attempts=1,
         )
     )
-    db = Database(create_engine(database.app_url, pool_size=2))
+    db = Database(create_engine(database.app_url, name="tests", pool_size=2))
     async with running(execution) as execution_addr:
         settings = ArtifactsSettings(
             server=server_settings("artifacts"),

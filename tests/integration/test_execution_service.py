@@ -170,9 +170,11 @@ async def test_pagination_walks_every_run_once(env: Env) -> None:
 
 
 async def claim(db: Database, worker: str) -> ClaimedRun | None:
-    """The next claimable run, taken under `worker`'s lease (concurrency limits aside)."""
+    """The next claimable run, taken under `worker`'s lease (concurrency limits aside), after
+    putting expired leases back in the queue as a worker does."""
     async with db.system(SystemPath.RUN_QUEUE) as session:
         queue = QueueRepository(session, worker)
+        await queue.reclaim()
         tenants = await queue.tenants_with_work(uuid.UUID(int=0), 1)
         claimed = await queue.start({tenants[0]: 1}, timedelta(seconds=60)) if tenants else []
     return claimed[0] if claimed else None
@@ -191,7 +193,8 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
     assert claimed_by_a.attempt == 1
     again = await claim(app_db, "worker-b")
     assert again is None or again.id != run_id
-    # Worker A dies: its lease runs out, and worker B takes the run over as attempt 2.
+    # Worker A dies: its lease runs out, the run goes back to the queue (attempt 1 counted),
+    # and worker B takes it over as attempt 2.
     async with app_db.tenant(tenant) as session:
         await session.execute(
             text(
@@ -200,6 +203,16 @@ async def test_claims_skip_locked_rows_and_expired_leases_are_reclaimed(
             ),
             {"r": run_id},
         )
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        assert await QueueRepository(session, "worker-c").reclaim() >= 1
+    async with app_db.tenant(tenant) as session:
+        row = (
+            await session.execute(
+                text("SELECT status, attempt, lease_owner FROM execution.runs WHERE id = :r"),
+                {"r": run_id},
+            )
+        ).one()
+    assert tuple(row) == ("queued", 1, None)
     taken = await claim(app_db, "worker-b")
     assert taken is not None
     assert (taken.id, taken.attempt) == (run_id, 2)

@@ -171,7 +171,9 @@ def test_webhook_deliveries_are_counted_by_outcome_and_reason() -> None:
 
 
 async def test_pool_gauges_read_the_engines_pool_at_scrape_time() -> None:
-    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", pool_size=3)
+    engine = create_engine(
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", name="tests", pool_size=3
+    )
     registry = CollectorRegistry()
     registry.register(PoolMetrics(engine))
     assert registry.get_sample_value("aias_db_pool_max_connections") == 6
