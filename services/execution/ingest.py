@@ -2,7 +2,8 @@
 
 A commit (its WAL flush) costs about a millisecond whatever it holds, so committing each run on
 its own caps ingest near a thousand runs a second per connection; deliveries that arrive within
-`window` of each other are written together instead, as one INSERT per tenant and table. Each
+`window` of each other are written together instead, as one INSERT per tenant and table (rows
+passed as one array per column, so PostgreSQL runs one statement however many rows). Each
 caller is answered only after the commit that holds its run, so "202 means committed" holds.
 A batch that fails is retried one run per transaction, so one bad row fails only itself.
 """
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import text
 
 from aias.core.db import Database
 from aias.services.execution.models import RunRow, WebhookDeliveryRow
@@ -29,8 +30,49 @@ DEFAULT_MAX_BATCH = 256
 # Batches written at once: while one commits, the next one forms and starts.
 DEFAULT_FLUSHES = 4
 
-_RUNS = RunRow
-_DELIVERIES = WebhookDeliveryRow
+# The columns a new run and its delivery record are written with (the times are the server's).
+_RUN_COLUMNS = {
+    "id": "uuid",
+    "tenant_id": "uuid",
+    "workflow_id": "uuid",
+    "workflow_version": "int",
+    "endpoint_id": "uuid",
+    "status": "text",
+    "attempt": "int",
+    "max_attempts": "int",
+    "payload": "bytea",
+    "content_type": "text",
+    "idempotency_key": "text",
+    "payload_sha256": "bytea",
+    "error": "text",
+    "traceparent": "text",
+}
+_DELIVERY_COLUMNS = {
+    "id": "uuid",
+    "tenant_id": "uuid",
+    "endpoint_id": "uuid",
+    "http_status": "int",
+    "reason": "text",
+    "message": "text",
+    "size_bytes": "bigint",
+    "run_id": "uuid",
+}
+
+
+def _insert_arrays(table: str, columns: dict[str, str]) -> Any:
+    names = ", ".join(columns)
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+    return text(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})")
+
+
+_INSERT_RUNS = _insert_arrays(f"execution.{RunRow.__tablename__}", _RUN_COLUMNS)
+_INSERT_DELIVERIES = _insert_arrays(
+    f"execution.{WebhookDeliveryRow.__tablename__}", _DELIVERY_COLUMNS
+)
+
+
+def _arrays(rows: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, list[Any]]:
+    return {name: [row[name] for row in rows] for name in columns}
 
 
 @dataclass
@@ -141,8 +183,10 @@ class RunWriter:
                 rows = list(group)
                 # Row-level security applies per statement: each tenant's rows under its own.
                 await self._db.as_tenant(connection, tenant_id)
-                await connection.execute(insert(_RUNS), [pending.run for pending in rows])
-                await connection.execute(insert(_DELIVERIES), [p.delivery for p in rows])
+                await connection.execute(_INSERT_RUNS, _arrays([p.run for p in rows], _RUN_COLUMNS))
+                await connection.execute(
+                    _INSERT_DELIVERIES, _arrays([p.delivery for p in rows], _DELIVERY_COLUMNS)
+                )
 
 
 def _retrieve(done: asyncio.Future[None]) -> None:

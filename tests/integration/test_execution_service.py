@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.services.execution import main as execution_main
+from aias.services.execution.ingest import RunWriter, row_values
+from aias.services.execution.models import RunRow, WebhookDeliveryRow
 from aias.services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
 from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
@@ -106,6 +109,78 @@ async def test_trigger_commits_a_queued_run(env: Env) -> None:
     assert accepted.status == pb.RUN_STATUS_QUEUED
     assert run.status == pb.RUN_STATUS_QUEUED
     assert run.workflow_version == 1
+
+
+async def test_a_bad_row_in_a_group_commit_fails_only_its_own_delivery(
+    env: Env, app_db: Database
+) -> None:
+    tenant, _secret, _meta = await endpoint(env)
+    async with app_db.tenant(tenant) as session:
+        workflow_id, endpoint_id = (
+            await session.execute(text("SELECT workflow_id, id FROM execution.webhook_endpoints"))
+        ).one()
+
+    def rows(workflow: uuid.UUID) -> tuple[dict[str, object], dict[str, object]]:
+        run = RunRow(
+            id=uuid.uuid4(),
+            tenant_id=uuid.UUID(tenant),
+            workflow_id=workflow,
+            workflow_version=1,
+            endpoint_id=endpoint_id,
+            status="queued",
+            attempt=0,
+            max_attempts=3,
+            payload=b"{}",
+            content_type="application/json",
+            idempotency_key=None,
+            payload_sha256=None,
+            error="",
+            traceparent=None,
+        )
+        accepted = WebhookDeliveryRow(
+            id=uuid.uuid4(),
+            tenant_id=run.tenant_id,
+            endpoint_id=endpoint_id,
+            http_status=202,
+            reason="",
+            message="",
+            size_bytes=2,
+            run_id=run.id,
+        )
+        return row_values(run), row_values(accepted)
+
+    writer = RunWriter(app_db, window=0.05)
+    await writer.start()
+    failed: list[int] = []
+    # The middle run names a workflow that does not exist: its INSERT violates a foreign key.
+    batch = [rows(workflow_id), rows(uuid.uuid4()), rows(workflow_id)]
+    try:
+        results = await asyncio.gather(
+            *(
+                writer.write(
+                    uuid.UUID(tenant), run, accepted, on_failure=functools.partial(failed.append, i)
+                )
+                for i, (run, accepted) in enumerate(batch)
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        await writer.close()
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], Exception)
+    assert failed == [1]
+    async with app_db.tenant(tenant) as session:
+        written = set((await session.execute(text("SELECT id FROM execution.runs"))).scalars())
+        recorded = set(
+            (
+                await session.execute(text("SELECT run_id FROM execution.webhook_deliveries"))
+            ).scalars()
+        )
+    expected = {batch[0][0]["id"], batch[2][0]["id"]}
+    assert written == expected
+    assert expected <= recorded
+    assert batch[1][0]["id"] not in recorded
 
 
 async def test_body_over_the_plan_limit_is_refused_and_not_queued(env: Env) -> None:
