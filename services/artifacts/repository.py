@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -51,6 +51,38 @@ class UnreferencedBlob:
     sha256: str
 
 
+# The upload path's statements, written once: an upload runs four of them, and building them
+# with the ORM each time cost more CPU than PostgreSQL spent running them.
+_ARTIFACT_COLUMNS = (
+    "id, tenant_id, run_id, workflow_id, step_id, name, media_type, size_bytes, sha256, "
+    "create_time, expire_time"
+)
+_RECORD_BLOB = text("""
+    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes) VALUES (:tenant, :sha256, :size)
+    ON CONFLICT (tenant_id, sha256) DO UPDATE SET unreferenced_time = now()
+    WHERE blobs.refcount = 0""")
+_LOCK_BLOBS = text("""
+    SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = ANY(CAST(:digests AS text[]))
+    ORDER BY sha256 FOR UPDATE""")
+# The artifact, and one more reference to its blob (locked by the caller) when it was added;
+# the unique constraint arbitrates concurrent uploads, and the loser reads the winner.
+_ADD_ARTIFACT = text(f"""
+    WITH added AS (
+        INSERT INTO artifacts.artifacts
+            (id, tenant_id, run_id, workflow_id, step_id, name, media_type, size_bytes, sha256,
+             expire_time)
+        VALUES (:id, :tenant, :run, :workflow, :step, :name, :media_type, :size, :sha256,
+                -- The database clock, like create_time, so expiry is exact whatever the host.
+                now() + CAST(:retention AS interval))
+        ON CONFLICT ON CONSTRAINT artifacts_run_step_name DO NOTHING
+        RETURNING {_ARTIFACT_COLUMNS}
+    ), referenced AS (
+        UPDATE artifacts.blobs SET refcount = refcount + 1, unreferenced_time = NULL
+        WHERE sha256 = :sha256 AND EXISTS (SELECT 1 FROM added)
+    )
+    SELECT {_ARTIFACT_COLUMNS} FROM added""")
+
+
 class ArtifactRepository:
     """One tenant's artifacts and blobs (RLS scopes the session to the tenant).
 
@@ -74,33 +106,14 @@ class ArtifactRepository:
         """Records content about to be stored, or restarts the sweeper's grace period of
         content already recorded that no artifact names; one statement."""
         await self._session.execute(
-            insert(BlobRow)
-            .values(tenant_id=tenant_id, sha256=blob.sha256, size_bytes=blob.size)
-            .on_conflict_do_update(
-                index_elements=[BlobRow.tenant_id, BlobRow.sha256],
-                set_={"unreferenced_time": func.now()},
-                where=BlobRow.refcount == 0,
-            )
+            _RECORD_BLOB, {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size}
         )
 
     async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
         """Locks the blob rows of these digests until the transaction ends; returns how many
         artifacts name each (a digest without a row is left out)."""
-        rows = await self._session.execute(
-            select(BlobRow.sha256, BlobRow.refcount)
-            .where(BlobRow.sha256.in_(sorted(set(digests))))
-            .order_by(BlobRow.sha256)
-            .with_for_update()
-        )
-        return {row.sha256: row.refcount for row in rows}
-
-    async def reference(self, sha256: str) -> None:
-        """One more artifact names the blob (locked by the caller)."""
-        await self._session.execute(
-            update(BlobRow)
-            .where(BlobRow.sha256 == sha256)
-            .values(refcount=BlobRow.refcount + 1, unreferenced_time=None)
-        )
+        rows = await self._session.execute(_LOCK_BLOBS, {"digests": sorted(set(digests))})
+        return {str(sha256): int(refcount) for sha256, refcount in rows}
 
     async def dereference(self, digests: Counter[str]) -> int:
         """Artifacts naming these blobs (locked by the caller) are gone; returns the bytes of
@@ -142,35 +155,33 @@ class ArtifactRepository:
     async def delete_blobs(self, digests: Sequence[str]) -> None:
         await self._session.execute(delete(BlobRow).where(BlobRow.sha256.in_(digests)))
 
-    async def add_if_absent(
+    async def add_referenced(
         self,
         tenant_id: uuid.UUID,
         new: NewArtifact,
         workflow_id: uuid.UUID,
         blob: StoredBlob,
     ) -> Artifact | None:
-        """Inserts the artifact, or returns None when its run, step and name are taken."""
-        statement = (
-            insert(ArtifactRow)
-            .values(
-                id=uuid.uuid4(),
-                tenant_id=tenant_id,
-                run_id=new.run_id,
-                workflow_id=workflow_id,
-                step_id=new.step_id,
-                name=new.name,
-                media_type=new.media_type,
-                size_bytes=blob.size,
-                sha256=blob.sha256,
-                # The database clock, like create_time, so expiry is exact whatever the host.
-                expire_time=func.now() + new.retention if new.retention else None,
+        """Inserts the artifact and counts one more reference to its blob (locked by the
+        caller); returns None, changing nothing, when its run, step and name are taken."""
+        row = (
+            await self._session.execute(
+                _ADD_ARTIFACT,
+                {
+                    "id": uuid.uuid4(),
+                    "tenant": tenant_id,
+                    "run": new.run_id,
+                    "workflow": workflow_id,
+                    "step": new.step_id,
+                    "name": new.name,
+                    "media_type": new.media_type,
+                    "size": blob.size,
+                    "sha256": blob.sha256,
+                    "retention": new.retention,
+                },
             )
-            # The unique constraint arbitrates concurrent uploads; the loser reads the winner.
-            .on_conflict_do_nothing(constraint="artifacts_run_step_name")
-            .returning(ArtifactRow)
-        )
-        row = (await self._session.scalars(statement)).one_or_none()
-        return _artifact(row) if row else None
+        ).one_or_none()
+        return Artifact(*row) if row else None
 
     async def by_identity(self, run_id: uuid.UUID, step_id: str, name: str) -> Artifact | None:
         row = (

@@ -183,9 +183,8 @@ class ArtifactsService:
                     if await _locked_refcount(repo, tenant_id, written) == 0 and written.size:
                         reserved = await self._storage.reserve(entitlements, written.size)
                     blob = await writer.commit()
-                    stored = await repo.add_if_absent(tenant_id, new, workflow_id, blob)
+                    stored = await repo.add_referenced(tenant_id, new, workflow_id, blob)
                     if stored is not None:
-                        await repo.reference(blob.sha256)
                         referenced = True
                     else:
                         stored = await repo.by_identity(new.run_id, new.step_id, new.name)
