@@ -194,7 +194,7 @@ async def _observe(
     finally:
         elapsed = time.perf_counter() - started
         request.app[METRICS].observe(request[ROUTE_LABEL], request.method, status, elapsed)
-        if request.app[SETTINGS].access_log:
+        if request.app[SETTINGS].access_log and access_log.isEnabledFor(logging.INFO):
             # request_id and tenant_id come from the context, as on every line.
             access_log.info(
                 "request",

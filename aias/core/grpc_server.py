@@ -159,14 +159,22 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, internal_token: str, metrics: RpcMetrics) -> None:
         self._expected = f"Bearer {internal_token}".encode()
         self._metrics = metrics
+        # Handlers never change: each method's is wrapped once, on its first call.
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
     ) -> Any:
+        method: str = details.method
+        if (known := self._wrapped.get(method)) is not None:
+            return known
         handler = await continuation(details)
         if handler is None:
             return None
-        method: str = details.method
+        self._wrapped[method] = wrapped = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         public = method.startswith(HEALTH_PREFIX)
         kinds = (
             ("unary_unary", grpc.unary_unary_rpc_method_handler),

@@ -343,8 +343,8 @@ class ExecutionServicer(AlertServicer):
                 webhook_signature=request.webhook_signature,
             )
         )
-        # 202 for a new run and for a repeat alike: a repeat is answered as the first one was.
-        await context.send_initial_metadata(((HTTP_CODE, "202"),))
+        # 202 for a new run and for a repeat alike (a repeat is answered as the first one was):
+        # the route's `success_status`, so the hot path sends no metadata of its own.
         return pb.TriggerWebhookResponse(
             run_id=str(run.id), status=RUN_STATUS[RunStatus(run.status)]
         )

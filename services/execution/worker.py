@@ -249,7 +249,9 @@ class Worker:
             if now >= self._next_reclaim:
                 self._next_reclaim = now + RECLAIM_INTERVAL_SECONDS
                 if reclaimed := await queue.reclaim():
-                    log.warning("runs whose lease expired are queued again", extra={"runs": reclaimed})
+                    log.warning(
+                        "runs whose lease expired are queued again", extra={"runs": reclaimed}
+                    )
             tenants = await queue.tenants_with_work(self._after, CLAIM_TENANTS)
             caps = self._caps(tenants)
             running = await queue.live_leases([t for t, cap in caps.items() if cap is not None])
