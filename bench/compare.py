@@ -109,6 +109,12 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
             lambda r: sum(r["webhook_c64"]["cpu_ms_per_webhook"].values())
         ),
     }
+    # Where the CPU went, process by process: a change can move work (a worker that keeps up
+    # with ingest uses more of it inside the measured window) without changing the total.
+    for process in runs[0]["webhook_c64"]["cpu_ms_per_webhook"]:
+        summary[f"cpu_ms_per_webhook_{process}"] = median(
+            lambda r, p=process: r["webhook_c64"]["cpu_ms_per_webhook"].get(p, 0.0)
+        )
     for name in runs[0]:
         if name.startswith("webhook_openloop_"):
             summary[f"{name}_p99_ms"] = median(lambda r, n=name: r[n]["p99_ms"])
