@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -34,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 from sqlalchemy import text
 
 from aias.core.db import Database, SystemPath, create_engine
 from aias.core.launcher import Stack, launch
-from bench.common import machine, print_machine
+from bench.common import cpu_seconds, machine, print_machine
 
 ONE_STEP = [{"id": "shape", "type": "transform", "config": {"expression": "{order: id}"}}]
 FOUR_STEPS = [
@@ -55,6 +57,23 @@ FOUR_STEPS = [
     {"id": "say", "type": "template", "config": {"template": "Order {{ input.order }}"}},
     {"id": "save", "type": "artifact", "config": {"name": "summary.json", "format": "json"}},
 ]
+
+
+# The benchmark's own worker processes (their step processes are their children).
+WORKER_PIDS: list[int] = []
+
+
+def _cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far: the suite's processes, PostgreSQL, and the benchmark's workers."""
+    used = cpu_seconds(stack)
+    used["workers"] = 0.0
+    for pid in WORKER_PIDS:
+        with contextlib.suppress(psutil.Error):
+            process = psutil.Process(pid)
+            for member in (process, *process.children(recursive=True)):
+                times = member.cpu_times()
+                used["workers"] += times.user + times.system
+    return used
 
 
 @asynccontextmanager
@@ -75,10 +94,12 @@ async def _workers(stack: Stack, count: int, settings: dict[str, str]) -> AsyncI
                 env=env,
             )
         )
+    WORKER_PIDS[:] = [process.pid for process in processes]
     try:
         await asyncio.sleep(3.0)  # start-up: step processes, LISTEN connections
         yield
     finally:
+        WORKER_PIDS.clear()
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
@@ -165,11 +186,20 @@ class Bench:
         tenant, auth = await self.tenant()
         workflow = await self.workflow(auth, steps)
         await self.queue(tenant, workflow, runs)
+        before = _cpu(self.stack)
         await self.wait_done(tenant, workflow, runs)
+        after = _cpu(self.stack)
         measured = await self.outcome(tenant, workflow)
         return {
             "runs": runs,
             "per_second": measured["runs"] / measured["seconds"],
+            # Where a run's CPU goes: the workers (and their step processes), each service,
+            # PostgreSQL (the benchmark's own polling included, a few ms a second).
+            "cpu_ms_per_run": {
+                name: round((after[name] - before.get(name, 0.0)) * 1000 / runs, 2)
+                for name in after
+                if after[name] - before.get(name, 0.0) > 0
+            },
             "tenant": tenant,
             "workflow": workflow,
         }
@@ -231,6 +261,13 @@ class Bench:
         return await self.webhook(auth, workflow), tenant, workflow, auth
 
 
+def _four_step(drained: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "four_step_per_second": drained["per_second"],
+        "four_step_cpu_ms_per_run": drained["cpu_ms_per_run"],
+    }
+
+
 def _order(index: int) -> dict[str, Any]:
     return {"id": f"order-{index}", "items": [{"price": index}]}
 
@@ -290,9 +327,7 @@ async def _run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
                         "three_step_per_second": (
                             await bench.drain(FOUR_STEPS[:3], args.four_step_runs)
                         )["per_second"],
-                        "four_step_per_second": (
-                            await bench.drain(FOUR_STEPS, args.four_step_runs)
-                        )["per_second"],
+                        **_four_step(await bench.drain(FOUR_STEPS, args.four_step_runs)),
                         "four_step_webhooks": await bench.end_to_end(args.webhooks, 16),
                         "four_step_one_at_a_time": await bench.one_at_a_time(args.sequential),
                     }
@@ -319,6 +354,10 @@ def _report(measured: dict[str, Any]) -> None:
             f"{figures['one_step_per_second']:,.0f}/s, three-step (no artifact) "
             f"{figures['three_step_per_second']:,.0f}/s, four-step "
             f"{figures['four_step_per_second']:,.0f}/s"
+        )
+        print(
+            f"{count} worker(s), CPU ms per four-step run drained, by process: "
+            f"{figures['four_step_cpu_ms_per_run']}"
         )
         print(
             f"{count} worker(s), four-step runs by webhook: {hooks['per_second']:,.0f} "
