@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from alembic.config import Config
+from sqlalchemy import Connection, create_engine
 
 from aias.core.clients import internal_channel
 from aias.core.localdb import LocalDatabase
+from aias.core.migrate import _sync_url, migrations_dir
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.services.execution import main as execution_main
 from aias.services.tenancy import main as tenancy_main
@@ -45,3 +48,26 @@ async def execution(database: LocalDatabase, tenancy: Tenancy) -> AsyncIterator[
         channel = internal_channel(address, INTERNAL_TOKEN)
         yield Execution(address, execution_grpc.ExecutionServiceStub(channel))
         await channel.close()
+
+
+@pytest.fixture
+def owner(database: LocalDatabase) -> Iterator[Connection]:
+    """The owner's connection in one transaction that is rolled back, DDL included."""
+    engine = create_engine(_sync_url(database.owner_url))
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            yield connection
+            # The shared database is left as it was, schema version included.
+            transaction.rollback()
+    finally:
+        engine.dispose()
+
+
+def alembic_config(connection: Connection, service: str) -> Config:
+    """Alembic on `connection` for one service's schema, to move it between revisions."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir(service)))
+    config.attributes["connection"] = connection
+    config.attributes["schema"] = service
+    return config

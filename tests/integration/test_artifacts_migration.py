@@ -3,37 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
-import pytest
 from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import Connection, text
 
-from aias.core.localdb import LocalDatabase
-from aias.core.migrate import _sync_url, migrations_dir
-
-
-@pytest.fixture
-def owner(database: LocalDatabase) -> Iterator[Connection]:
-    """The owner's connection in one transaction that is rolled back, DDL included."""
-    engine = create_engine(_sync_url(database.owner_url))
-    try:
-        with engine.connect() as connection:
-            transaction = connection.begin()
-            yield connection
-            # The shared database is left as it was, schema version included.
-            transaction.rollback()
-    finally:
-        engine.dispose()
-
-
-def _alembic(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir("artifacts")))
-    config.attributes["connection"] = connection
-    config.attributes["schema"] = "artifacts"
-    return config
+from tests.integration.conftest import alembic_config
 
 
 def _as_tenant(connection: Connection, tenant: uuid.UUID) -> None:
@@ -41,7 +15,7 @@ def _as_tenant(connection: Connection, tenant: uuid.UUID) -> None:
 
 
 def test_existing_artifacts_get_blob_rows_counting_them(owner: Connection) -> None:
-    command.downgrade(_alembic(owner), "artifacts_0001")
+    command.downgrade(alembic_config(owner, "artifacts"), "artifacts_0001")
     a, b = uuid.uuid4(), uuid.uuid4()
     rows = [(a, "1" * 64, 10), (a, "1" * 64, 10), (a, "2" * 64, 20), (b, "1" * 64, 10)]
     for tenant, sha256, size in rows:
@@ -62,7 +36,7 @@ def test_existing_artifacts_get_blob_rows_counting_them(owner: Connection) -> No
             },
         )
 
-    command.upgrade(_alembic(owner), "head")
+    command.upgrade(alembic_config(owner, "artifacts"), "head")
 
     counted = {}
     for tenant in (a, b):
