@@ -12,7 +12,7 @@ STUBS := build/aias.binpb
 # ignored by git: mypy resolves imports by path and cannot follow the editable install's finder.
 LINKS := aias/services aias/gateway
 
-.PHONY: run test lint typecheck buf-lint pytest test-tools protos lock bench bench-ingest bench-worker bench-artifacts clean
+.PHONY: run test lint typecheck buf-lint pytest test-tools protos lock bench bench-ingest bench-worker bench-artifacts bench-pg clean
 
 # `make run REPLICAS=execution-worker=3,gateway=2` runs more than one process of a kind.
 run: $(STUBS)
@@ -76,6 +76,9 @@ bench-worker: $(STUBS)
 
 bench-artifacts: $(STUBS)
 	$(PY) -m bench.artifacts_path
+
+bench-pg: $(STUBS)
+	$(PY) -m bench.pg_profile
 
 clean:
 	rm -rf $(VENV) .tools build $(LINKS)

@@ -65,6 +65,8 @@ class EmbeddedPostgres:
 
     data_dir: Path
     preferred_port: int = DEFAULT_PORT
+    # Server settings the server starts with (`-c name=value`), e.g. to load pg_stat_statements.
+    server_settings: dict[str, str] = field(default_factory=dict)
     _guard: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -172,7 +174,7 @@ class EmbeddedPostgres:
             options = (
                 f"-c listen_addresses=127.0.0.1 -c port={port} "
                 "-c unix_socket_directories='' -c max_connections=200"
-            )
+            ) + "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
             self._run(
                 _bin("pg_ctl"),
                 "-D",

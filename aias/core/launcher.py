@@ -484,9 +484,16 @@ def launch(
         for spec in PROCESSES
     }
     embedded_port = 0 if any_port else env.integer("AIAS_EMBEDDED_PG_PORT", 54329, maximum=65535)
+    embedded_settings = env.settings("AIAS_EMBEDDED_PG_SETTINGS")
     grace = env.number("AIAS_SHUTDOWN_GRACE_SECONDS", 10.0)
     env.check()
-    database = prepare(data_dir, database_url, app_password, embedded_port=embedded_port)
+    database = prepare(
+        data_dir,
+        database_url,
+        app_password,
+        embedded_port=embedded_port,
+        embedded_settings=embedded_settings,
+    )
     stack = Stack(
         data_dir,
         database,

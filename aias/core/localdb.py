@@ -98,6 +98,7 @@ def prepare(
     database_url: str | None,
     app_password: str | None,
     embedded_port: int | None = None,
+    embedded_settings: dict[str, str] | None = None,
 ) -> LocalDatabase:
     """Starts embedded PostgreSQL unless `database_url` is given, migrates, returns the URLs."""
     app_password = app_password or kept_secret(data_dir, "app-db-password")
@@ -107,7 +108,9 @@ def prepare(
         _ensure_database(owner_url)
     else:
         embedded = EmbeddedPostgres(
-            data_dir, **({"preferred_port": embedded_port} if embedded_port is not None else {})
+            data_dir,
+            **({"preferred_port": embedded_port} if embedded_port is not None else {}),
+            server_settings=embedded_settings or {},
         )
         superuser_url = embedded.start()
         owner_password = kept_secret(data_dir, "owner-db-password")

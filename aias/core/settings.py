@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,10 @@ T = TypeVar("T")
 
 class SettingsError(Exception):
     """A required setting is missing or a value is malformed."""
+
+
+_SETTING_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_SETTING_VALUE = re.compile(r"[A-Za-z0-9_.,:/+-]+")
 
 
 class Env:
@@ -66,6 +71,21 @@ class Env:
         if not math.isfinite(value) or value < minimum:
             self._problems.append(f"{name} must be at least {minimum}, got {value}")
         return value
+
+    def settings(self, name: str) -> dict[str, str]:
+        """Space-separated `name=value` pairs (server settings): names of letters, digits, `_`
+        and `.`, values without spaces or quotes."""
+        found: dict[str, str] = {}
+        for pair in self._environ.get(name, "").split():
+            key, equals, value = pair.partition("=")
+            if not (equals and _SETTING_NAME.fullmatch(key) and _SETTING_VALUE.fullmatch(value)):
+                self._problems.append(
+                    f"{name} must be space-separated name=value pairs (e.g. "
+                    f"'shared_preload_libraries=pg_stat_statements'), got {pair[:64]!r}"
+                )
+                continue
+            found[key] = value
+        return found
 
     def flag(self, name: str, default: bool) -> bool:
         """true/false (also 1/0, yes/no, on/off)."""

@@ -97,3 +97,29 @@ def test_the_artifacts_sweeper_settings_have_defaults_and_are_read() -> None:
 def test_a_bad_artifacts_sweeper_setting_is_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         artifacts_main.load_settings(Env({**ARTIFACTS_ENV, name: value}))
+
+
+def test_server_settings_are_name_value_pairs() -> None:
+    env = Env(
+        {
+            "AIAS_EMBEDDED_PG_SETTINGS": "shared_preload_libraries=pg_stat_statements "
+            "pg_stat_statements.track=all"
+        }
+    )
+    assert env.settings("AIAS_EMBEDDED_PG_SETTINGS") == {
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "all",
+    }
+    env.check()
+    assert Env({}).settings("AIAS_EMBEDDED_PG_SETTINGS") == {}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["fsync", "=on", "fsync=", "work_mem='64MB'", "a=b;DROP", "x y=1", "max_connections=1 -c"],
+)
+def test_server_settings_that_could_change_the_command_line_are_refused(raw: str) -> None:
+    env = Env({"AIAS_EMBEDDED_PG_SETTINGS": raw})
+    env.settings("AIAS_EMBEDDED_PG_SETTINGS")
+    with pytest.raises(SettingsError, match="AIAS_EMBEDDED_PG_SETTINGS must be space-separated"):
+        env.check()
