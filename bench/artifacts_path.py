@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import os
 import socket
 import statistics
@@ -225,10 +224,7 @@ def main() -> None:
     )
     print(f"  SHA-256 alone (one core): {result['sha256_mib_per_second']}")
     print(f"  resident memory after, MiB: {result['rss_mib_after']}")
-    if arguments.output:
-        arguments.output.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
-    else:
-        write_json("artifacts-path", result)
+    write_json("artifacts-path", result, arguments.output)
 
 
 if __name__ == "__main__":

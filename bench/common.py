@@ -48,11 +48,13 @@ def print_machine(info: Mapping[str, Any]) -> None:
     print(f"software: Python {info['python']}, {versions}")
 
 
-def write_json(name: str, figures: Mapping[str, Any]) -> Path:
-    """Writes the figures beside the machine to bench/results/<name>-<time>.json."""
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS / f"{name}-{stamp}.json"
+def write_json(name: str, figures: Mapping[str, Any], path: Path | None = None) -> Path:
+    """Writes the figures beside the machine to `path`, by default
+    bench/results/<name>-<time>.json."""
+    if path is None:
+        RESULTS.mkdir(exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = RESULTS / f"{name}-{stamp}.json"
     path.write_text(json.dumps({"machine": machine(), **figures}, indent=2) + "\n")
     print(f"written: {path}")
     return path

@@ -221,10 +221,7 @@ def main() -> None:
     print_machine(info)
     figures = measure(args.seconds, args.rates)
     report(figures)
-    if args.output:
-        args.output.write_text(json.dumps({"machine": info, **figures}, indent=2) + "\n")
-    else:
-        write_json("ingest", figures)
+    write_json("ingest", figures, args.output)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
 import psutil
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from aias.core.launcher import Stack
 from bench.common import cpu_seconds, machine, new_hook, print_machine, suite, write_json
@@ -35,11 +34,9 @@ TOP_STATEMENTS = 15
 
 
 def _superuser(stack: Stack) -> Engine:
-    embedded = stack.database.embedded
-    if embedded is None:
+    if stack.database.embedded is None:
         raise SystemExit("bench.pg_profile needs the embedded PostgreSQL (unset AIAS_DATABASE_URL)")
-    url = make_url(embedded.start()).set(drivername="postgresql+psycopg", database="aias")
-    return create_engine(url, isolation_level="AUTOCOMMIT")
+    return create_engine(stack.database.superuser_url(), isolation_level="AUTOCOMMIT")
 
 
 def _backend_cpu(engine: Engine) -> dict[str, float]:
@@ -134,10 +131,7 @@ def main() -> None:
     print_machine(info)
     figures = measure(args.seconds)
     report(figures)
-    if args.output:
-        args.output.write_text(json.dumps({"machine": info, **figures}, indent=2) + "\n")
-    else:
-        write_json("pg_profile", figures)
+    write_json("pg_profile", figures, args.output)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,16 @@ class LocalDatabase:
         if self.embedded is not None:
             self.embedded.stop()
 
+    def superuser_url(self) -> str:
+        """The embedded server's superuser on this database, which row-level security does not
+        filter (tests and benchmarks read across tenants with it)."""
+        if self.embedded is None:
+            raise RuntimeError("only the embedded PostgreSQL's superuser is known")
+        url = make_url(self.embedded.start()).set(
+            drivername="postgresql+psycopg", database=make_url(self.owner_url).database
+        )
+        return url.render_as_string(hide_password=False)
+
 
 def kept_secret(data_dir: Path, name: str) -> str:
     """A generated secret kept in the data folder, so restarts reuse it."""

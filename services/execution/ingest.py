@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 from aias.core.db import Database
 from aias.services.execution.models import RunRow, WebhookDeliveryRow
@@ -59,7 +59,9 @@ _DELIVERY_COLUMNS = {
 }
 
 
-def _insert_arrays(table: str, columns: dict[str, str]) -> Any:
+def _insert_arrays(table: str, columns: dict[str, str]) -> TextClause:
+    # Strings as text, not varchar(n): an explicit cast to varchar(n) would cut a long value
+    # where the INSERT refuses it.
     names = ", ".join(columns)
     arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
     return text(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({arrays})")

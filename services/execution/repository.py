@@ -405,7 +405,8 @@ _TENANTS_WITH_WORK = text(f"""
         UNION ALL {_NEXT_QUEUED.format(walk="later", bound="")}
     ),
     earlier(tenant_id, available_time) AS (
-        SELECT CAST(:first AS uuid), CAST(NULL AS timestamptz)
+        -- Below every tenant id: the nil UUID, which no tenant has.
+        SELECT CAST('00000000-0000-0000-0000-000000000000' AS uuid), CAST(NULL AS timestamptz)
         UNION ALL {_NEXT_QUEUED.format(walk="earlier", bound="AND r.tenant_id <= :after")}
     )
     (SELECT tenant_id FROM later WHERE available_time <= now())
@@ -416,9 +417,6 @@ _TENANTS_WITH_WORK = text(f"""
 # Runs whose lease expired, back to the queue (first in line: their available time is kept).
 # The attempt they were on stays counted; the claim that takes them starts the next one. Rows
 # another transaction holds are left to a later pass.
-# Below every tenant id (the walk's first seed); no tenant has it.
-_NIL_UUID = uuid.UUID(int=0)
-
 _RECLAIM = text("""
     UPDATE execution.runs r
     SET status = 'queued', lease_owner = NULL, lease_expire_time = NULL
@@ -578,9 +576,7 @@ class QueueRepository:
 
     async def tenants_with_work(self, after: uuid.UUID, limit: int) -> list[uuid.UUID]:
         """Up to `limit` tenants with due runs, in id order after `after`, then from the first."""
-        rows = await self._session.execute(
-            _TENANTS_WITH_WORK, {"after": after, "first": _NIL_UUID, "limit": limit}
-        )
+        rows = await self._session.execute(_TENANTS_WITH_WORK, {"after": after, "limit": limit})
         return list(rows.scalars())
 
     async def live_leases(self, tenants: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:

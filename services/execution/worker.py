@@ -60,7 +60,7 @@ STORE_BYTES = UPLOAD_CHUNK
 # Tenants one claim considers. With more tenants waiting, the claims after it serve the rest in
 # turn, so a run waits at most (tenants waiting / CLAIM_TENANTS) claims for its tenant's turn.
 CLAIM_TENANTS = 16
-# The round-robin walk over tenant ids wraps around to here: below every tenant id (UUIDv4).
+# Where the first claim's walk over tenant ids starts: below every tenant id (UUIDv4).
 _FIRST = uuid.UUID(int=0)
 # A claim costs about as much for one run as for dozens. While runs are in flight and fewer
 # than half the slots are free, the claim loop waits this long first, so claims come in batches;

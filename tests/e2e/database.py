@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy import Engine, create_engine
 
 from aias.core.localdb import LocalDatabase, prepare
 
@@ -34,11 +34,7 @@ def fresh_database() -> Iterator[LocalDatabase]:
 def superuser(database: LocalDatabase) -> Iterator[Engine]:
     """The database as its superuser, which row-level security does not filter: what the tests
     check was stored, across tenants and schemas."""
-    assert database.embedded is not None
-    url = make_url(database.embedded.start()).set(
-        drivername="postgresql+psycopg", database=make_url(database.owner_url).database
-    )
-    engine = create_engine(url)
+    engine = create_engine(database.superuser_url())
     try:
         yield engine
     finally:

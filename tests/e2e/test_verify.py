@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import URL, create_engine, make_url, text
+from sqlalchemy import URL, create_engine, text
 
 from aias.core.launcher import Stack
 from tests.conftest import INTERNAL_TOKEN
@@ -57,8 +57,7 @@ def _owner_sql(stack: Stack, change: str, undo: str, *, superuser: bool = False)
     url: str | URL = stack.database.owner_url
     if superuser:
         # Role attributes like BYPASSRLS are only a superuser's to give.
-        assert stack.database.embedded is not None
-        url = make_url(stack.database.embedded.start()).set(drivername="postgresql+psycopg")
+        url = stack.database.superuser_url()
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:

@@ -38,24 +38,8 @@ def upgrade() -> None:
         postgresql_where=text("status = 'running'"),
     )
     op.drop_index("runs_queue", table_name="runs", schema=S)
-    _queue_notifications(payload="''", insert_trigger_level="STATEMENT")
-
-
-def _queue_notifications(payload: str, insert_trigger_level: str) -> None:
-    op.execute(f"""
-        CREATE OR REPLACE FUNCTION {S}.notify_run_queued() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            PERFORM pg_notify('aias_run_queue', {payload});
-            RETURN NULL;
-        END $$""")
+    _notify_function(payload="''")
     op.execute(f"DROP TRIGGER runs_notify ON {S}.runs")
-    op.execute(f"DROP TRIGGER IF EXISTS runs_notify_update ON {S}.runs")
-    if insert_trigger_level == "ROW":
-        op.execute(f"""
-            CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE OF status, available_time
-            ON {S}.runs FOR EACH ROW WHEN (NEW.status = 'queued')
-            EXECUTE FUNCTION {S}.notify_run_queued()""")
-        return
     # A new run is always queued; an update queues one again (a retry, an expired lease).
     op.execute(f"""
         CREATE TRIGGER runs_notify AFTER INSERT ON {S}.runs
@@ -65,8 +49,22 @@ def _queue_notifications(payload: str, insert_trigger_level: str) -> None:
         FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION {S}.notify_run_queued()""")
 
 
+def _notify_function(payload: str) -> None:
+    op.execute(f"""
+        CREATE OR REPLACE FUNCTION {S}.notify_run_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('aias_run_queue', {payload});
+            RETURN NULL;
+        END $$""")
+
+
 def downgrade() -> None:
-    _queue_notifications(payload="NEW.id::text", insert_trigger_level="ROW")
+    op.execute(f"DROP TRIGGER runs_notify_update ON {S}.runs")
+    op.execute(f"DROP TRIGGER runs_notify ON {S}.runs")
+    _notify_function(payload="NEW.id::text")
+    op.execute(f"""
+        CREATE TRIGGER runs_notify AFTER INSERT OR UPDATE OF status, available_time ON {S}.runs
+        FOR EACH ROW WHEN (NEW.status = 'queued') EXECUTE FUNCTION {S}.notify_run_queued()""")
     op.create_index(
         "runs_queue",
         "runs",
