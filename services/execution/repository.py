@@ -441,22 +441,22 @@ _LIVE_LEASES = text("""
 
 # Up to `wanted` of each tenant's oldest due runs (an ordered scan of `runs_queued`), locked
 # (rows another claim holds are skipped, not waited for) and marked running under the worker's
-# lease.
+# lease. The chosen ids are updated through the primary key (`= ANY` of an array): joined
+# instead, the planner, which cannot know how few runs a claim takes, may hash-join them with
+# a scan of the whole table.
 _START = text("""
-    WITH chosen AS (
-        SELECT picked.id
-        FROM unnest(CAST(:tenants AS uuid[]), CAST(:wanted AS int[])) AS w(tenant_id, wanted)
-        CROSS JOIN LATERAL (
-            SELECT r.id FROM execution.runs r
-            WHERE r.tenant_id = w.tenant_id AND r.status = 'queued' AND r.available_time <= now()
-            ORDER BY r.available_time LIMIT w.wanted
-            FOR UPDATE SKIP LOCKED
-        ) AS picked
-    )
     UPDATE execution.runs r
     SET status = 'running', attempt = r.attempt + 1, lease_owner = :worker,
         lease_expire_time = now() + :lease, start_time = now(), error = ''
-    FROM chosen WHERE r.id = chosen.id
+    WHERE r.id = ANY(ARRAY(
+        SELECT picked.id
+        FROM unnest(CAST(:tenants AS uuid[]), CAST(:wanted AS int[])) AS w(tenant_id, wanted)
+        CROSS JOIN LATERAL (
+            SELECT q.id FROM execution.runs q
+            WHERE q.tenant_id = w.tenant_id AND q.status = 'queued' AND q.available_time <= now()
+            ORDER BY q.available_time LIMIT w.wanted
+            FOR UPDATE SKIP LOCKED
+        ) AS picked))
     RETURNING r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.attempt, r.max_attempts,
         r.payload, r.content_type, r.create_time, r.cancel_requested, r.traceparent""")
 

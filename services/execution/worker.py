@@ -8,6 +8,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -150,6 +151,12 @@ class Worker:
         self._runs: set[asyncio.Task[None]] = set()
         # Set by a queue notice, a freed slot or fetched limits: the claim loop looks again.
         self._wake = asyncio.Event()
+        # Whether the last claim took every due run it could see (no tenant left with runs
+        # beyond its share or its limit); if so, a freed slot has nothing to claim and does not
+        # wake the loop: new runs announce themselves. `_notices` counts the announcements
+        # (queue notices, fetched limits), so one that arrives during a claim is not lost.
+        self._drained = False
+        self._notices = 0
         self._check_leases = asyncio.Event()
         self._stopping = asyncio.Event()
         # Where the round-robin walk over tenants resumes: after the last tenant served.
@@ -173,9 +180,9 @@ class Worker:
                 follow_notifications(
                     self._listen_url,
                     NOTIFY_CHANNEL,
-                    on_notify=lambda _payload: self._wake.set(),
+                    on_notify=lambda _payload: self._more_work(),
                     # Runs queued while nobody listened are claimable now.
-                    on_connect=self._wake.set,
+                    on_connect=self._more_work,
                 ),
                 name="listen-queue",
             ),
@@ -243,6 +250,7 @@ class Worker:
         Tenants whose limits are not cached yet are left to a later claim (their limits are
         fetched meanwhile); tenants at their concurrent-runs limit get nothing.
         """
+        notices = self._notices
         async with self._db.system(SystemPath.RUN_QUEUE) as session:
             queue = QueueRepository(session, self._config.worker_id)
             now = time.monotonic()
@@ -263,6 +271,7 @@ class Worker:
             claimed = await queue.start(shares, self._config.lease)
         if shares:
             self._after = next(reversed(shares))
+        self._drained = notices == self._notices and _drained(tenants, shares, claimed)
         return claimed
 
     def _caps(self, tenants: Sequence[uuid.UUID]) -> dict[uuid.UUID, int | None]:
@@ -289,6 +298,18 @@ class Worker:
             log.warning("could not fetch a tenant's limits", extra={"error": error.message})
         finally:
             del self._fetches[tenant]
+            self._more_work()
+
+    def _more_work(self) -> None:
+        """Runs may be claimable that the last claim did not see: look again."""
+        self._notices += 1
+        self._drained = False
+        self._wake.set()
+
+    def _slot_freed(self) -> None:
+        """A slot, or a tenant's turn under its limit, is free: claim again unless the last
+        claim saw no run left behind."""
+        if not self._drained:
             self._wake.set()
 
     def _begin(self, run: ClaimedRun) -> None:
@@ -356,9 +377,11 @@ class Worker:
                     span.set_attribute("aias.run.status", str(outcome.status))
                     if outcome.status == RunStatus.FAILED:
                         span.set_status(StatusCode.ERROR, outcome.error)
-                    self._ledger.settle(outcome).add_done_callback(
-                        functools.partial(_settled, self._metrics, outcome)
-                    )
+                    recorded = self._ledger.settle(outcome)
+                    recorded.add_done_callback(functools.partial(_settled, self._metrics, outcome))
+                    # Written, the run no longer counts against its tenant's limit: a run that
+                    # limit held back can be claimed now.
+                    recorded.add_done_callback(lambda _recorded: self._slot_freed())
         except asyncio.CancelledError:
             # Shutdown: the run goes back to the queue, its interrupted attempt not counted.
             self._ledger.settle(Outcome(run.id, run.attempt, RunStatus.QUEUED, counts=False))
@@ -366,7 +389,7 @@ class Worker:
             raise
         finally:
             del self._held[run.id, run.attempt]
-            self._wake.set()
+            self._slot_freed()
 
     async def _outcome(self, held: _Held) -> Outcome | None:
         """How this attempt ends; None when the lease was lost (another worker has the run)."""
@@ -589,6 +612,18 @@ def _settled(metrics: RunMetrics, outcome: Outcome, recorded: asyncio.Future[boo
         "run finished" if recorded.result() else "run finished after its lease was lost",
         extra={"status": outcome.status, "attempt": outcome.attempt},
     )
+
+
+def _drained(
+    tenants: Sequence[uuid.UUID], shares: dict[uuid.UUID, int], claimed: Sequence[ClaimedRun]
+) -> bool:
+    """Whether a claim left no due run behind: the walk saw every tenant with work, and each
+    got fewer runs than its share (none was held back by the batch, its free slots or its
+    unknown limits)."""
+    if len(tenants) >= CLAIM_TENANTS:
+        return False
+    got = Counter(run.tenant_id for run in claimed)
+    return all(got[tenant] < shares.get(tenant, 0) for tenant in tenants)
 
 
 def _in_turn(

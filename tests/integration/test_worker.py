@@ -121,6 +121,7 @@ def _worker(
     concurrency: int = 2,
     step_timeout: float = 5.0,
     http_allow: AddressPolicy | None = None,
+    poll_interval: float = 0.2,
 ) -> Worker:
     channel = internal_channel(artifacts, INTERNAL_TOKEN)
     entitlements = EntitlementsCache(internal_channel(tenancy.address, INTERNAL_TOKEN))
@@ -128,7 +129,7 @@ def _worker(
         worker_id=worker_id,
         concurrency=concurrency,
         lease=timedelta(seconds=5),
-        poll_interval=0.2,
+        poll_interval=poll_interval,
         retry_base=0.05,
         retry_max=0.1,
         step_timeout=step_timeout,
@@ -279,6 +280,68 @@ async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
             writer.close()
         black_hole.close()
         await black_hole.wait_closed()
+
+
+# Longer than any wait below: what the worker claims, it claims because it was woken.
+NO_POLL = 60.0
+
+
+async def test_a_freed_slot_claims_the_backlog_without_polling(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    # One slot, five runs queued at once: each end of a run must wake the next claim, since
+    # the claim before it filled the slot and left runs behind.
+    tenant = await tenancy.new_tenant("enterprise")
+    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+    worker = _worker(
+        app_db, database, _dead_address(), tenancy, runner, "w-slot", 1, poll_interval=NO_POLL
+    )
+    await worker.start()
+    try:
+        await _queue_run(app_db, tenant, trivial, b'{"a": 1}', runs=5)
+        await _wait_all(app_db, tenant, 5)
+        # Drained now; a run queued later is announced by its insert's notice.
+        await _queue_run(app_db, tenant, trivial, b'{"a": 2}')
+        await _wait_all(app_db, tenant, 6)
+    finally:
+        await worker.stop(0.2)
+
+
+async def test_a_tenant_at_its_limit_gets_its_next_run_when_one_ends_without_polling(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    # Slots are free but the tenant's limit held its runs back: the end of its running run
+    # must wake the claim that takes the next.
+    tenant = await tenancy.new_tenant("enterprise")
+    await tenancy.set_limits(tenant, concurrent_runs=1)
+    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+    worker = _worker(
+        app_db, database, _dead_address(), tenancy, runner, "w-limit", 4, poll_interval=NO_POLL
+    )
+    await worker.start()
+    try:
+        # The first run makes the tenant's limit known to the worker.
+        await _queue_run(app_db, tenant, trivial, b'{"a": 1}')
+        await _wait_all(app_db, tenant, 1)
+        await _queue_run(app_db, tenant, trivial, b'{"a": 1}', runs=4)
+        await _wait_all(app_db, tenant, 5)
+    finally:
+        await worker.stop(0.2)
+
+
+async def _wait_all(db: Database, tenant: uuid.UUID, runs: int) -> None:
+    """Until the tenant has `runs` succeeded runs, for at most 15 s."""
+    for _ in range(300):
+        async with db.tenant(tenant) as session:
+            done = (
+                await session.execute(
+                    text("SELECT count(*) FROM execution.runs WHERE status = 'succeeded'")
+                )
+            ).scalar_one()
+        if done == runs:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{done} of {runs} runs succeeded")
 
 
 def _template(step_id: str, template: str) -> list[dict[str, Any]]:
