@@ -73,6 +73,8 @@ class UploadSpec:
     name: str
     media_type: str
     retention_days: int
+    # Execution's proof that the run is the tenant's and of `workflow_id` (see aias.core.tickets).
+    run_ticket: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class NewArtifact:
     name: str
     media_type: str
     retention: timedelta | None
+    run_ticket: str = ""
 
 
 def validate_name(name: str) -> str:
@@ -141,6 +144,10 @@ def _uuid(value: str, field: str) -> uuid.UUID:
 
 
 def validate_upload(spec: UploadSpec) -> NewArtifact:
+    if spec.run_ticket and not spec.workflow_id:
+        raise InvalidArgument(
+            "WORKFLOW_ID_REQUIRED", "an upload with a run_ticket must name the run's workflow_id"
+        )
     return NewArtifact(
         run_id=_uuid(spec.run_id, "run_id"),
         workflow_id=_uuid(spec.workflow_id, "workflow_id") if spec.workflow_id else None,
@@ -148,6 +155,7 @@ def validate_upload(spec: UploadSpec) -> NewArtifact:
         name=validate_name(spec.name),
         media_type=validate_media_type(spec.media_type),
         retention=retention_period(spec.retention_days),
+        run_ticket=spec.run_ticket,
     )
 
 

@@ -15,6 +15,7 @@ from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
+from aias.core.tickets import ticket_key
 from aias.services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
 from aias.services.artifacts.metrics import ArtifactMetrics
 from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES, StorageQuota
@@ -151,7 +152,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         blobs,
         entitlements,
         usage,
-        RunOwners(execution),
+        RunOwners(execution, ticket_key(settings.server.internal_token)),
         ArtifactMetrics(registry),
         StorageQuota(usage, settings.storage_block_bytes),
     )

@@ -158,7 +158,10 @@ class ArtifactsService:
     ) -> Artifact:
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
-        workflow_id = check_workflow(new, await self._runs.workflow_of(tenant_id, new.run_id))
+        workflow_id = check_workflow(
+            new,
+            await self._runs.workflow_of(tenant_id, new.run_id, new.workflow_id, new.run_ticket),
+        )
         entitlements = await self._entitlements.get(tenant_id)
         new = replace(
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)

@@ -117,6 +117,7 @@ def _spec(metadata: pb.UploadArtifactMetadata) -> UploadSpec:
         name=metadata.name,
         media_type=metadata.media_type,
         retention_days=metadata.retention_days,
+        run_ticket=metadata.run_ticket,
     )
 
 

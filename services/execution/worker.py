@@ -28,6 +28,7 @@ from aias.core.entitlements import EntitlementsCache, Limits
 from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
 from aias.core.protoconv import timestamp
+from aias.core.tickets import run_ticket
 from aias.core.tracing import context_from
 from aias.services.execution.domain import RunStatus, StepDefinition, StepStatus
 from aias.services.execution.ledger import RunLedger
@@ -104,6 +105,9 @@ class WorkerConfig:
     # Artifacts up to this many bytes are stored in one message, larger ones streamed (0:
     # every one streamed).
     store_bytes: int = STORE_BYTES
+    # Signs each upload's run ticket (aias.core.tickets); empty sends none, and the artifacts
+    # service asks execution whose run it is.
+    ticket_key: bytes = b""
 
 
 @dataclass
@@ -567,6 +571,11 @@ class Worker:
             step_id=step_id,
             name=artifact.name,
             media_type=artifact.media_type,
+            run_ticket=(
+                run_ticket(self._config.ticket_key, run.tenant_id, run.id, run.workflow_id)
+                if self._config.ticket_key
+                else ""
+            ),
         )
 
         async def messages() -> AsyncIterator[artifacts_pb.UploadArtifactRequest]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
@@ -13,6 +13,7 @@ from aias.core.destinations import ALLOW_SETTING, AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.grpc_server import BuiltServer, build_grpc_server, run_main
 from aias.core.settings import Env, ServerSettings
+from aias.core.tickets import ticket_key
 from aias.services.execution.metrics import QueueSampler, RunMetrics
 from aias.services.execution.sandbox import StepRunner
 from aias.services.execution.worker import STORE_BYTES, Worker, WorkerConfig, new_worker_id
@@ -106,7 +107,7 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         artifacts_grpc.ArtifactsServiceStub(artifacts),
         entitlements,
         steps,
-        settings.worker,
+        replace(settings.worker, ticket_key=ticket_key(settings.server.internal_token)),
         metrics,
     )
     built.on_start += [entitlements.start, steps.start, worker.start, sampler.start]

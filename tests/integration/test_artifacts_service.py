@@ -26,6 +26,7 @@ from aias.core.clients import internal_channel
 from aias.core.db import Database, create_engine
 from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
+from aias.core.tickets import run_ticket, ticket_key
 from aias.services.artifacts.blobstore import BlobStore
 from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES, MAX_STORE_BYTES
 from aias.services.artifacts.main import ArtifactsSettings, build_server, build_store
@@ -164,7 +165,7 @@ async def served(
                 store,
                 EntitlementsCache(tenancy_channel, 0.0),
                 UsageClient(tenancy_channel),
-                RunOwners(execution_channel),
+                RunOwners(execution_channel, ticket_key(INTERNAL_TOKEN)),
                 ArtifactMetrics(CollectorRegistry()),
             )
             registry = CollectorRegistry()
@@ -814,6 +815,77 @@ async def test_a_burst_of_uploads_checks_every_run_against_its_tenant(served: Se
         pb.ListArtifactsRequest(page_size=100), metadata=as_tenant(owner)
     )
     assert sorted(a.run_id for a in listed.artifacts) == sorted(str(r) for r in runs)
+
+
+async def store_with_ticket(
+    served: Served,
+    tenant_id: uuid.UUID,
+    run_id: uuid.UUID,
+    workflow_id: uuid.UUID | None,
+    ticket: str,
+    content: bytes = b"{}",
+) -> pb.Artifact:
+    metadata = metadata_message(
+        run_id, "out.json", workflow_id=str(workflow_id) if workflow_id else ""
+    ).metadata
+    metadata.run_ticket = ticket
+    response: pb.StoreArtifactResponse = await served.stub.StoreArtifact(
+        pb.StoreArtifactRequest(metadata=metadata, content=content),
+        metadata=as_tenant(tenant_id),
+    )
+    return response.artifact
+
+
+async def test_a_run_ticket_is_execution_s_word_for_the_run(served: Served) -> None:
+    # The run is not in execution's tables: with a ticket signed under the internal token's
+    # key the service takes the ticket's word and does not ask.
+    tenant = await served.new_tenant()
+    run, workflow = uuid.uuid4(), uuid.uuid4()
+    ticket = run_ticket(ticket_key(INTERNAL_TOKEN), tenant, run, workflow)
+
+    stored = await store_with_ticket(served, tenant, run, workflow, ticket)
+
+    assert (stored.run_id, stored.workflow_id) == (str(run), str(workflow))
+
+
+@pytest.mark.parametrize("wrong", ["tenant", "run", "workflow", "key", "garbage"])
+async def test_a_run_ticket_for_anything_else_is_refused(served: Served, wrong: str) -> None:
+    owner, intruder = await served.new_tenant(), await served.new_tenant()
+    workflow = await served.new_workflow(owner)
+    run = await served.new_run(owner, workflow)
+    key = ticket_key(INTERNAL_TOKEN)
+    tenant, named_run, named_workflow = intruder if wrong == "tenant" else owner, run, workflow
+    ticket = run_ticket(key, owner, run, workflow)
+    if wrong == "run":
+        named_run = await served.new_run(owner, workflow)
+    elif wrong == "workflow":
+        named_workflow = await served.new_workflow(owner)
+    elif wrong == "key":
+        ticket = run_ticket(ticket_key("another-token"), owner, run, workflow)
+    elif wrong == "garbage":
+        ticket = "v1." + "\u00e9" * 500
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await store_with_ticket(served, tenant, named_run, named_workflow, ticket)
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason(caught.value) == "INVALID_RUN_TICKET"
+    assert len(caught.value.details() or "") < 300
+    for who in (owner, intruder):
+        listed = await served.stub.ListArtifacts(pb.ListArtifactsRequest(), metadata=as_tenant(who))
+        assert list(listed.artifacts) == []
+
+
+async def test_a_run_ticket_without_the_workflow_is_a_bad_request(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+    ticket = run_ticket(ticket_key(INTERNAL_TOKEN), tenant, run, uuid.uuid4())
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await store_with_ticket(served, tenant, run, None, ticket)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "WORKFLOW_ID_REQUIRED"
 
 
 def as_role(tenant_id: uuid.UUID, role: str) -> tuple[tuple[str, str], ...]:
