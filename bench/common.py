@@ -141,11 +141,17 @@ def cpu_seconds(stack: Stack) -> dict[str, float]:
             process = psutil.Process(child.process.pid)
             tree = [process, *process.children(recursive=True)]
             found[name] = sum(p.cpu_times().user + p.cpu_times().system for p in tree)
-    found["postgresql"] = sum(
-        p.cpu_times().user + p.cpu_times().system
-        for p in psutil.process_iter(["name"])
-        if p.info["name"] in ("postgres", "postmaster")
-    )
+    found["postgresql"] = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] not in ("postgres", "postmaster"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = p.cpu_times()
+            found["postgresql"] += times.user + times.system
+            # The postmaster holds what its ended backends used (a connection closed after a
+            # burst, say), which no live process shows any more.
+            if p.parent() is None or p.parent().name() not in ("postgres", "postmaster"):
+                found["postgresql"] += times.children_user + times.children_system
     return found
 
 

@@ -303,7 +303,7 @@ async def _run(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     # The suite's own worker steps aside: every figure comes from workers started here.
     stack.children["execution-worker"].process.send_signal(signal.SIGTERM)
     stack.children["execution-worker"].process.wait(timeout=60)
-    db = Database(create_engine(stack.database.app_url, name="bench", pool_size=2))
+    db = Database(create_engine(stack.database.app_url, name="bench", max_connections=4))
     results: dict[str, Any] = {}
     try:
         async with aiohttp.ClientSession(base_url=stack.gateway_url) as http:

@@ -52,7 +52,7 @@ def database() -> Iterator[LocalDatabase]:
 @pytest.fixture
 async def app_db(database: LocalDatabase) -> AsyncIterator[Database]:
     """A Database connected as the application role (subject to RLS)."""
-    db = Database(create_engine(database.app_url, name="tests", pool_size=2))
+    db = Database(create_engine(database.app_url, name="tests", max_connections=4))
     yield db
     await db.close()
 

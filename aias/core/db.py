@@ -54,9 +54,13 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
 
 
 def create_engine(
-    url: str, *, name: str, pool_size: int = 10, settings: Mapping[str, str] | None = None
+    url: str, *, name: str, max_connections: int = 20, settings: Mapping[str, str] | None = None
 ) -> AsyncEngine:
-    """An async engine over psycopg 3.
+    """An async engine over psycopg 3, with up to `max_connections` connections.
+
+    Connections open as transactions need them and stay open (no overflow beyond a smaller
+    core): a burst that needed more than a core would otherwise open and close connections on
+    every transaction past it, each a new server process for PostgreSQL to start and warm.
 
     No ping per checkout (a round trip on every transaction): a connection found dead by a
     statement fails that transaction (UNAVAILABLE, retryable) and makes the pool drop every
@@ -72,8 +76,8 @@ def create_engine(
         connect_args["options"] = " ".join(f"-c {key}={value}" for key, value in settings.items())
     return create_async_engine(
         url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        pool_size=max_connections,
+        max_overflow=0,
         pool_pre_ping=False,
         pool_timeout=5,
         hide_parameters=True,
@@ -159,8 +163,7 @@ class PoolMetrics(Collector):
         )
         yield GaugeMetricFamily(
             "aias_db_pool_max_connections",
-            "The most connections the pool opens (its size plus overflow); a transaction that "
-            "needs one more waits.",
+            "The most connections the pool opens; a transaction that needs one more waits.",
             value=pool.size() + pool._max_overflow,
         )
 

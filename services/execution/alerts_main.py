@@ -54,7 +54,9 @@ def load_settings(env: Env | None = None) -> AlertsSettings:
 async def build_server(settings: AlertsSettings) -> BuiltServer:
     """The composition root: engine, guarded HTTP client, sender, health server."""
     db = Database(
-        create_engine(settings.database_url, name="alerts", pool_size=settings.sender.batch + 2)
+        create_engine(
+            settings.database_url, name="alerts", max_connections=2 * (settings.sender.batch + 2)
+        )
     )
     client = OutboundClient(settings.allow)
     built = build_grpc_server(settings.server, [])

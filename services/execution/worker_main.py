@@ -20,7 +20,7 @@ from aias.services.execution.worker import STORE_BYTES, Worker, WorkerConfig, ne
 
 MIB = 2**20
 # The claim loop, the ledger and reads of workflow versions: a few connections at any concurrency.
-POOL_SIZE = 4
+MAX_CONNECTIONS = 8
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,10 @@ async def build_server(settings: WorkerSettings) -> BuiltServer:
         os.nice(settings.nice)  # before the step processes start: they inherit it
     db = Database(
         create_engine(
-            settings.database_url, name="worker", pool_size=POOL_SIZE, settings=QUEUE_SETTINGS
+            settings.database_url,
+            name="worker",
+            max_connections=MAX_CONNECTIONS,
+            settings=QUEUE_SETTINGS,
         )
     )
     artifacts = internal_channel(settings.artifacts_addr, settings.server.internal_token)

@@ -161,7 +161,7 @@ async def site(
     created = await tenancy.stub.CreateTenant(
         tenancy_pb.CreateTenantRequest(name="downloads", plan="pro")
     )
-    db = Database(create_engine(database.app_url, name="tests", pool_size=2))
+    db = Database(create_engine(database.app_url, name="tests", max_connections=4))
     built = await build_server(settings)
     async with running(built) as address:
         gateway = GatewaySettings(

@@ -139,7 +139,7 @@ async def served(
             max_attempts=1,
         )
     )
-    db = Database(create_engine(database.app_url, name="tests", pool_size=2))
+    db = Database(create_engine(database.app_url, name="tests", max_connections=4))
     async with running(execution) as execution_addr:
         settings = ArtifactsSettings(
             server=server_settings("artifacts"),

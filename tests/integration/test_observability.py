@@ -318,7 +318,7 @@ async def test_metrics_count_deliveries_refusals_runs_steps_and_the_pool(stack: 
     assert stack.value("execution-worker", "aias_runs_finished_total", status="succeeded") >= 1
     steps_after = stack.value("execution-worker", steps, type="transform", status="succeeded")
     assert steps_after >= steps_before + 2
-    # The default pool: 10 connections and 10 more of overflow; all returned once idle.
+    # The default pool: up to 20 connections; all returned once idle.
     assert stack.value("execution", "aias_db_pool_max_connections") == 20
     assert stack.value("execution", "aias_db_pool_open_connections") >= 1
     assert stack.value("execution", "aias_db_pool_checked_out_connections") == 0

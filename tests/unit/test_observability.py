@@ -172,7 +172,7 @@ def test_webhook_deliveries_are_counted_by_outcome_and_reason() -> None:
 
 async def test_pool_gauges_read_the_engines_pool_at_scrape_time() -> None:
     engine = create_engine(
-        "postgresql+psycopg://nobody@127.0.0.1:1/none", name="tests", pool_size=3
+        "postgresql+psycopg://nobody@127.0.0.1:1/none", name="tests", max_connections=6
     )
     registry = CollectorRegistry()
     registry.register(PoolMetrics(engine))
