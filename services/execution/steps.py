@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -14,7 +15,7 @@ from typing import Any
 import jmespath
 import jmespath.exceptions
 import jsonschema
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
@@ -163,9 +164,24 @@ def _jmespath(expression: str, where: str, key: str) -> None:
         ) from None
 
 
-def _sandbox() -> ImmutableSandboxedEnvironment:
-    # StrictUndefined: a typo in a template fails the step instead of rendering empty text.
-    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+# One environment per process. StrictUndefined: a typo in a template fails the step instead of
+# rendering empty text. A template's compiled form is kept, since a workflow's runs render the
+# same few templates again and again and compiling costs more than rendering; only short
+# templates are kept, and few, so the cache stays small beside a step's memory limit.
+_ENVIRONMENT = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+CACHED_TEMPLATES = 64
+CACHED_TEMPLATE_CHARS = 16_384
+
+
+@functools.lru_cache(maxsize=CACHED_TEMPLATES)
+def _cached_template(template: str) -> Template:
+    return _ENVIRONMENT.from_string(template)
+
+
+def _compiled(template: str) -> Template:
+    if len(template) <= CACHED_TEMPLATE_CHARS:
+        return _cached_template(template)
+    return _ENVIRONMENT.from_string(template)
 
 
 def _search(expression: str, value: Any) -> Any:
@@ -233,7 +249,7 @@ def _filter_run(config: dict[str, Any], value: Any, _context: StepContext) -> St
 
 def _parse_template(template: str, where: str, key: str) -> None:
     try:
-        _sandbox().parse(template)
+        _ENVIRONMENT.parse(template)
     except TemplateError as error:
         raise InvalidArgument(
             "INVALID_STEP_CONFIG", f"{where}.config.{key} is not a valid template: {error}"
@@ -243,11 +259,7 @@ def _parse_template(template: str, where: str, key: str) -> None:
 def _render(template: str, value: Any, context: StepContext, what: str) -> str:
     """`template` rendered with the template context: `input`, `run` and `workflow`."""
     try:
-        return (
-            _sandbox()
-            .from_string(template)
-            .render(input=value, run=context.run, workflow=context.workflow)
-        )
+        return _compiled(template).render(input=value, run=context.run, workflow=context.workflow)
     except TemplateError as error:
         raise StepFailed(f"{what} rendering failed: {error}") from None
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aias.core.errors import InvalidArgument
+from aias.services.execution import steps
 from aias.services.execution.domain import StepDefinition, decode_payload, validate_steps
 from aias.services.execution.steps import StepContext, StepFailed, canonical_json, run_step
 
@@ -52,6 +53,28 @@ def test_template_renders_in_a_sandbox() -> None:
     assert result.value == "Order o-1"
     with pytest.raises(StepFailed, match="template rendering failed"):
         run_step("template", {"template": "{{ input.__class__.__mro__ }}"}, ORDER)
+
+
+def test_a_template_is_compiled_once_and_rendered_with_each_runs_values() -> None:
+    template = "Order {{ input.id }} for {{ run.id }} (compiled once)"
+    before = steps._cached_template.cache_info()
+    first = run_step("template", {"template": template}, {"id": "a"}, StepContext(run={"id": 1}))
+    second = run_step("template", {"template": template}, {"id": "b"}, StepContext(run={"id": 2}))
+    after = steps._cached_template.cache_info()
+
+    assert (first.value, second.value) == (
+        "Order a for 1 (compiled once)",
+        "Order b for 2 (compiled once)",
+    )
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+
+
+def test_a_long_template_renders_without_being_kept() -> None:
+    template = "{{ input.id }}" + " " * steps.CACHED_TEMPLATE_CHARS
+    before = steps._cached_template.cache_info()
+
+    assert run_step("template", {"template": template}, {"id": "x"}).value.startswith("x ")
+    assert steps._cached_template.cache_info() == before
 
 
 def test_template_sees_input_run_and_workflow() -> None:
