@@ -64,6 +64,9 @@ _RECORD_BLOB = text("""
 _LOCK_BLOBS = text("""
     SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = ANY(CAST(:digests AS text[]))
     ORDER BY sha256 FOR UPDATE""")
+# An upload's one blob: with a single value PostgreSQL keeps one plan for the statement, where
+# the array's (of a length it cannot know) is planned again on every call.
+_LOCK_BLOB = text("SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = :sha256 FOR UPDATE")
 # The artifact, and one more reference to its blob (locked by the caller) when it was added;
 # the unique constraint arbitrates concurrent uploads, and the loser reads the winner.
 _ADD_ARTIFACT = text(f"""
@@ -112,7 +115,11 @@ class ArtifactRepository:
     async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
         """Locks the blob rows of these digests until the transaction ends; returns how many
         artifacts name each (a digest without a row is left out)."""
-        rows = await self._session.execute(_LOCK_BLOBS, {"digests": sorted(set(digests))})
+        distinct = sorted(set(digests))
+        if len(distinct) == 1:
+            rows = await self._session.execute(_LOCK_BLOB, {"sha256": distinct[0]})
+        else:
+            rows = await self._session.execute(_LOCK_BLOBS, {"digests": distinct})
         return {str(sha256): int(refcount) for sha256, refcount in rows}
 
     async def dereference(self, digests: Counter[str]) -> int:
