@@ -76,6 +76,28 @@ class BlobReader(Protocol):
         ...
 
 
+class InlineBlob:
+    """A blob kept in its database row, read from memory like a stored one."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+        self.size = len(content)
+
+    async def chunks(
+        self,
+        chunk_size: int,
+        offset: int = 0,
+        length: int | None = None,
+        digest: Digest | None = None,
+    ) -> AsyncIterator[bytes]:
+        end = self.size if length is None else offset + length
+        for start in range(offset, end, chunk_size):
+            chunk = self._content[start : min(end, start + chunk_size)]
+            if digest is not None:
+                digest.update(chunk)
+            yield chunk
+
+
 class BlobStore(Protocol):
     """Where artifact bytes live, keyed by tenant and SHA-256."""
 

@@ -21,6 +21,10 @@ from aias.core.text import checked_file_name
 MAX_CHUNK_BYTES = 1024 * 1024
 # Content stored in one message (StoreArtifact) rather than a stream: small step outputs.
 MAX_STORE_BYTES = 512 * 1024
+# Content stored in one message up to this size is kept in the database rather than the blob
+# store (AIAS_ARTIFACTS_INLINE_BYTES, at most MAX_INLINE_BYTES).
+DEFAULT_INLINE_BYTES = 64 * 1024
+MAX_INLINE_BYTES = 256 * 1024
 # Downloads go in messages this large: per byte, larger messages cost less in each hop (64 KiB
 # ones held downloads near 200 MiB/s), and 1 MiB ones were no faster but held more memory.
 DOWNLOAD_CHUNK_BYTES = 256 * 1024

@@ -17,6 +17,7 @@ from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, 
 from aias.core.settings import Env, ServerSettings
 from aias.core.tickets import ticket_key
 from aias.services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
+from aias.services.artifacts.domain import DEFAULT_INLINE_BYTES, MAX_INLINE_BYTES
 from aias.services.artifacts.metrics import ArtifactMetrics
 from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES, StorageQuota
 from aias.services.artifacts.runs import RunOwners
@@ -51,6 +52,8 @@ class ArtifactsSettings:
     # Storage reserved at tenancy in blocks of this many bytes while a tenant's uploads
     # overlap; 0 reserves each upload's bytes on their own.
     storage_block_bytes: int = DEFAULT_BLOCK_BYTES
+    # Content stored in one message up to this size is kept in the database (0: none is).
+    inline_bytes: int = DEFAULT_INLINE_BYTES
 
 
 # Below a second the sweeper's cross-tenant queries would run back to back for nothing.
@@ -81,6 +84,12 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         temp_sweep_seconds=env.number("AIAS_ARTIFACTS_TEMP_SWEEP_SECONDS", 600.0, minimum=1),
         storage_block_bytes=env.integer(
             "AIAS_ARTIFACTS_STORAGE_BLOCK_BYTES", DEFAULT_BLOCK_BYTES, minimum=0, maximum=1 << 40
+        ),
+        inline_bytes=env.integer(
+            "AIAS_ARTIFACTS_INLINE_BYTES",
+            DEFAULT_INLINE_BYTES,
+            minimum=0,
+            maximum=MAX_INLINE_BYTES,
         ),
     )
     env.check()
@@ -155,6 +164,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         RunOwners(execution, ticket_key(settings.server.internal_token)),
         ArtifactMetrics(registry),
         StorageQuota(usage, settings.storage_block_bytes),
+        settings.inline_bytes,
     )
     servicer = ArtifactsServicer(service)
     abandoned = TemporarySweep(blobs, settings.temp_max_age_seconds, settings.temp_sweep_seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, MetaData, String, func
+from sqlalchemy import BigInteger, DateTime, LargeBinary, MetaData, String, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -47,3 +47,6 @@ class BlobRow(Base):
     unreferenced_time: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # Content small enough to be kept in the row (see ArtifactsService.store); loaded only
+    # when asked for.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)

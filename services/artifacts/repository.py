@@ -64,6 +64,14 @@ _RECORD_BLOB = text("""
 _LOCK_BLOBS = text("""
     SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = ANY(CAST(:digests AS text[]))
     ORDER BY sha256 FOR UPDATE""")
+# Content kept in its row, in the upload's own transaction: the row is made (or, when the content
+# was stored before, its copy added) and locked, like `_LOCK_BLOB`'s, before the artifact's.
+_LOCK_INLINE_BLOB = text("""
+    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes, content)
+    VALUES (:tenant, :sha256, :size, :content)
+    ON CONFLICT (tenant_id, sha256) DO UPDATE SET content = coalesce(blobs.content, :content)
+    RETURNING refcount""")
+_INLINE_CONTENT = text("SELECT content FROM artifacts.blobs WHERE sha256 = :sha256")
 # An upload's one blob: with a single value PostgreSQL keeps one plan for the statement, where
 # the array's (of a length it cannot know) is planned again on every call.
 _LOCK_BLOB = text("SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = :sha256 FOR UPDATE")
@@ -111,6 +119,20 @@ class ArtifactRepository:
         await self._session.execute(
             _RECORD_BLOB, {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size}
         )
+
+    async def lock_inline_blob(self, tenant_id: uuid.UUID, blob: StoredBlob, content: bytes) -> int:
+        """Keeps `content` in the blob's row, made if absent, and locks the row until the
+        transaction ends; returns how many artifacts name it."""
+        refcount = await self._session.execute(
+            _LOCK_INLINE_BLOB,
+            {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size, "content": content},
+        )
+        return int(refcount.scalar_one())
+
+    async def inline_content(self, sha256: str) -> bytes | None:
+        """The blob's content when its row keeps it; None when it is in the blob store."""
+        row = (await self._session.execute(_INLINE_CONTENT, {"sha256": sha256})).first()
+        return None if row is None or row.content is None else bytes(row.content)
 
     async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
         """Locks the blob rows of these digests until the transaction ends; returns how many

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -15,17 +15,26 @@ from typing import Protocol, TypeVar
 
 from aias.core.context import run_id_var
 from aias.core.db import Database, SystemPath, parse_uuid
-from aias.core.entitlements import EntitlementsCache, UsageClient
+from aias.core.entitlements import EntitlementsCache, TenantEntitlements, UsageClient
 from aias.core.errors import AlreadyExists, DataLoss, NotFound, Unavailable
 from aias.core.pagination import decode_token, next_page_token, page_size
-from aias.services.artifacts.blobstore import BlobMissing, BlobReader, BlobStore, StoredBlob
+from aias.services.artifacts.blobstore import (
+    BlobMissing,
+    BlobReader,
+    BlobStore,
+    InlineBlob,
+    StoredBlob,
+)
 from aias.services.artifacts.domain import (
+    DEFAULT_INLINE_BYTES,
     DOWNLOAD_CHUNK_BYTES,
+    MAX_INLINE_BYTES,
     UPLOAD_READ_AHEAD,
     Answer,
     Artifact,
     DownloadPlan,
     DownloadRequest,
+    NewArtifact,
     UploadSpec,
     check_chunk,
     check_content,
@@ -128,7 +137,9 @@ class ArtifactsService:
         runs: RunOwners,
         metrics: ArtifactMetrics,
         storage: StorageQuota | None = None,
+        inline_bytes: int = DEFAULT_INLINE_BYTES,
     ) -> None:
+        self._inline_bytes = inline_bytes
         self._metrics = metrics
         self._storage = storage or StorageQuota(usage)
         self._db = db
@@ -150,12 +161,33 @@ class ArtifactsService:
         return await self._store(tenant_id, spec, _read_ahead(chunks, UPLOAD_READ_AHEAD))
 
     async def store(self, tenant_id: uuid.UUID, spec: UploadSpec, content: bytes) -> Artifact:
-        """`upload` of content that came in one message."""
-        return await self._store(tenant_id, spec, _one(check_content(content)))
+        """`upload` of content that came in one message.
 
-    async def _store(
-        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterator[bytes]
-    ) -> Artifact:
+        Content up to `inline_bytes` is kept in its blob's database row, written in the
+        transaction that adds the artifact: no file, no fsync, one transaction. Larger content
+        goes to the blob store like a stream's.
+        """
+        content = check_content(content)
+        if len(content) > self._inline_bytes:
+            return await self._store(tenant_id, spec, _one(content))
+        new, workflow_id, entitlements = await self._admit(tenant_id, spec)
+        blob = StoredBlob(hashlib.sha256(content).hexdigest(), len(content))
+        async with self._storage.uploading(tenant_id):
+            stored = await self._reference(
+                tenant_id,
+                entitlements,
+                new,
+                workflow_id,
+                blob,
+                lock=lambda repo: repo.lock_inline_blob(tenant_id, blob, content),
+            )
+        return _stored(new, blob, stored)
+
+    async def _admit(
+        self, tenant_id: uuid.UUID, spec: UploadSpec
+    ) -> tuple[NewArtifact, uuid.UUID, TenantEntitlements]:
+        """The upload checked: its fields, its run (the tenant's, of its workflow) and the
+        retention its plan allows."""
         new = validate_upload(spec)
         run_id_var.set(str(new.run_id))
         workflow_id = check_workflow(
@@ -166,6 +198,12 @@ class ArtifactsService:
         new = replace(
             new, retention=kept_for(new.retention, entitlements.limits.artifact_retention_days)
         )
+        return new, workflow_id, entitlements
+
+    async def _store(
+        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterator[bytes]
+    ) -> Artifact:
+        new, workflow_id, entitlements = await self._admit(tenant_id, spec)
         async with self._storage.uploading(tenant_id), self._blobs.writer(tenant_id) as writer:
             async for chunk in chunks:
                 await writer.write(check_chunk(chunk))
@@ -174,44 +212,58 @@ class ArtifactsService:
             # exist, so a file left behind by a failure below is one the sweeper knows of.
             async with self._db.tenant(tenant_id) as session:
                 await ArtifactRepository(session).record_blob(tenant_id, written)
-            reserved, referenced = 0, False
-            try:
-                async with self._db.tenant(tenant_id) as session:
-                    repo = ArtifactRepository(session)
-                    # The row lock orders this upload with the sweeper and with other uploads
-                    # of the same content: the sweeper deletes a file only under this lock
-                    # with the count at zero, and the file is put in place (or found there)
-                    # under it before the count rises, so a blob the sweeper is freeing is
-                    # stored again by the upload that waited for it, never lost.
-                    if await _locked_refcount(repo, tenant_id, written) == 0 and written.size:
-                        reserved = await self._storage.reserve(entitlements, written.size)
-                    blob = await writer.commit()
-                    stored = await repo.add_referenced(tenant_id, new, workflow_id, blob)
-                    if stored is not None:
-                        referenced = True
-                    else:
-                        stored = await repo.by_identity(new.run_id, new.step_id, new.name)
-            except BaseException:
-                self._storage.give_back(tenant_id, reserved)
-                raise
-            if not referenced:
-                # An artifact of this run, step and name existed already: nothing new names
-                # the content, so what was reserved for it goes back.
-                self._storage.give_back(tenant_id, reserved)
-        if stored is None:
-            # The conflicting row was deleted (by retention) between the insert and the read.
-            raise Unavailable("ARTIFACT_CONFLICT_RACE", "the upload raced a deletion; retry it")
-        if stored.sha256 != blob.sha256:
-            raise AlreadyExists(
-                "ARTIFACT_EXISTS",
-                f"run {new.run_id} step {new.step_id!r} already has an artifact named "
-                f"{new.name!r} with different content",
-                {"artifact_id": str(stored.id)},
+            stored = await self._reference(
+                tenant_id,
+                entitlements,
+                new,
+                workflow_id,
+                written,
+                lock=lambda repo: _locked_refcount(repo, tenant_id, written),
+                place=writer.commit,
             )
-        log.info(
-            "artifact stored",
-            extra={"artifact_id": str(stored.id), "size_bytes": blob.size, "sha256": blob.sha256},
-        )
+        return _stored(new, written, stored)
+
+    async def _reference(
+        self,
+        tenant_id: uuid.UUID,
+        entitlements: TenantEntitlements,
+        new: NewArtifact,
+        workflow_id: uuid.UUID,
+        blob: StoredBlob,
+        lock: Callable[[ArtifactRepository], Awaitable[int]],
+        place: Callable[[], Awaitable[StoredBlob]] | None = None,
+    ) -> Artifact | None:
+        """Adds the artifact and one more reference to its blob, in one transaction: the
+        blob's row is locked (`lock`, returning how many artifacts name it), the content's
+        bytes reserved if nothing names it yet, and the content put in place (`place`).
+
+        The row lock orders this upload with the sweeper and with other uploads of the same
+        content: the sweeper deletes content only under this lock with the count at zero, and
+        the content is put in place (or found there) under it before the count rises, so a
+        blob the sweeper is freeing is stored again by the upload that waited for it, never
+        lost. Returns the artifact, or the one already stored under its run, step and name
+        (None if that one was deleted meanwhile).
+        """
+        reserved, referenced = 0, False
+        try:
+            async with self._db.tenant(tenant_id) as session:
+                repo = ArtifactRepository(session)
+                if await lock(repo) == 0 and blob.size:
+                    reserved = await self._storage.reserve(entitlements, blob.size)
+                if place is not None:
+                    await place()
+                stored = await repo.add_referenced(tenant_id, new, workflow_id, blob)
+                if stored is not None:
+                    referenced = True
+                else:
+                    stored = await repo.by_identity(new.run_id, new.step_id, new.name)
+        except BaseException:
+            self._storage.give_back(tenant_id, reserved)
+            raise
+        if not referenced:
+            # An artifact of this run, step and name existed already: nothing new names the
+            # content, so what was reserved for it goes back.
+            self._storage.give_back(tenant_id, reserved)
         return stored
 
     async def delete_artifact(self, tenant_id: uuid.UUID, artifact_id: str) -> None:
@@ -324,6 +376,12 @@ class ArtifactsService:
         if plan.answer is Answer.NOT_MODIFIED:
             yield Download(artifact, plan, None, self._metrics)
             return
+        if artifact.size_bytes <= MAX_INLINE_BYTES:
+            async with self._db.tenant(tenant_id) as session:
+                content = await ArtifactRepository(session).inline_content(artifact.sha256)
+            if content is not None:
+                yield Download(artifact, plan, InlineBlob(content), self._metrics)
+                return
         async with AsyncExitStack() as stack:
             try:
                 reader = await stack.enter_async_context(
@@ -371,6 +429,25 @@ async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator
 
 async def _one(content: bytes) -> AsyncIterator[bytes]:
     yield content
+
+
+def _stored(new: NewArtifact, blob: StoredBlob, stored: Artifact | None) -> Artifact:
+    """The upload's artifact; an error when its run, step and name hold other content."""
+    if stored is None:
+        # The conflicting row was deleted (by retention) between the insert and the read.
+        raise Unavailable("ARTIFACT_CONFLICT_RACE", "the upload raced a deletion; retry it")
+    if stored.sha256 != blob.sha256:
+        raise AlreadyExists(
+            "ARTIFACT_EXISTS",
+            f"run {new.run_id} step {new.step_id!r} already has an artifact named "
+            f"{new.name!r} with different content",
+            {"artifact_id": str(stored.id)},
+        )
+    log.info(
+        "artifact stored",
+        extra={"artifact_id": str(stored.id), "size_bytes": blob.size, "sha256": blob.sha256},
+    )
+    return stored
 
 
 async def _locked_refcount(repo: ArtifactRepository, tenant_id: uuid.UUID, blob: StoredBlob) -> int:

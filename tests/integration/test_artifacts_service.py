@@ -28,7 +28,11 @@ from aias.core.entitlements import EntitlementsCache, UsageClient
 from aias.core.localdb import LocalDatabase
 from aias.core.tickets import run_ticket, ticket_key
 from aias.services.artifacts.blobstore import BlobStore
-from aias.services.artifacts.domain import DOWNLOAD_CHUNK_BYTES, MAX_STORE_BYTES
+from aias.services.artifacts.domain import (
+    DEFAULT_INLINE_BYTES,
+    DOWNLOAD_CHUNK_BYTES,
+    MAX_STORE_BYTES,
+)
 from aias.services.artifacts.main import ArtifactsSettings, build_server, build_store
 from aias.services.artifacts.metrics import ArtifactMetrics
 from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES
@@ -763,6 +767,91 @@ async def test_store_artifact_is_an_upload_in_one_message(served: Served) -> Non
     _headers, body = await download(served, tenant, stored.id)
     assert b"".join(message.data for message in body) == content
     assert await served.storage_used(tenant) == len(content)
+
+
+async def test_content_in_one_message_is_kept_in_its_row_not_the_store(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = b'{"order": 8, "lines": "' + b"x" * 2000 + b'"}'
+    digest = hashlib.sha256(content).hexdigest()
+
+    stored = await store(served, tenant, run, "out.json", content)
+
+    assert await served.stored(tenant) == []
+    assert await served.blob_rows(tenant) == {digest: 1}
+    assert await served.storage_used(tenant) == len(content)
+    _headers, body = await download(served, tenant, stored.id)
+    assert b"".join(message.data for message in body) == content
+    window = served.stub.DownloadArtifact(
+        pb.DownloadArtifactRequest(artifact_id=stored.id, offset=3, length=1500),
+        metadata=as_tenant(tenant),
+    )
+    assert b"".join([message.data async for message in window]) == content[3:1503]
+
+
+async def test_content_over_the_inline_size_goes_to_the_blob_store(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(DEFAULT_INLINE_BYTES + 1)
+
+    stored = await store(served, tenant, run, "big.bin", content)
+
+    assert await served.blob_files(tenant) == [stored.sha256]
+    _headers, body = await download(served, tenant, stored.id)
+    assert b"".join(message.data for message in body) == content
+
+
+async def test_identical_content_in_one_message_at_once_is_one_row_counted_once(
+    served: Served,
+) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(1000)
+
+    stored = await asyncio.gather(
+        *(store(served, tenant, run, f"{i}.bin", content) for i in range(8))
+    )
+
+    assert await served.blob_rows(tenant) == {hashlib.sha256(content).hexdigest(): 8}
+    assert await served.storage_used(tenant) == len(content)
+    for artifact in stored:
+        _headers, body = await download(served, tenant, artifact.id)
+        assert b"".join(message.data for message in body) == content
+
+
+async def test_a_corrupt_blob_kept_in_its_row_is_data_loss(served: Served) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+    content = b"0123456789" * 50
+    stored = await store(served, tenant, run, "digits.txt", content)
+    async with served.db.tenant(tenant) as session:
+        await session.execute(
+            text("UPDATE artifacts.blobs SET content = :c WHERE sha256 = :d"),
+            {"c": content[::-1], "d": stored.sha256},
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await download(served, tenant, stored.id)
+
+    assert caught.value.code() == grpc.StatusCode.DATA_LOSS
+    assert reason(caught.value) == "BLOB_CORRUPT"
+
+
+async def test_a_blob_kept_in_its_row_goes_with_its_last_artifact(served: Served) -> None:
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    content = os.urandom(700)
+    first = await store(served, tenant, run, "a.bin", content)
+    # The same content streamed: its file joins the row's copy, and goes with it.
+    second = await upload(served, tenant, run, "b.bin", [content])
+
+    await delete(served, tenant, first.id, "admin")
+    await delete(served, tenant, second.id, "admin")
+    assert await served.storage_used(tenant) == 0
+    await served.sweeper.sweep()
+
+    assert await served.blob_rows(tenant) == {}
+    assert await served.stored(tenant) == []
 
 
 async def test_store_artifact_refuses_content_for_a_stream(served: Served) -> None:
