@@ -51,6 +51,8 @@ def s3_suite(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iter
             # A deleted artifact's content leaves the bucket within the test.
             "AIAS_ARTIFACTS_SWEEP_INTERVAL_SECONDS": "1",
             "AIAS_ARTIFACTS_BLOB_GRACE_SECONDS": "0",
+            # Every blob in the bucket, small ones too: what these tests look for there.
+            "AIAS_ARTIFACTS_INLINE_BYTES": "0",
         },
     ) as stack:
         yield S3Suite(stack, data_dir, s3_endpoint, bucket)

@@ -410,6 +410,13 @@ async def test_webhooks_through_two_gateways_survive_killed_and_stopped_processe
                 ),
                 {"tenant": tenant.id},
             ).all()
+            blobs = connection.execute(
+                text(
+                    "SELECT refcount, content IS NOT NULL AS in_row FROM artifacts.blobs "
+                    "WHERE tenant_id = :tenant"
+                ),
+                {"tenant": tenant.id},
+            ).all()
 
     deliveries = load.deliveries
     outcomes = collections.Counter(outcome for d in deliveries for _, outcome in d.attempts)
@@ -459,7 +466,9 @@ async def test_webhooks_through_two_gateways_survive_killed_and_stopped_processe
         run_id: ("save", "order.txt", _artifact_sha256(number))
         for run_id, number in numbers.items()
     }
-    assert _files(stack.data_dir / "artifacts" / tenant.id / "sha256") == len(runs)
+    # One blob per artifact, each small enough to be kept in its database row: no file.
+    assert sorted(blobs) == [(1, True)] * len(runs)
+    assert _files(stack.data_dir / "artifacts" / tenant.id / "sha256") == 0
 
     # The rest stops cleanly; the killed worker stays dead (no supervisor restarts it here).
     codes = stack.stop()

@@ -199,6 +199,11 @@ async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(
                 text("SELECT run_id, count(*) FROM artifacts.artifacts GROUP BY run_id")
             )
         ).all()
+        blob_rows = (
+            await session.execute(
+                text("SELECT refcount, content IS NOT NULL AS in_row FROM artifacts.blobs")
+            )
+        ).all()
     # Every run ended once, as succeeded; none was lost.
     assert len(runs) == RUNS
     assert {run.status for run in runs} == {"succeeded"}
@@ -211,10 +216,12 @@ async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(
     for row in final_logs:
         by_run.setdefault(row.run_id, []).append((row.step_id, row.status))
     assert by_run == {run.id: [(step, "succeeded") for step in steps] for run in runs}
-    # One artifact per run, one blob per artifact: nothing stored twice.
+    # One artifact per run, one blob per artifact: nothing stored twice. The outputs are small,
+    # so each blob is kept in its database row and no file is written.
     assert sorted(count for _, count in artifacts_per_run) == [1] * RUNS
+    assert sorted(blob_rows) == [(1, True)] * RUNS
     stored = blobs / str(tenant) / "sha256"
-    assert sum(1 for path in stored.rglob("*") if path.is_file()) == RUNS
+    assert sum(1 for path in stored.rglob("*") if path.is_file()) == 0
     # No run was recorded as finished by both workers.
     finished = [
         entry["run_id"]
