@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -93,6 +94,9 @@ class WorkerConfig:
     concurrency: int = 4
     # The most runs one claim takes (never more than the free slots).
     claim_batch: int = 32
+    # While the worker keeps up with the queue, the least time from one claim to the next:
+    # runs queued meanwhile wait for it, so one claim takes several (0: a claim per notice).
+    claim_interval: float = 0.02
     lease: timedelta = timedelta(seconds=30)
     poll_interval: float = 5.0
     retry_base: float = 2.0
@@ -161,6 +165,10 @@ class Worker:
         # (queue notices, fetched limits), so one that arrives during a claim is not lost.
         self._drained = False
         self._notices = 0
+        # A notice came while the queue was drained: the next claim waits out `claim_interval`
+        # from the last one, so a trickle of new runs is claimed in groups.
+        self._trickle = False
+        self._last_claim = -math.inf
         self._check_leases = asyncio.Event()
         self._stopping = asyncio.Event()
         # Where the round-robin walk over tenants resumes: after the last tenant served.
@@ -233,8 +241,15 @@ class Worker:
             if 0 < free < enough and self._held:
                 await asyncio.sleep(CLAIM_LINGER_SECONDS)
                 free = self._config.concurrency - len(self._held)
+            elif self._trickle and free > 0:
+                gap = self._last_claim + self._config.claim_interval - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+                    free = self._config.concurrency - len(self._held)
             if free > 0:
                 wanted = min(free, self._config.claim_batch)
+                self._trickle = False
+                self._last_claim = time.monotonic()
                 try:
                     claimed = await self._claim(wanted)
                 except Exception:
@@ -306,6 +321,7 @@ class Worker:
 
     def _more_work(self) -> None:
         """Runs may be claimable that the last claim did not see: look again."""
+        self._trickle = self._trickle or self._drained
         self._notices += 1
         self._drained = False
         self._wake.set()

@@ -49,6 +49,7 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
             worker_id=env.text("AIAS_WORKER_ID", new_worker_id()),
             concurrency=concurrency,
             claim_batch=env.integer("AIAS_WORKER_CLAIM_BATCH", 32, minimum=1, maximum=1024),
+            claim_interval=env.number("AIAS_WORKER_CLAIM_INTERVAL_SECONDS", 0.02, minimum=0.0),
             lease=timedelta(seconds=env.number("AIAS_WORKER_LEASE_SECONDS", 30.0, minimum=1.0)),
             poll_interval=env.number("AIAS_WORKER_POLL_SECONDS", 5.0, minimum=0.05),
             retry_base=env.number("AIAS_RETRY_BASE_SECONDS", 2.0),

@@ -122,6 +122,7 @@ def _worker(
     step_timeout: float = 5.0,
     http_allow: AddressPolicy | None = None,
     poll_interval: float = 0.2,
+    claim_interval: float = 0.0,
 ) -> Worker:
     channel = internal_channel(artifacts, INTERNAL_TOKEN)
     entitlements = EntitlementsCache(internal_channel(tenancy.address, INTERNAL_TOKEN))
@@ -130,6 +131,7 @@ def _worker(
         concurrency=concurrency,
         lease=timedelta(seconds=5),
         poll_interval=poll_interval,
+        claim_interval=claim_interval,
         retry_base=0.05,
         retry_max=0.1,
         step_timeout=step_timeout,
@@ -327,6 +329,36 @@ async def test_a_tenant_at_its_limit_gets_its_next_run_when_one_ends_without_pol
         await _wait_all(app_db, tenant, 5)
     finally:
         await worker.stop(0.2)
+
+
+async def test_runs_trickling_in_are_claimed_together(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    # The worker keeps up (its last claim drained the queue), so runs queued one by one within
+    # the claim interval wait for it and are taken by one claim: one statement, one start time.
+    tenant = await tenancy.new_tenant("enterprise")
+    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+    worker = _worker(
+        app_db, database, _dead_address(), tenancy, runner, "w-gap", 8, claim_interval=1.0
+    )
+    await worker.start()
+    try:
+        await _queue_run(app_db, tenant, trivial, b'{"a": 0}')
+        await _wait_all(app_db, tenant, 1)
+        for n in range(4):
+            await _queue_run(app_db, tenant, trivial, f'{{"a": {n}}}'.encode())
+        await _wait_all(app_db, tenant, 5)
+    finally:
+        await worker.stop(0.2)
+    async with app_db.tenant(tenant) as session:
+        starts = (
+            await session.execute(
+                text("SELECT start_time FROM execution.runs ORDER BY create_time")
+            )
+        ).scalars()
+        first, *trickled = list(starts)
+    assert len(set(trickled)) == 1
+    assert trickled[0] > first
 
 
 async def _wait_all(db: Database, tenant: uuid.UUID, runs: int) -> None:
