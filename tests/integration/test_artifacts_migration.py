@@ -24,6 +24,17 @@ def _forget_inline_content(owner: Connection) -> None:
     owner.execute(text("ALTER TABLE artifacts.blobs FORCE ROW LEVEL SECURITY"))
 
 
+def _blob_columns(owner: Connection) -> set[str]:
+    return set(
+        owner.execute(
+            text(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = 'artifacts' AND table_name = 'blobs'"
+            )
+        ).scalars()
+    )
+
+
 def test_existing_artifacts_get_blob_rows_counting_them(owner: Connection) -> None:
     _forget_inline_content(owner)
     command.downgrade(alembic_config(owner, "artifacts"), "artifacts_0001")
@@ -85,23 +96,11 @@ def test_blobs_kept_in_rows_block_going_back_below_0003(owner: Connection) -> No
 def test_0003_goes_back_without_blobs_kept_in_rows(owner: Connection) -> None:
     _forget_inline_content(owner)
     command.downgrade(alembic_config(owner, "artifacts"), "artifacts_0002_blobs")
-    columns = owner.execute(
-        text(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = 'artifacts' AND table_name = 'blobs'"
-        )
-    ).scalars()
-    assert "content" not in set(columns)
+    assert "content" not in _blob_columns(owner)
     forced = owner.execute(
         text("SELECT relforcerowsecurity FROM pg_class WHERE oid = 'artifacts.blobs'::regclass")
     ).scalar()
     assert forced is True
 
     command.upgrade(alembic_config(owner, "artifacts"), "head")
-    columns = owner.execute(
-        text(
-            "SELECT column_name FROM information_schema.columns "
-            "WHERE table_schema = 'artifacts' AND table_name = 'blobs'"
-        )
-    ).scalars()
-    assert "content" in set(columns)
+    assert "content" in _blob_columns(owner)
