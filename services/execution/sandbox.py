@@ -13,6 +13,7 @@ import resource
 import signal
 import struct
 import sys
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -124,6 +125,47 @@ class _Child:
         self.replies = process.stdout
 
 
+class _Turns:
+    """Idle step processes, handed to waiting steps one tenant at a time, in turn.
+
+    A worker may hold more runs than it has step processes; then steps wait here. Waiting in one
+    line, a tenant with many runs in flight (a flood, or steps that spin to their time limit)
+    would stand in front of every other tenant's step; in turns, another tenant's step waits
+    for at most one step of each tenant ahead of it.
+    """
+
+    def __init__(self) -> None:
+        self._idle: deque[_Child] = deque()
+        # Tenants with steps waiting, in the order of their turns.
+        self._waiting: dict[str, deque[asyncio.Future[_Child]]] = {}
+
+    def put(self, child: _Child) -> None:
+        """A process is free: the next tenant in turn gets it, or it waits idle."""
+        while self._waiting:
+            tenant = next(iter(self._waiting))
+            queue = self._waiting.pop(tenant)
+            step = queue.popleft()
+            if queue:
+                self._waiting[tenant] = queue  # its next step waits for its next turn
+            if not step.done():
+                step.set_result(child)
+                return
+        self._idle.append(child)
+
+    async def get(self, tenant: str) -> _Child:
+        # A process waits idle only while no step waits.
+        if self._idle:
+            return self._idle.popleft()
+        step: asyncio.Future[_Child] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(tenant, deque()).append(step)
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if step.done() and not step.cancelled():
+                self.put(step.result())  # handed over as the step was cancelled: pass it on
+            raise
+
+
 class StepRunner:
     """A pool of long-lived step processes.
 
@@ -138,7 +180,7 @@ class StepRunner:
     def __init__(self, processes: int, memory_bytes: int) -> None:
         self._size = processes
         self._memory_bytes = memory_bytes
-        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self._turns = _Turns()
         self._children: set[_Child] = set()
         self._respawns: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -151,7 +193,7 @@ class StepRunner:
             if isinstance(result, BaseException):
                 await self.close()
                 raise result
-            self._idle.put_nowait(result)
+            self._turns.put(result)
 
     async def close(self) -> None:
         """Kills every child and waits for each, so none is left behind as a zombie."""
@@ -165,13 +207,14 @@ class StepRunner:
         await asyncio.gather(*(child.process.wait() for child in self._children))
         self._children.clear()
 
-    async def run(self, call: StepCall, limits: StepLimits) -> StepOutcome:
-        """Runs one step; raises StepFailed, its text starting with a reason code when the
-        step broke a limit or its process failed."""
-        child = await self._idle.get()
+    async def run(self, call: StepCall, limits: StepLimits, tenant: str = "") -> StepOutcome:
+        """Runs one step (waiting for a free process in the tenant's turn); raises StepFailed,
+        its text starting with a reason code when the step broke a limit or its process
+        failed."""
+        child = await self._turns.get(tenant)
         while child.process.returncode is not None:
             self._replace(child)
-            child = await self._idle.get()
+            child = await self._turns.get(tenant)
         reply: _Reply | None = None
         try:
             async with asyncio.timeout(limits.timeout):
@@ -182,7 +225,7 @@ class StepRunner:
             ) from None
         finally:
             if reply is not None and reply.reusable:
-                self._idle.put_nowait(child)
+                self._turns.put(child)
             else:
                 self._replace(child)
         if reply.outcome is None:
@@ -249,7 +292,7 @@ class StepRunner:
                 log.exception("a step process could not be started; trying again")
                 await asyncio.sleep(_RESPAWN_DELAY_SECONDS)
                 continue
-            self._idle.put_nowait(child)
+            self._turns.put(child)
             return
 
     async def _spawn(self) -> _Child:

@@ -91,7 +91,7 @@ class _LeaseLost(Exception):
 @dataclass(frozen=True)
 class WorkerConfig:
     worker_id: str
-    concurrency: int = 4
+    concurrency: int = 16
     # The most runs one claim takes (never more than the free slots).
     claim_batch: int = 32
     # While the worker keeps up with the queue, the least time from one claim to the next:
@@ -506,9 +506,10 @@ class Worker:
         status, failure_text = StepStatus.SUCCEEDED, ""
         done: StepOutcome | None = None
         try:
-            outcome = await self._steps.run(call, limits)
+            tenant = str(run.tenant_id)
+            outcome = await self._steps.run(call, limits, tenant)
             if outcome.request is not None:
-                outcome = await self._send(call, outcome.request, limits)
+                outcome = await self._send(call, outcome.request, limits, tenant)
             if outcome.artifact is not None:
                 await self._upload(run, step.id, outcome.artifact)
             done = outcome
@@ -552,7 +553,9 @@ class Worker:
             output_bytes = min(output_bytes, limits.step_output_bytes)
         return StepLimits(timeout, output_bytes)
 
-    async def _send(self, call: StepCall, request: HttpRequest, limits: StepLimits) -> StepOutcome:
+    async def _send(
+        self, call: StepCall, request: HttpRequest, limits: StepLimits, tenant: str
+    ) -> StepOutcome:
         """Sends an http_request step's request from the worker, which the step processes have
         no business doing; the response becomes the step's value in a step process, like any
         input. 5xx answers, timeouts and broken connections may pass: they retry the run."""
@@ -578,7 +581,7 @@ class Worker:
                 raise RetryableError(failure)
             raise StepFailed(failure)
         read = replace(call, value=response.body, content_type=response.content_type, response=head)
-        return await self._steps.run(read, limits)
+        return await self._steps.run(read, limits, tenant)
 
     async def _upload(self, run: ClaimedRun, step_id: str, artifact: ArtifactOutput) -> None:
         metadata = artifacts_pb.UploadArtifactMetadata(

@@ -19,6 +19,11 @@ from aias.services.execution.sandbox import StepRunner
 from aias.services.execution.worker import STORE_BYTES, Worker, WorkerConfig, new_worker_id
 
 MIB = 2**20
+# Runs one worker holds: more than its step processes, so claims and writes come in batches
+# while steps wait their turn (by tenant) for a process.
+DEFAULT_CONCURRENCY = 16
+# Steps are computation: a few processes fill the cores a worker shares with ingest.
+DEFAULT_STEP_PROCESSES = 4
 # The claim loop, the ledger and reads of workflow versions: a few connections at any concurrency.
 MAX_CONNECTIONS = 8
 
@@ -39,7 +44,9 @@ class WorkerSettings:
 
 def load_settings(env: Env | None = None) -> WorkerSettings:
     env = env or Env()
-    concurrency = env.integer("AIAS_WORKER_CONCURRENCY", 4, minimum=1, maximum=256)
+    concurrency = env.integer(
+        "AIAS_WORKER_CONCURRENCY", DEFAULT_CONCURRENCY, minimum=1, maximum=256
+    )
     settings = WorkerSettings(
         server=ServerSettings.from_env(env, "execution-worker", 50055, 9105),
         database_url=env.database_url("AIAS_APP_DATABASE_URL"),
@@ -63,7 +70,12 @@ def load_settings(env: Env | None = None) -> WorkerSettings:
                 "AIAS_WORKER_STORE_ARTIFACT_BYTES", STORE_BYTES, minimum=0, maximum=STORE_BYTES
             ),
         ),
-        step_processes=env.integer("AIAS_STEP_PROCESSES", concurrency, minimum=1, maximum=256),
+        step_processes=env.integer(
+            "AIAS_STEP_PROCESSES",
+            min(concurrency, DEFAULT_STEP_PROCESSES),
+            minimum=1,
+            maximum=256,
+        ),
         # Below 64 MiB the interpreter and the step libraries alone would not fit.
         step_memory_bytes=env.integer(
             "AIAS_STEP_MEMORY_BYTES", 256 * MIB, minimum=64 * MIB, maximum=2**40

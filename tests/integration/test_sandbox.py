@@ -189,6 +189,47 @@ async def test_a_process_that_dies_fails_its_step(signum: int, failure: str) -> 
         await pool.close()
 
 
+async def test_steps_waiting_for_a_process_take_turns_by_tenant() -> None:
+    # One process, busy; tenant A queues five steps, then B one: B's runs next after A's
+    # first, not after all five, and A's go on after it.
+    pool = StepRunner(processes=1, memory_bytes=MEMORY)
+    await pool.start()
+    finished: list[str] = []
+
+    async def step(tenant: str, text: str) -> None:
+        await pool.run(_template(text), LIMITS, tenant)
+        finished.append(text)
+
+    try:
+        busy = asyncio.create_task(step("a", "a0"))
+        await asyncio.sleep(0)  # a0 has the process
+        queued = [asyncio.create_task(step("a", f"a{n}")) for n in range(1, 5)]
+        await asyncio.sleep(0)
+        queued.append(asyncio.create_task(step("b", "b0")))
+        await asyncio.gather(busy, *queued)
+    finally:
+        await pool.close()
+
+    assert finished == ["a0", "a1", "b0", "a2", "a3", "a4"]
+
+
+async def test_a_step_cancelled_while_waiting_gives_up_its_turn() -> None:
+    pool = StepRunner(processes=1, memory_bytes=MEMORY)
+    await pool.start()
+    try:
+        busy = asyncio.create_task(pool.run(_template("first"), LIMITS, "a"))
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(pool.run(_template("never"), LIMITS, "b"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        assert (await busy).value == b'"first"'
+        # The process went to no one (the cancelled step's turn was skipped): it serves now.
+        assert (await pool.run(_template("next"), LIMITS, "c")).value == b'"next"'
+    finally:
+        await pool.close()
+    assert gone.cancelled()
+
+
 async def test_close_leaves_no_process_behind() -> None:
     before = _step_processes()
     pool = StepRunner(processes=2, memory_bytes=MEMORY)

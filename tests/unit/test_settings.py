@@ -12,6 +12,7 @@ from aias.gateway.backends import BACKENDS
 from aias.gateway.settings import load_settings
 from aias.services.artifacts import main as artifacts_main
 from aias.services.artifacts.sweeper import SweepConfig
+from aias.services.execution import worker_main
 
 
 @pytest.mark.parametrize(
@@ -123,3 +124,22 @@ def test_server_settings_that_could_change_the_command_line_are_refused(raw: str
     env.settings("AIAS_EMBEDDED_PG_SETTINGS")
     with pytest.raises(SettingsError, match="AIAS_EMBEDDED_PG_SETTINGS must be space-separated"):
         env.check()
+
+
+WORKER_ENV = {
+    "AIAS_APP_DATABASE_URL": "postgresql+psycopg://aias_app@127.0.0.1:5432/aias",
+    "AIAS_ARTIFACTS_ADDR": "artifacts:50053",
+    "AIAS_TENANCY_ADDR": "tenancy:50051",
+    "AIAS_INTERNAL_TOKEN": "t" * 32,
+}
+
+
+def test_a_worker_holds_more_runs_than_it_has_step_processes_by_default() -> None:
+    default = worker_main.load_settings(Env(WORKER_ENV))
+    assert (default.worker.concurrency, default.step_processes) == (16, 4)
+    few = worker_main.load_settings(Env({**WORKER_ENV, "AIAS_WORKER_CONCURRENCY": "2"}))
+    assert (few.worker.concurrency, few.step_processes) == (2, 2)
+    both = worker_main.load_settings(
+        Env({**WORKER_ENV, "AIAS_WORKER_CONCURRENCY": "32", "AIAS_STEP_PROCESSES": "8"})
+    )
+    assert (both.worker.concurrency, both.step_processes) == (32, 8)
