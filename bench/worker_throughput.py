@@ -375,7 +375,7 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=50, help="runs timed one at a time")
     parser.add_argument("--concurrency", type=int, default=16, help="AIAS_WORKER_CONCURRENCY")
     parser.add_argument("--claim-batch", type=int, default=32, help="AIAS_WORKER_CLAIM_BATCH")
-    parser.add_argument("--step-processes", type=int, default=2, help="AIAS_STEP_PROCESSES")
+    parser.add_argument("--step-processes", type=int, default=4, help="AIAS_STEP_PROCESSES")
     parser.add_argument("--output", type=Path, default=Path("build/bench/worker_throughput.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aias-bench-") as tmp:
