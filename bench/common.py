@@ -132,6 +132,18 @@ def rss_mib(stack: Stack) -> dict[str, float]:
     return found
 
 
+def uss_mib(stack: Stack) -> dict[str, float]:
+    """Each process's unique memory, MiB: what it alone holds, so what stopping it frees. RSS
+    also counts pages it shares with the others (the interpreter, gRPC's and OpenSSL's
+    libraries), which a machine holds once."""
+    found = {}
+    for name, child in stack.children.items():
+        with contextlib.suppress(psutil.Error):
+            full = psutil.Process(child.process.pid).memory_full_info()
+            found[name] = round(full.uss / 2**20, 1)
+    return found
+
+
 def cpu_seconds(stack: Stack) -> dict[str, float]:
     """CPU time used so far by each process and its children (step processes, PostgreSQL's
     are not the launcher's children and are counted apart)."""

@@ -30,6 +30,7 @@ from bench.common import (
     print_machine,
     rss_mib,
     suite,
+    uss_mib,
     write_json,
 )
 
@@ -152,6 +153,7 @@ def measure(seconds: float, rates: list[float]) -> dict[str, Any]:
         hook = asyncio.run(new_hook(stack.gateway_url, stack.admin_token))
         url = stack.gateway_url + hook.path
         figures["rss_idle_mib"] = rss_mib(stack)
+        figures["uss_idle_mib"] = uss_mib(stack)
         figures["healthz_c64"] = wrk(stack.gateway_url + "/healthz", 64, seconds, post=False)
         wrk(url, 16, 2)  # warm-up: caches, pools, the first blocks of reserved runs
         accepted = runs_in_database(stack, hook.tenant_id)
@@ -197,6 +199,7 @@ def report(figures: dict[str, Any]) -> None:
                 f"p99 {f['p99_ms']:.1f} ms, p99.9 {f['p999_ms']:.1f} ms"
             )
     print(f"RSS idle (MiB): {figures['rss_idle_mib']}")
+    print(f"USS idle (MiB; memory no other process shares): {figures['uss_idle_mib']}")
     print(f"RSS after wrk (MiB): {figures['rss_after_load_mib']}")
     # wrk stops with requests in flight: those are committed but their 202s are never read, so
     # the database may hold up to one run per connection more than wrk counted (the warm-up's
