@@ -28,6 +28,7 @@ from aias.services.execution.service import (
     ExecutionService,
 )
 from aias.services.execution.servicer import ExecutionServicer
+from aias.services.execution.steps import load_libraries
 from aias.services.execution.targets import WebhookTargets
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ExecutionService"].full_name
@@ -78,6 +79,8 @@ def load_settings(env: Env | None = None) -> ExecutionSettings:
 async def build_server(settings: ExecutionSettings) -> BuiltServer:
     """The composition root: engine, tenancy channel, caches, use cases (alerts too), servicer,
     server."""
+    # Workflows' step configs are checked with them: loaded now, not by the first workflow.
+    load_libraries()
     db = Database(create_engine(settings.database_url, name="execution"))
     tenancy = internal_channel(settings.tenancy_addr, settings.server.internal_token)
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)

@@ -27,6 +27,7 @@ from aias.services.execution.steps import (
     StepContext,
     StepFailed,
     canonical_json,
+    load_libraries,
     read_response,
     run_step,
     sha256_hex,
@@ -380,6 +381,8 @@ def _child_main(parent: int, memory_bytes: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A step over its CPU time dies by SIGXCPU, which would otherwise write a core file.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    # The step types' libraries, loaded before the memory limit and the baseline below.
+    load_libraries()
     # The hard limit too: code that escaped the template sandbox cannot raise it again.
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     # The protocol owns the pipes; anything a library prints goes to the worker's log instead.

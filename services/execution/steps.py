@@ -10,18 +10,17 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jmespath
-import jmespath.exceptions
-import jsonschema
-from jinja2 import StrictUndefined, Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from yarl import URL
 
 from aias.core.destinations import checked_url, shown_url
 from aias.core.errors import InvalidArgument, clip
 from aias.core.text import checked_file_name
+
+if TYPE_CHECKING:
+    from jinja2 import Template
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 ARTIFACT_FORMATS = {
     "json": "application/json",
@@ -154,7 +153,18 @@ def _text(config: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def load_libraries() -> None:
+    """Imports what the step types use (Jinja's sandbox, JMESPath, jsonschema) now, not at the
+    first step or check. The processes that check or run steps call it as they start; a worker,
+    which only hands steps to its step processes, and the alert senders never load them."""
+    _environment()
+    import jmespath  # noqa: F401
+    import jsonschema  # noqa: F401
+
+
 def _jmespath(expression: str, where: str, key: str) -> None:
+    import jmespath.exceptions
+
     try:
         jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as error:
@@ -168,23 +178,32 @@ def _jmespath(expression: str, where: str, key: str) -> None:
 # rendering empty text. A template's compiled form is kept, since a workflow's runs render the
 # same few templates again and again and compiling costs more than rendering; only short
 # templates are kept, and few, so the cache stays small beside a step's memory limit.
-_ENVIRONMENT = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 CACHED_TEMPLATES = 64
 CACHED_TEMPLATE_CHARS = 16_384
 
 
+@functools.cache
+def _environment() -> ImmutableSandboxedEnvironment:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
 @functools.lru_cache(maxsize=CACHED_TEMPLATES)
 def _cached_template(template: str) -> Template:
-    return _ENVIRONMENT.from_string(template)
+    return _environment().from_string(template)
 
 
 def _compiled(template: str) -> Template:
     if len(template) <= CACHED_TEMPLATE_CHARS:
         return _cached_template(template)
-    return _ENVIRONMENT.from_string(template)
+    return _environment().from_string(template)
 
 
 def _search(expression: str, value: Any) -> Any:
+    import jmespath.exceptions
+
     try:
         return jmespath.search(expression, value)
     except jmespath.exceptions.JMESPathError as error:
@@ -200,6 +219,8 @@ def _validate_config(config: dict[str, Any], where: str) -> None:
         raise InvalidArgument(
             "INVALID_STEP_CONFIG", f"{where}.config.schema must be a JSON Schema object"
         )
+    import jsonschema
+
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as error:
@@ -210,6 +231,8 @@ def _validate_config(config: dict[str, Any], where: str) -> None:
 
 
 def _validate_run(config: dict[str, Any], value: Any, _context: StepContext) -> StepResult:
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(config["schema"])
     errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     if errors:
@@ -248,8 +271,10 @@ def _filter_run(config: dict[str, Any], value: Any, _context: StepContext) -> St
 
 
 def _parse_template(template: str, where: str, key: str) -> None:
+    from jinja2 import TemplateError
+
     try:
-        _ENVIRONMENT.parse(template)
+        _environment().parse(template)
     except TemplateError as error:
         raise InvalidArgument(
             "INVALID_STEP_CONFIG", f"{where}.config.{key} is not a valid template: {error}"
@@ -258,6 +283,8 @@ def _parse_template(template: str, where: str, key: str) -> None:
 
 def _render(template: str, value: Any, context: StepContext, what: str) -> str:
     """`template` rendered with the template context: `input`, `run` and `workflow`."""
+    from jinja2 import TemplateError
+
     try:
         return _compiled(template).render(input=value, run=context.run, workflow=context.workflow)
     except TemplateError as error:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -151,3 +153,24 @@ def test_invalid_json_payload_is_rejected() -> None:
     with pytest.raises(InvalidArgument) as caught:
         decode_payload(b"{nope", "application/json")
     assert caught.value.reason == "INVALID_PAYLOAD"
+
+
+@pytest.mark.parametrize(
+    "module", ["aias.services.execution.worker_main", "aias.services.execution.alerts_main"]
+)
+def test_processes_that_run_no_step_do_not_load_the_step_libraries(module: str) -> None:
+    # A worker hands steps to its step processes and the alert senders render none: each would
+    # carry some 4 MiB of Jinja, jsonschema and JMESPath for nothing.
+    program = (
+        f"import sys, {module}\n"
+        "print(sorted(m for m in ('jinja2', 'jsonschema', 'jmespath') if m in sys.modules))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_the_step_libraries_load_on_demand() -> None:
+    steps.load_libraries()
+    assert {"jinja2", "jsonschema", "jmespath"} <= set(sys.modules)
