@@ -337,10 +337,7 @@ class ArtifactsService:
     async def get_artifact(self, tenant_id: uuid.UUID, artifact_id: str) -> Artifact:
         aid = parse_uuid(artifact_id, "artifact_id")
         async with self._db.tenant(tenant_id) as session:
-            artifact = await ArtifactRepository(session).get(aid)
-        if artifact is None:
-            raise NotFound("ARTIFACT_NOT_FOUND", f"artifact {aid} does not exist")
-        return artifact
+            return _found(await ArtifactRepository(session).get(aid), aid)
 
     async def list_artifacts(
         self,
@@ -370,18 +367,23 @@ class ArtifactsService:
 
         A lost or torn blob is reported before any byte is sent.
         """
-        artifact = await self.get_artifact(tenant_id, artifact_id)
-        run_id_var.set(str(artifact.run_id))
-        plan = plan_download(request, artifact.size_bytes, artifact.sha256)
+        aid = parse_uuid(artifact_id, "artifact_id")
+        content = None
+        # The metadata and, for content small enough to be kept in its row, the content: one
+        # transaction.
+        async with self._db.tenant(tenant_id) as session:
+            repo = ArtifactRepository(session)
+            artifact = _found(await repo.get(aid), aid)
+            run_id_var.set(str(artifact.run_id))
+            plan = plan_download(request, artifact.size_bytes, artifact.sha256)
+            if plan.answer is not Answer.NOT_MODIFIED and artifact.size_bytes <= MAX_INLINE_BYTES:
+                content = await repo.inline_content(artifact.sha256)
         if plan.answer is Answer.NOT_MODIFIED:
             yield Download(artifact, plan, None, self._metrics)
             return
-        if artifact.size_bytes <= MAX_INLINE_BYTES:
-            async with self._db.tenant(tenant_id) as session:
-                content = await ArtifactRepository(session).inline_content(artifact.sha256)
-            if content is not None:
-                yield Download(artifact, plan, InlineBlob(content), self._metrics)
-                return
+        if content is not None:
+            yield Download(artifact, plan, InlineBlob(content), self._metrics)
+            return
         async with AsyncExitStack() as stack:
             try:
                 reader = await stack.enter_async_context(
@@ -429,6 +431,12 @@ async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator
 
 async def _one(content: bytes) -> AsyncIterator[bytes]:
     yield content
+
+
+def _found(artifact: Artifact | None, aid: uuid.UUID) -> Artifact:
+    if artifact is None:
+        raise NotFound("ARTIFACT_NOT_FOUND", f"artifact {aid} does not exist")
+    return artifact
 
 
 def _stored(new: NewArtifact, blob: StoredBlob, stored: Artifact | None) -> Artifact:
