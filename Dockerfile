@@ -22,12 +22,15 @@ COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 COPY --from=build /wheels /wheels
+# Every process runs without docstrings and asserts (PYTHONOPTIMIZE=2, below: about 5 MiB less
+# each); the user below cannot write .pyc files, so the ones that level reads are compiled here.
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
     && rm -rf /wheels \
-    && pip check
+    && pip check \
+    && python -OO -m aias.core.precompile
 USER aias
 WORKDIR /data
-ENV AIAS_DATA_DIR=/data AIAS_ARTIFACTS_DIR=/data/artifacts PYTHONUNBUFFERED=1
+ENV AIAS_DATA_DIR=/data AIAS_ARTIFACTS_DIR=/data/artifacts PYTHONUNBUFFERED=1 PYTHONOPTIMIZE=2
 # The gateway's HTTP (its /metrics too); each gRPC port (tenancy 50051, execution 50052,
 # artifacts 50053, billing 50054, execution-worker 50055, execution-alerts 50056) and each
 # of these processes' metrics port (9101-9106), as in aias/core/launcher.py.

@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The services run with PYTHONOPTIMIZE=2; pip compiles only the plain .pyc files.
+	$(PY) -OO -m aias.core.precompile
 	touch $@
 
 $(LINKS):
@@ -33,6 +35,7 @@ $(LINKS):
 # generates its own, setup.py).
 $(STUBS): $(STAMP) $(PROTOS) | $(LINKS)
 	$(PY) -m aias.core.protogen
+	$(PY) -OO -m compileall -q -j0 aias services gateway
 protos: $(STAMP)
 	$(PY) -m aias.core.protogen
 

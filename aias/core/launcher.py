@@ -252,6 +252,9 @@ class Stack:
 
     def _env(self, spec: ProcessSpec, port: int, metrics_port: int) -> dict[str, str]:
         env = {
+            # Without docstrings and asserts: about 5 MiB less per process (`make` and the
+            # image compile the matching .pyc files). An operator's own value wins.
+            "PYTHONOPTIMIZE": "2",
             **os.environ,
             **self.extra_env,
             "AIAS_INTERNAL_TOKEN": self.internal_token,
