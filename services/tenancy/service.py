@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from aias.core.db import Database, SystemPath, parse_uuid
 from aias.core.entitlements import (
@@ -91,7 +91,18 @@ class TenantChange:
     allowed_step_types: list[str] | None = None
 
 
-def effective_limits(tenant: TenantRow) -> Limits:
+class _LimitSource(Protocol):
+    """Where a tenant's limits come from: a tenant's row, or the row of a usage reservation."""
+
+    @property
+    def plan(self) -> str: ...
+    @property
+    def limit_overrides(self) -> dict[str, int] | None: ...
+    @property
+    def allowed_step_types(self) -> list[str] | None: ...
+
+
+def effective_limits(tenant: _LimitSource) -> Limits:
     return plan_limits(tenant.plan).with_overrides(
         tenant.limit_overrides or {}, tenant.allowed_step_types
     )
@@ -380,21 +391,20 @@ class TenancyService:
         )
         async with self._db.tenant(tid) as session:
             repo = TenancyRepository(session)
-            tenant = await repo.tenant(tid)
-            if tenant is None:
+            locked = await repo.lock_usage(tid, metric.value, period_start)
+            if locked is None:
                 raise _not_found(tid)
-            limit: int | None = getattr(effective_limits(tenant), metric.limit_name)
-            used = await repo.lock_usage(tid, metric.value, period_start)
-            grant = (block_grant if partial else whole_grant)(amount, used, limit)
+            limit: int | None = getattr(effective_limits(locked), metric.limit_name)
+            grant = (block_grant if partial else whole_grant)(amount, locked.used, limit)
             if grant:
-                await repo.set_usage(tid, metric.value, period_start, used + grant)
+                await repo.set_usage(tid, metric.value, period_start, locked.used + grant)
         return Reservation(
             grant,
             limit,
-            used + grant,
+            locked.used + grant,
             period_start if metric.per_period else None,
             period_end,
-            tenant.plan,
+            locked.plan,
         )
 
     async def release(
@@ -408,8 +418,6 @@ class TenancyService:
         elif period_start is None:
             period_start = period_bounds(self._clock())[0]
         async with self._db.tenant(tid) as session:
-            repo = TenancyRepository(session)
-            used = await repo.lock_usage(tid, metric.value, period_start)
-            left = max(0, used - amount)
-            await repo.set_usage(tid, metric.value, period_start, left)
-        return left
+            return await TenancyRepository(session).release_usage(
+                tid, metric.value, period_start, amount
+            )

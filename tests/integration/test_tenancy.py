@@ -350,6 +350,28 @@ async def test_concurrent_reservations_never_overshoot(tenancy: Tenancy) -> None
     assert released.used == 6
 
 
+async def test_releases_stop_at_zero_and_reservations_need_a_tenant(tenancy: Tenancy) -> None:
+    tenant, _ = await new_tenant(tenancy, "enterprise")
+    storage = pb.METRIC_ARTIFACT_STORAGE_BYTES
+
+    def release(amount: int) -> pb.ReleaseUsageRequest:
+        return pb.ReleaseUsageRequest(tenant_id=str(tenant), metric=storage, amount=amount)
+
+    # Nothing used yet (no counter): nothing to take off.
+    assert (await tenancy.stub.ReleaseUsage(release(5))).used == 0
+    reserved = await tenancy.stub.ReserveUsage(
+        pb.ReserveUsageRequest(tenant_id=str(tenant), metric=storage, amount=7)
+    )
+    assert (reserved.granted, reserved.used, reserved.plan) == (7, 7, "enterprise")
+    assert (await tenancy.stub.ReleaseUsage(release(3))).used == 4
+    assert (await tenancy.stub.ReleaseUsage(release(9))).used == 0
+    assert await refused(
+        tenancy.stub.ReserveUsage(
+            pb.ReserveUsageRequest(tenant_id=str(uuid.uuid4()), metric=storage, amount=1)
+        )
+    ) == (grpc.StatusCode.NOT_FOUND, "TENANT_NOT_FOUND")
+
+
 async def test_run_blocks_shrink_near_the_limit_and_stop_at_it(tenancy: Tenancy) -> None:
     tenant, _ = await new_tenant(tenancy, "enterprise")
     await tenancy.set_limits(tenant, runs_per_month=100)
