@@ -22,7 +22,7 @@ COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/requirements.lock \
     && rm /tmp/requirements.lock
 COPY --from=build /wheels /wheels
-# Every process runs without docstrings and asserts (PYTHONOPTIMIZE=2, below: about 5 MiB less
+# Every process runs without docstrings and asserts (PYTHONOPTIMIZE=2, below: about 4 MiB less
 # each); the user below cannot write .pyc files, so the ones that level reads are compiled here.
 RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
     && rm -rf /wheels \

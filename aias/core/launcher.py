@@ -252,7 +252,7 @@ class Stack:
 
     def _env(self, spec: ProcessSpec, port: int, metrics_port: int) -> dict[str, str]:
         env = {
-            # Without docstrings and asserts: about 5 MiB less per process (`make` and the
+            # Without docstrings and asserts: about 4 MiB less per process (`make` and the
             # image compile the matching .pyc files). An operator's own value wins.
             "PYTHONOPTIMIZE": "2",
             **os.environ,

@@ -2,7 +2,7 @@
 level this interpreter runs at: `python -OO -m aias.core.precompile`.
 
 The launcher and the container image run every process with PYTHONOPTIMIZE=2 (no docstrings and
-no asserts: about 5 MiB less memory per process). pip writes only the plain .pyc files, and a
+no asserts: about 4 MiB less memory per process). pip writes only the plain .pyc files, and a
 process that finds none for its level compiles each module from source at every start, in
 memory, when it may not write them (a read-only image, PYTHONDONTWRITEBYTECODE). `make` runs this
 after installing the packages, and the Dockerfile after installing the wheel.
