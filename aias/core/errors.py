@@ -112,6 +112,12 @@ class DataLoss(DomainError):
     code = "DATA_LOSS"
 
 
+class Unimplemented(DomainError):
+    """The server does not offer this method (yet): an older or partial implementation."""
+
+    code = "UNIMPLEMENTED"
+
+
 class Unavailable(DomainError):
     """A dependency is down; the same request may succeed later."""
 

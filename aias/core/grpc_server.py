@@ -46,6 +46,7 @@ from aias.core.errors import (
     InvalidArgument,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     clip,
 )
 from aias.core.process import (
@@ -226,6 +227,10 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             await context.abort_with_status(status_for(denied))
 
     async def _fail(self, error: Exception, context: grpc.aio.ServicerContext) -> None:
+        if isinstance(error, NotImplementedError):
+            # A method the servicer inherits from its generated base class: a caller's question
+            # this server cannot answer, not a failure of it.
+            error = _UNIMPLEMENTED
         if isinstance(error, DomainError):
             self._metrics.refused(error)
             await context.abort_with_status(status_for(error))
@@ -288,6 +293,7 @@ _MISSING_CREDENTIAL = Unauthenticated(
     "this RPC requires the internal service credential "
     "(authorization: Bearer <AIAS_INTERNAL_TOKEN>)",
 )
+_UNIMPLEMENTED = Unimplemented("UNIMPLEMENTED", "this server does not implement the method called")
 _INTERNAL = DomainError("INTERNAL", "an internal error occurred; the request id is in the logs")
 _DATABASE_DOWN = Unavailable(
     "DATABASE_UNAVAILABLE",

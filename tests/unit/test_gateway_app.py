@@ -525,6 +525,15 @@ async def test_method_the_backend_lacks_is_501(client: Client) -> None:
     assert (await _error(response, 501, "UNIMPLEMENTED"))["status"] == "UNIMPLEMENTED"
 
 
+async def test_method_the_backends_servicer_inherits_unimplemented_is_501(client: Client) -> None:
+    # FakeExecution keeps the generated base class's ListAlertDeliveries, which raises
+    # NotImplementedError: the caller gets UNIMPLEMENTED, not an internal error.
+    response = await client.get("/api/alert-deliveries", headers=_key())
+
+    error = await _error(response, 501, "UNIMPLEMENTED")
+    assert error["message"] == "this server does not implement the method called"
+
+
 async def test_download_streams_the_exact_bytes_with_headers_from_metadata(client: Client) -> None:
     response = await client.get("/api/artifacts/a1/download", headers=_key())
 
