@@ -30,6 +30,7 @@ from aias.gateway.server import serving
 from tests.conftest import INTERNAL_TOKEN
 from tests.unit.test_gateway_app import (
     API_KEY,
+    CONNECT_SECONDS,
     TENANT_ID,
     FakeArtifacts,
     FakeExecution,
@@ -158,7 +159,7 @@ async def fakes() -> AsyncIterator[Fakes]:
 
 async def _client(aiohttp_client: AiohttpClient, fakes: Fakes, **settings: str) -> Client:
     client = await aiohttp_client(init_app(gateway_settings(fakes.addresses, **settings)))
-    await asyncio.wait_for(client.app[ENTITLEMENT_CHANGES].connected.wait(), 5)
+    await asyncio.wait_for(client.app[ENTITLEMENT_CHANGES].connected.wait(), CONNECT_SECONDS)
     return client
 
 

@@ -48,6 +48,9 @@ ADMIN_TOKEN = "operator-token-for-tests"
 API_KEY = "aias_test_key"
 TENANT_ID = "7d0c5f8e-3b1a-4c7e-9a51-2f4f8e0d6b11"
 CONTENT = os.urandom(200_000)
+# How long a test gateway may take to open tenancy's change stream. 5 s once ran out while the
+# suite shared two cores with a benchmark; a gateway ready sooner is not waited for longer.
+CONNECT_SECONDS = 30
 Metadata = dict[str, str]
 
 
@@ -305,7 +308,7 @@ Client = TestClient[Request, Application]
 async def client(fakes: Fakes, aiohttp_client: AiohttpClient) -> Client:
     started = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
     # The change stream's first notice resets the key cache; let it arrive before the test.
-    await asyncio.wait_for(started.app[ENTITLEMENT_CHANGES].connected.wait(), 5)
+    await asyncio.wait_for(started.app[ENTITLEMENT_CHANGES].connected.wait(), CONNECT_SECONDS)
     return started
 
 
