@@ -30,7 +30,8 @@ RUN pip install --no-cache-dir --no-deps /wheels/*.whl \
     && python -OO -m aias.core.precompile
 USER aias
 WORKDIR /data
-ENV AIAS_DATA_DIR=/data AIAS_ARTIFACTS_DIR=/data/artifacts PYTHONUNBUFFERED=1 PYTHONOPTIMIZE=2
+ENV AIAS_DATA_DIR=/data AIAS_ARTIFACTS_DIR=/data/artifacts PYTHONUNBUFFERED=1 PYTHONOPTIMIZE=2 \
+    GRPC_ENABLE_FORK_SUPPORT=false
 # The gateway's HTTP (its /metrics too); each gRPC port (tenancy 50051, execution 50052,
 # artifacts 50053, billing 50054, execution-worker 50055, execution-alerts 50056) and each
 # of these processes' metrics port (9101-9106), as in aias/core/launcher.py.

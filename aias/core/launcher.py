@@ -255,6 +255,10 @@ class Stack:
             # Without docstrings and asserts: about 4 MiB less per process (`make` and the
             # image compile the matching .pyc files). An operator's own value wins.
             "PYTHONOPTIMIZE": "2",
+            # No process forks a child that goes on using gRPC (the worker's step processes
+            # exec at once), so gRPC's fork handlers only cost: a line outside the JSON log at
+            # every step process's start, and a possible deadlock (grpc/grpc#37259).
+            "GRPC_ENABLE_FORK_SUPPORT": "false",
             **os.environ,
             **self.extra_env,
             "AIAS_INTERNAL_TOKEN": self.internal_token,

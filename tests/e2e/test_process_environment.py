@@ -1,5 +1,5 @@
-"""The launcher runs every process without docstrings and asserts (PYTHONOPTIMIZE=2), unless the
-operator sets the level."""
+"""What the launcher puts in every process's environment: no docstrings and asserts
+(PYTHONOPTIMIZE=2) unless the operator sets the level, and no gRPC fork handlers."""
 
 from __future__ import annotations
 
@@ -32,3 +32,17 @@ def test_the_operators_level_wins(stack_database: LocalDatabase, tmp_path: Path)
         tmp_path, stack_database, "t", "a", ports, ports, extra_env={"PYTHONOPTIMIZE": "0"}
     )
     assert chosen.environment("tenancy")["PYTHONOPTIMIZE"] == "0"
+
+
+def test_starting_step_processes_leaves_nothing_but_json_in_the_workers_log(stack: Stack) -> None:
+    # The worker started its step processes (fork and exec) before the suite was ready.
+    assert stack.log_dir is not None
+    log = (stack.log_dir / "execution-worker.log").read_text(errors="replace")
+    assert log.strip(), "the worker logs its start"
+    # gRPC's fork handlers, when on, wrote "fork_posix.cc:… skipping fork() handlers" per start.
+    assert [line for line in log.splitlines() if "fork_posix" in line] == []
+    levels = {
+        _environ(child.process.pid).get("GRPC_ENABLE_FORK_SUPPORT")
+        for child in stack.children.values()
+    }
+    assert levels == {os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "false")}
