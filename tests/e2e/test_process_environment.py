@@ -34,15 +34,15 @@ def test_the_operators_level_wins(stack_database: LocalDatabase, tmp_path: Path)
     assert chosen.environment("tenancy")["PYTHONOPTIMIZE"] == "0"
 
 
-def test_starting_step_processes_leaves_nothing_but_json_in_the_workers_log(stack: Stack) -> None:
+def test_step_processes_start_without_grpc_fork_lines_in_the_workers_log(stack: Stack) -> None:
     # The worker started its step processes (fork and exec) before the suite was ready.
     assert stack.log_dir is not None
     log = (stack.log_dir / "execution-worker.log").read_text(errors="replace")
     assert log.strip(), "the worker logs its start"
     # gRPC's fork handlers, when on, wrote "fork_posix.cc:… skipping fork() handlers" per start.
     assert [line for line in log.splitlines() if "fork_posix" in line] == []
-    levels = {
+    fork_support = {
         _environ(child.process.pid).get("GRPC_ENABLE_FORK_SUPPORT")
         for child in stack.children.values()
     }
-    assert levels == {os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "false")}
+    assert fork_support == {os.environ.get("GRPC_ENABLE_FORK_SUPPORT", "false")}
