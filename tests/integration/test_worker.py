@@ -26,6 +26,9 @@ from aias.services.execution.worker import Worker, WorkerConfig
 from tests.conftest import INTERNAL_TOKEN
 from tests.integration.servers import Tenancy
 
+# A one-step workflow whose step always succeeds at once.
+TRIVIAL = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
+
 
 @pytest.fixture(scope="module")
 async def runner() -> AsyncIterator[StepRunner]:
@@ -258,7 +261,7 @@ async def test_a_tenant_at_its_concurrency_limit_waits_while_others_run(
     quick = await _queue_run(
         app_db,
         other,
-        [{"id": "t", "type": "transform", "config": {"expression": "a"}}],
+        TRIVIAL,
         b'{"a": 1}',
     )
     worker = _worker(app_db, database, address, tenancy, runner, "w-caps", concurrency=4)
@@ -294,16 +297,15 @@ async def test_a_freed_slot_claims_the_backlog_without_polling(
     # One slot, five runs queued at once: each end of a run must wake the next claim, since
     # the claim before it filled the slot and left runs behind.
     tenant = await tenancy.new_tenant("enterprise")
-    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
     worker = _worker(
         app_db, database, _dead_address(), tenancy, runner, "w-slot", 1, poll_interval=NO_POLL
     )
     await worker.start()
     try:
-        await _queue_run(app_db, tenant, trivial, b'{"a": 1}', runs=5)
+        await _queue_run(app_db, tenant, TRIVIAL, b'{"a": 1}', runs=5)
         await _wait_all(app_db, tenant, 5)
         # Drained now; a run queued later is announced by its insert's notice.
-        await _queue_run(app_db, tenant, trivial, b'{"a": 2}')
+        await _queue_run(app_db, tenant, TRIVIAL, b'{"a": 2}')
         await _wait_all(app_db, tenant, 6)
     finally:
         await worker.stop(0.2)
@@ -316,16 +318,15 @@ async def test_a_tenant_at_its_limit_gets_its_next_run_when_one_ends_without_pol
     # must wake the claim that takes the next.
     tenant = await tenancy.new_tenant("enterprise")
     await tenancy.set_limits(tenant, concurrent_runs=1)
-    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
     worker = _worker(
         app_db, database, _dead_address(), tenancy, runner, "w-limit", 4, poll_interval=NO_POLL
     )
     await worker.start()
     try:
         # The first run makes the tenant's limit known to the worker.
-        await _queue_run(app_db, tenant, trivial, b'{"a": 1}')
+        await _queue_run(app_db, tenant, TRIVIAL, b'{"a": 1}')
         await _wait_all(app_db, tenant, 1)
-        await _queue_run(app_db, tenant, trivial, b'{"a": 1}', runs=4)
+        await _queue_run(app_db, tenant, TRIVIAL, b'{"a": 1}', runs=4)
         await _wait_all(app_db, tenant, 5)
     finally:
         await worker.stop(0.2)
@@ -337,16 +338,15 @@ async def test_runs_trickling_in_are_claimed_together(
     # The worker keeps up (its last claim drained the queue), so runs queued one by one within
     # the claim interval wait for it and are taken by one claim: one statement, one start time.
     tenant = await tenancy.new_tenant("enterprise")
-    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
     worker = _worker(
         app_db, database, _dead_address(), tenancy, runner, "w-gap", 8, claim_interval=1.0
     )
     await worker.start()
     try:
-        await _queue_run(app_db, tenant, trivial, b'{"a": 0}')
+        await _queue_run(app_db, tenant, TRIVIAL, b'{"a": 0}')
         await _wait_all(app_db, tenant, 1)
         for n in range(4):
-            await _queue_run(app_db, tenant, trivial, f'{{"a": {n}}}'.encode())
+            await _queue_run(app_db, tenant, TRIVIAL, f'{{"a": {n}}}'.encode())
         await _wait_all(app_db, tenant, 5)
     finally:
         await worker.stop(0.2)
@@ -406,8 +406,7 @@ async def test_a_noisy_tenant_does_not_hold_up_another_tenants_run(
         await _wait_status(app_db, noisy, spinning, {"running"})
         await asyncio.sleep(0.3)  # the template is spinning now
         queued = time.monotonic()
-        trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
-        run = await _queue_run(app_db, quiet, trivial, b'{"a": 1}')
+        run = await _queue_run(app_db, quiet, TRIVIAL, b'{"a": 1}')
         row = await _wait_status(app_db, quiet, run, {"succeeded", "failed"})
         waited = time.monotonic() - queued
         spun = await _wait_status(app_db, noisy, spinning, {"succeeded", "failed"})
@@ -520,11 +519,10 @@ async def test_a_flood_of_one_tenant_delays_another_tenants_run_by_a_few_runs(
     """The fairness bound: a run queued behind another tenant's 5,000 is taken by the next
     claim, so at most `concurrency` of the flood's runs (one claim under way) start before it,
     not 5,000. It then waits only for a free slot: about one run's time."""
-    trivial = [{"id": "t", "type": "transform", "config": {"expression": "a"}}]
     flooder = await tenancy.new_tenant("enterprise")
-    first = await _queue_run(app_db, flooder, trivial, b'{"a": 1}')
+    first = await _queue_run(app_db, flooder, TRIVIAL, b'{"a": 1}')
     other = await tenancy.new_tenant("enterprise")
-    warm = await _queue_run(app_db, other, trivial, b'{"a": 2}')
+    warm = await _queue_run(app_db, other, TRIVIAL, b'{"a": 2}')
     concurrency = 4
     worker = _worker(
         app_db, database, _dead_address(), tenancy, runner, "w-fair", concurrency=concurrency
