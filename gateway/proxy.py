@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
+from aias.core.process import heap
 from aias.gateway.auth import Authenticator
 from aias.gateway.backends import Backends
 from aias.gateway.binding import PRINTABLE_ASCII, build_admission, build_request
@@ -262,6 +263,7 @@ async def _stream(route: RpcRoute, request: web.Request, call: Any) -> web.Strea
     finally:
         # A no-op once the stream ended; otherwise it stops the backend producing unread chunks.
         call.cancel()
+        heap.after_transfer(written)
     if declared is not None and written != declared:
         log.error(
             "download length differs from its Content-Length",

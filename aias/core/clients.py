@@ -15,7 +15,7 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 # A fixed flow-control window per stream bounds what one call buffers: with gRPC's bandwidth
 # probing the window grew until a 200 MiB artifact stream held 25-30 MiB more in each hop.
-# 1 MiB ahead keeps four 256 KiB download messages in flight and still fills a link of 10 ms
+# 1 MiB ahead keeps two 512 KiB download messages in flight and still fills a link of 10 ms
 # round trip at 100 MB/s.
 STREAM_WINDOW_OPTIONS = (
     ("grpc.http2.bdp_probe", 0),

@@ -25,9 +25,10 @@ MAX_STORE_BYTES = 512 * 1024
 # store (AIAS_ARTIFACTS_INLINE_BYTES, at most MAX_INLINE_BYTES).
 DEFAULT_INLINE_BYTES = 64 * 1024
 MAX_INLINE_BYTES = 256 * 1024
-# Downloads go in messages this large: per byte, larger messages cost less in each hop (64 KiB
-# ones held downloads near 200 MiB/s), and 1 MiB ones were no faster but held more memory.
-DOWNLOAD_CHUNK_BYTES = 256 * 1024
+# Downloads go in messages this large: per byte, larger messages cost less in each hop (each
+# is a thread hand-off and a completion on both sides). Kept under the processes' mmap
+# threshold (aias.core.process), so the heap reuses them instead of mapping each afresh.
+DOWNLOAD_CHUNK_BYTES = 512 * 1024
 # Upload chunks received ahead while one is being stored, so receiving and storing overlap.
 UPLOAD_READ_AHEAD = 1
 MAX_NAME_CHARS = 255

@@ -10,6 +10,7 @@ from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX, forwarded_header, require_tenant
 from aias.core.errors import InvalidArgument
+from aias.core.process import heap
 from aias.core.protoconv import timestamp
 from aias.services.artifacts.domain import (
     Answer,
@@ -39,13 +40,23 @@ def artifact_pb(artifact: Artifact) -> pb.Artifact:
     )
 
 
-async def _chunks(messages: AsyncIterator[pb.UploadArtifactRequest]) -> AsyncIterator[bytes]:
-    async for message in messages:
-        if message.WhichOneof("payload") != "chunk":
-            raise InvalidArgument(
-                "UPLOAD_CHUNK_EXPECTED", "after the metadata, every upload message must be a chunk"
-            )
-        yield message.chunk
+class _Chunks:
+    """An upload's chunks, after its metadata, counted as they arrive."""
+
+    def __init__(self, messages: AsyncIterator[pb.UploadArtifactRequest]) -> None:
+        self._messages = messages
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for message in self._messages:
+            if message.WhichOneof("payload") != "chunk":
+                raise InvalidArgument(
+                    "UPLOAD_CHUNK_EXPECTED",
+                    "after the metadata, every upload message must be a chunk",
+                )
+            chunk = message.chunk
+            self.size += len(chunk)
+            yield chunk
 
 
 def _varint(value: int) -> bytes:
@@ -137,7 +148,11 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
             raise InvalidArgument(
                 "UPLOAD_METADATA_FIRST", "the first message of an upload must carry the metadata"
             )
-        artifact = await self._service.upload(tenant_id, _spec(first.metadata), _chunks(messages))
+        chunks = _Chunks(messages)
+        try:
+            artifact = await self._service.upload(tenant_id, _spec(first.metadata), chunks)
+        finally:
+            heap.after_transfer(chunks.size)
         return pb.UploadArtifactResponse(artifact=artifact_pb(artifact))
 
     async def StoreArtifact(
@@ -209,8 +224,13 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
                 return
             # Only the first message names the type; an empty body still sends that one.
             content_type = artifact.media_type
-            async for chunk in download.chunks():
-                yield http_body_wire(chunk, content_type)
-                content_type = ""
+            sent = 0
+            try:
+                async for chunk in download.chunks():
+                    yield http_body_wire(chunk, content_type)
+                    content_type = ""
+                    sent += len(chunk)
+            finally:
+                heap.after_transfer(sent)
             if content_type:
                 yield http_body_wire(b"", content_type)

@@ -1,0 +1,39 @@
+"""The heap's free pages go back to the OS once after large transfers, never per transfer."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aias.core.process import HeapTrim
+
+MIB = 1024 * 1024
+DELAY = 0.05
+
+
+async def test_small_transfers_trim_nothing() -> None:
+    trims: list[int] = []
+    heap = HeapTrim(trims.append, DELAY)
+    for _ in range(10):
+        heap.after_transfer(MIB - 1)
+    await asyncio.sleep(DELAY * 3)
+    assert trims == []
+
+
+async def test_large_transfers_in_a_burst_share_one_trim() -> None:
+    trims: list[int] = []
+    heap = HeapTrim(trims.append, DELAY)
+    for _ in range(5):
+        heap.after_transfer(8 * MIB)
+    assert trims == []  # not on the transfer's own time
+    await asyncio.sleep(DELAY * 3)
+    assert trims == [0]  # malloc_trim(0): every arena, keeping no padding
+
+
+async def test_a_transfer_after_the_trim_gets_one_of_its_own() -> None:
+    trims: list[int] = []
+    heap = HeapTrim(trims.append, DELAY)
+    heap.after_transfer(2 * MIB)
+    await asyncio.sleep(DELAY * 3)
+    heap.after_transfer(2 * MIB)
+    await asyncio.sleep(DELAY * 3)
+    assert trims == [0, 0]
