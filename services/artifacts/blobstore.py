@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+import blake3
+
 from aias.core.periodic import Periodic
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -28,9 +30,11 @@ log = logging.getLogger(__name__)
 
 
 class Digest(Protocol):
-    """What `hashlib.sha256()` returns, as far as reading a blob needs it."""
+    """A hash being computed (`blake3.blake3()`, `hashlib.sha256()`), as reading needs it."""
 
-    def update(self, data: bytes, /) -> None: ...
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
 
 
 class BlobMissing(Exception):
@@ -41,6 +45,31 @@ class BlobMissing(Exception):
 class StoredBlob:
     sha256: str
     size: int
+    # The BLAKE3 of the same bytes: what whole reads are checked against. As hard to forge as
+    # the SHA-256 that names the content, and four times faster on one core.
+    blake3: str
+
+
+class ContentDigests:
+    """The digests of content being stored: SHA-256 names it, BLAKE3 checks its reads."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._blake3 = blake3.blake3()
+
+    def update(self, data: bytes) -> None:
+        """Both release the GIL for all but small inputs, so this may run in a thread."""
+        self._sha256.update(data)
+        self._blake3.update(data)
+
+    def stored(self, size: int) -> StoredBlob:
+        return StoredBlob(self._sha256.hexdigest(), size, self._blake3.hexdigest())
+
+    @classmethod
+    def of(cls, content: bytes) -> StoredBlob:
+        digests = cls()
+        digests.update(content)
+        return digests.stored(len(content))
 
 
 class BlobWriter(Protocol):
@@ -136,25 +165,25 @@ class _FileWriter:
         self._file = file
         self._temp = temp
         self._blobs = blobs
-        self._hash = hashlib.sha256()
+        self._digests = ContentDigests()
         self._size = 0
         self.committed = False
 
     async def write(self, chunk: bytes) -> None:
         if len(chunk) <= INLINE_WRITE_BYTES:
             # Into the file's buffer: cheaper than the two hand-offs to threads below.
-            self._hash.update(chunk)
+            self._digests.update(chunk)
             self._file.write(chunk)
         else:
             # Both release the GIL: hashing and writing the chunk run side by side.
             await asyncio.gather(
-                asyncio.to_thread(self._hash.update, chunk),
+                asyncio.to_thread(self._digests.update, chunk),
                 asyncio.to_thread(self._file.write, chunk),
             )
         self._size += len(chunk)
 
     def written(self) -> StoredBlob:
-        return StoredBlob(self._hash.hexdigest(), self._size)
+        return self._digests.stored(self._size)
 
     async def commit(self) -> StoredBlob:
         blob = self.written()

@@ -47,6 +47,9 @@ class BlobRow(Base):
     unreferenced_time: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # BLAKE3 of the content (hex), which whole reads are checked against; None for blobs
+    # stored before it was recorded (those are checked against the SHA-256).
+    blake3: Mapped[str | None] = mapped_column(String(64))
     # Content small enough to be kept in the row (see ArtifactsService.store); loaded only
     # when asked for.
     content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)

@@ -44,6 +44,14 @@ class ExpiredArtifact:
 
 
 @dataclass(frozen=True)
+class BlobForReading:
+    """A blob's BLAKE3 (None if recorded before it was kept) and its content if its row has it."""
+
+    blake3: str | None
+    content: bytes | None
+
+
+@dataclass(frozen=True)
 class UnreferencedBlob:
     """Content no artifact names, as the sweeper finds it."""
 
@@ -57,21 +65,31 @@ _ARTIFACT_COLUMNS = (
     "id, tenant_id, run_id, workflow_id, step_id, name, media_type, size_bytes, sha256, "
     "create_time, expire_time"
 )
+# A blob recorded before its BLAKE3 was (artifacts_0004) gets it from the next upload of the
+# same content: equal SHA-256, equal bytes.
 _RECORD_BLOB = text("""
-    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes) VALUES (:tenant, :sha256, :size)
-    ON CONFLICT (tenant_id, sha256) DO UPDATE SET unreferenced_time = now()
-    WHERE blobs.refcount = 0""")
+    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes, blake3)
+    VALUES (:tenant, :sha256, :size, :blake3)
+    ON CONFLICT (tenant_id, sha256) DO UPDATE SET
+        unreferenced_time = CASE WHEN blobs.refcount = 0 THEN now()
+            ELSE blobs.unreferenced_time END,
+        blake3 = coalesce(blobs.blake3, excluded.blake3)
+    WHERE blobs.refcount = 0 OR blobs.blake3 IS NULL""")
 _LOCK_BLOBS = text("""
     SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = ANY(CAST(:digests AS text[]))
     ORDER BY sha256 FOR UPDATE""")
 # Content kept in its row, in the upload's own transaction: the row is made (or, when the content
 # was stored before, its copy added) and locked, like `_LOCK_BLOB`'s, before the artifact's.
 _LOCK_INLINE_BLOB = text("""
-    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes, content)
-    VALUES (:tenant, :sha256, :size, :content)
-    ON CONFLICT (tenant_id, sha256) DO UPDATE SET content = coalesce(blobs.content, :content)
+    INSERT INTO artifacts.blobs (tenant_id, sha256, size_bytes, blake3, content)
+    VALUES (:tenant, :sha256, :size, :blake3, :content)
+    ON CONFLICT (tenant_id, sha256) DO UPDATE SET
+        content = coalesce(blobs.content, excluded.content),
+        blake3 = coalesce(blobs.blake3, excluded.blake3)
     RETURNING refcount""")
-_INLINE_CONTENT = text("SELECT content FROM artifacts.blobs WHERE sha256 = :sha256")
+_BLOB_FOR_READING = text("""
+    SELECT blake3, CASE WHEN :with_content THEN content END AS content
+    FROM artifacts.blobs WHERE sha256 = :sha256""")
 # An upload's one blob: with a single value PostgreSQL keeps one plan for the statement, where
 # the array's (of a length it cannot know) is planned again on every call.
 _LOCK_BLOB = text("SELECT sha256, refcount FROM artifacts.blobs WHERE sha256 = :sha256 FOR UPDATE")
@@ -109,7 +127,9 @@ class ArtifactRepository:
         """Records content about to be stored; unreferenced until an artifact names it."""
         await self._session.execute(
             insert(BlobRow)
-            .values(tenant_id=tenant_id, sha256=blob.sha256, size_bytes=blob.size)
+            .values(
+                tenant_id=tenant_id, sha256=blob.sha256, size_bytes=blob.size, blake3=blob.blake3
+            )
             .on_conflict_do_nothing(index_elements=[BlobRow.tenant_id, BlobRow.sha256])
         )
 
@@ -117,7 +137,8 @@ class ArtifactRepository:
         """Records content about to be stored, or restarts the sweeper's grace period of
         content already recorded that no artifact names; one statement."""
         await self._session.execute(
-            _RECORD_BLOB, {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size}
+            _RECORD_BLOB,
+            {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size, "blake3": blob.blake3},
         )
 
     async def lock_inline_blob(self, tenant_id: uuid.UUID, blob: StoredBlob, content: bytes) -> int:
@@ -125,14 +146,27 @@ class ArtifactRepository:
         transaction ends; returns how many artifacts name it."""
         refcount = await self._session.execute(
             _LOCK_INLINE_BLOB,
-            {"tenant": tenant_id, "sha256": blob.sha256, "size": blob.size, "content": content},
+            {
+                "tenant": tenant_id,
+                "sha256": blob.sha256,
+                "size": blob.size,
+                "blake3": blob.blake3,
+                "content": content,
+            },
         )
         return int(refcount.scalar_one())
 
-    async def inline_content(self, sha256: str) -> bytes | None:
-        """The blob's content when its row keeps it; None when it is in the blob store."""
-        row = (await self._session.execute(_INLINE_CONTENT, {"sha256": sha256})).first()
-        return None if row is None or row.content is None else bytes(row.content)
+    async def blob_for_reading(self, sha256: str, *, with_content: bool) -> BlobForReading:
+        """What reading a blob needs from its row: the BLAKE3 to check it against and, when
+        asked for (small artifacts), the content the row keeps."""
+        row = (
+            await self._session.execute(
+                _BLOB_FOR_READING, {"sha256": sha256, "with_content": with_content}
+            )
+        ).first()
+        if row is None:
+            return BlobForReading(None, None)
+        return BlobForReading(row.blake3, None if row.content is None else bytes(row.content))
 
     async def lock_blobs(self, digests: Sequence[str]) -> dict[str, int]:
         """Locks the blob rows of these digests until the transaction ends; returns how many

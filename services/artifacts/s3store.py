@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from aias.services.artifacts.blobstore import (
     TEMP_PREFIX,
     BlobMissing,
     BlobWriter,
+    ContentDigests,
     Digest,
     StoredBlob,
 )
@@ -49,7 +49,7 @@ class _S3Writer:
         self._store = store
         self._tenant_id = tenant_id
         self._temp_key = store.temp_key(tenant_id)
-        self._hash = hashlib.sha256()
+        self._digests = ContentDigests()
         self._size = 0
         self._buffer = bytearray()
         self._upload_id: str | None = None
@@ -58,14 +58,14 @@ class _S3Writer:
         self.committed = False
 
     async def write(self, chunk: bytes) -> None:
-        self._hash.update(chunk)
+        self._digests.update(chunk)
         self._size += len(chunk)
         self._buffer += chunk
         if len(self._buffer) >= self._store.part_bytes:
             await self._send_part()
 
     def written(self) -> StoredBlob:
-        return StoredBlob(self._hash.hexdigest(), self._size)
+        return self._digests.stored(self._size)
 
     async def _send_part(self) -> None:
         client = self._store.client

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Protocol, TypeVar
 
+import blake3
+
 from aias.core.context import run_id_var
 from aias.core.db import Database, SystemPath, parse_uuid
 from aias.core.entitlements import EntitlementsCache, TenantEntitlements, UsageClient
@@ -22,6 +24,8 @@ from aias.services.artifacts.blobstore import (
     BlobMissing,
     BlobReader,
     BlobStore,
+    ContentDigests,
+    Digest,
     InlineBlob,
     StoredBlob,
 )
@@ -73,6 +77,9 @@ class Download:
     artifact: Artifact
     plan: DownloadPlan
     _reader: BlobReader | None
+    # The blob's BLAKE3, which a whole read is checked against; None for blobs recorded
+    # before it was kept, checked against their SHA-256.
+    _blake3: str | None
     _metrics: ArtifactMetrics
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -86,7 +93,10 @@ class Download:
         window = self.plan.window
         if self._reader is None or window.length == 0:
             return
-        digest = hashlib.sha256() if window.length == self.artifact.size_bytes else None
+        digest: Digest | None = None
+        if window.length == self.artifact.size_bytes:
+            digest = blake3.blake3() if self._blake3 else hashlib.sha256()
+        expected = self._blake3 or self.artifact.sha256
         # The store hashes each chunk as it reads it, off the event loop, so reading and
         # hashing the next chunk overlap with sending this one.
         source = aiter(
@@ -108,8 +118,10 @@ class Download:
                 yield chunk
             if sent != window.length:
                 self._fail("length", {"bytes_read": sent, "bytes_expected": window.length})
-            if digest is not None and digest.hexdigest() != self.artifact.sha256:
-                self._fail("digest", {"digest_read": digest.hexdigest()})
+            if digest is not None and digest.hexdigest() != expected:
+                self._fail(
+                    "digest", {"digest_read": digest.hexdigest(), "digest_expected": expected}
+                )
             yield chunk
         finally:
             reading.cancel()
@@ -171,7 +183,7 @@ class ArtifactsService:
         if len(content) > self._inline_bytes:
             return await self._store(tenant_id, spec, _one(content))
         new, workflow_id, entitlements = await self._admit(tenant_id, spec)
-        blob = StoredBlob(hashlib.sha256(content).hexdigest(), len(content))
+        blob = ContentDigests.of(content)
         async with self._storage.uploading(tenant_id):
             stored = await self._reference(
                 tenant_id,
@@ -368,21 +380,23 @@ class ArtifactsService:
         A lost or torn blob is reported before any byte is sent.
         """
         aid = parse_uuid(artifact_id, "artifact_id")
-        content = None
-        # The metadata and, for content small enough to be kept in its row, the content: one
-        # transaction.
+        # The metadata, the blob's BLAKE3 and, for content small enough to be kept in its row,
+        # the content: one transaction.
         async with self._db.tenant(tenant_id) as session:
             repo = ArtifactRepository(session)
             artifact = _found(await repo.get(aid), aid)
             run_id_var.set(str(artifact.run_id))
             plan = plan_download(request, artifact.size_bytes, artifact.sha256)
-            if plan.answer is not Answer.NOT_MODIFIED and artifact.size_bytes <= MAX_INLINE_BYTES:
-                content = await repo.inline_content(artifact.sha256)
-        if plan.answer is Answer.NOT_MODIFIED:
-            yield Download(artifact, plan, None, self._metrics)
+            blob = None
+            if plan.answer is not Answer.NOT_MODIFIED:
+                blob = await repo.blob_for_reading(
+                    artifact.sha256, with_content=artifact.size_bytes <= MAX_INLINE_BYTES
+                )
+        if blob is None:
+            yield Download(artifact, plan, None, None, self._metrics)
             return
-        if content is not None:
-            yield Download(artifact, plan, InlineBlob(content), self._metrics)
+        if blob.content is not None:
+            yield Download(artifact, plan, InlineBlob(blob.content), blob.blake3, self._metrics)
             return
         async with AsyncExitStack() as stack:
             try:
@@ -398,7 +412,7 @@ class ArtifactsService:
                     extra={**_blob_fields(artifact), "blob_size": reader.size},
                 )
                 raise _unavailable(artifact)
-            yield Download(artifact, plan, reader, self._metrics)
+            yield Download(artifact, plan, reader, blob.blake3, self._metrics)
 
 
 async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator[bytes]:

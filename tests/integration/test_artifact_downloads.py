@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from typing import cast
 
 import aiohttp
+import blake3
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
@@ -122,6 +123,21 @@ class Site:
                 Bucket=self.store.bucket,
                 Key=self.store.key(tenant, artifact.sha256),
                 Body=bytes(content),
+            )
+
+    async def recorded_blake3(self, artifact: pb.Artifact) -> str | None:
+        async with self.db.tenant(self.tenant) as session:
+            found = await session.execute(
+                text("SELECT blake3 FROM artifacts.blobs WHERE sha256 = :sha256"),
+                {"sha256": artifact.sha256},
+            )
+            return cast("str | None", found.scalar_one())
+
+    async def record_blake3(self, artifact: pb.Artifact, value: str | None) -> None:
+        async with self.db.tenant(self.tenant) as session:
+            await session.execute(
+                text("UPDATE artifacts.blobs SET blake3 = :value WHERE sha256 = :sha256"),
+                {"sha256": artifact.sha256, "value": value},
             )
 
     async def leftovers(self) -> list[str]:
@@ -397,6 +413,40 @@ async def test_a_corrupt_blob_ends_the_download_truncated_and_is_counted(site: S
 
     assert lost.value.code() == grpc.StatusCode.DATA_LOSS
     assert _corrupt_count(site.registry) == before + 2
+
+
+async def test_whole_reads_are_checked_against_the_blake3_recorded_at_upload(site: Site) -> None:
+    content = os.urandom(MIB + 7)
+    artifact = await site.upload(content, "checked.bin")
+    assert await site.recorded_blake3(artifact) == blake3.blake3(content).hexdigest()
+
+    # Intact bytes, a different digest on record: only a check against it can fail.
+    await site.record_blake3(artifact, blake3.blake3(b"other content").hexdigest())
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await _grpc_bytes(site, pb.DownloadArtifactRequest(artifact_id=artifact.id))
+
+    assert lost.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_blob_recorded_before_its_blake3_is_checked_against_its_sha256(
+    site: Site,
+) -> None:
+    content = os.urandom(MIB + 11)
+    artifact = await site.upload(content, "older.bin")
+    await site.record_blake3(artifact, None)
+
+    _, body = await site.get(artifact)
+    assert body == content
+    # The next upload of the same content records the digest the row lacked.
+    await site.upload(content, "older-again.bin")
+    assert await site.recorded_blake3(artifact) == blake3.blake3(content).hexdigest()
+
+    await site.record_blake3(artifact, None)
+    await site.corrupt(artifact)
+    with pytest.raises(grpc.aio.AioRpcError) as lost:
+        await _grpc_bytes(site, pb.DownloadArtifactRequest(artifact_id=artifact.id))
+
+    assert lost.value.code() == grpc.StatusCode.DATA_LOSS
 
 
 async def test_a_corrupt_blob_of_one_chunk_is_an_error_before_any_byte(site: Site) -> None:
