@@ -90,6 +90,10 @@ def _artifacts_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
     for name in ("download_ratio", "download_ratio_no_sendfile", "upload_ratio"):
         summary[name] = _median(runs, lambda r, n=name: r[n])
+    for kind in ("gateway", "artifacts"):
+        summary[f"download_cpu_ms_{kind}"] = _median(
+            runs, lambda r, k=kind: r["download_cpu_ms"][k]
+        )
     return summary
 
 
