@@ -21,9 +21,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # A buffer this large or larger gets a mapping of its own, unmapped when it is freed: a webhook
 # body of megabytes goes back to the OS at once. Smaller ones (download and upload messages)
-# come from the heap and are reused. At 128 KiB, glibc's default, each 256 KiB download message
-# was a fresh mapping: 64 page faults and as many zeroed pages per message, more than half of
-# the gateway's and the artifacts service's CPU per downloaded byte.
+# come from the heap and are reused. Pinned at 128 KiB (glibc's starting value), each 256 KiB
+# download message was a fresh mapping: 64 page faults and as many zeroed pages per message,
+# about half the CPU the gateway and the artifacts service spent per downloaded byte.
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 # Free memory the heap keeps at its top rather than give back at once (glibc: 128 KiB).
 _TRIM_THRESHOLD_BYTES = 2 * 1024 * 1024
