@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -17,7 +17,7 @@ from aias.core.clients import internal_channel
 from aias.core.launcher import Stack
 from aias.services.execution.worker import UPLOAD_CHUNK
 from tests.conftest import INTERNAL_TOKEN
-from tests.e2e.client import expect, new_endpoint, new_tenant, wait_for_run
+from tests.e2e.client import Tenant, expect, new_endpoint, new_tenant, wait_for_run
 from tests.e2e.conftest import own_suite
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +88,20 @@ async def upload(
     return reply
 
 
+async def finished_run(http: aiohttp.ClientSession) -> tuple[Tenant, dict[str, Any]]:
+    """A new tenant and a finished run of its workflow, for artifacts to belong to."""
+    tenant = await new_tenant(http, "pro")
+    _, secret = await new_endpoint(http, tenant)
+    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json={}) as response:
+        accepted = await expect(response, 202)
+    return tenant, await wait_for_run(http, tenant, accepted["run_id"])
+
+
+def hop_pids(stack: Stack) -> dict[str, int]:
+    """The processes every artifact byte crosses."""
+    return {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A suite of its own, fresh: the shared one's processes carry what earlier tests left
@@ -101,12 +115,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    tenant = await new_tenant(http, "pro")
-    _, secret = await new_endpoint(http, tenant)
-    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json={}) as response:
-        accepted = await expect(response, 202)
-    run = await wait_for_run(http, tenant, accepted["run_id"])
-    pids = {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
+    tenant, run = await finished_run(http)
+    pids = hop_pids(stack)
     channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
     stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
     try:
@@ -152,12 +162,8 @@ async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
 async def test_a_download_reuses_its_buffers_and_gives_them_back_after(
     stack: Stack, http: aiohttp.ClientSession
 ) -> None:
-    tenant = await new_tenant(http, "pro")
-    _, secret = await new_endpoint(http, tenant)
-    async with http.post(f"/api/webhooks/{tenant.id}/{secret}", json={}) as response:
-        accepted = await expect(response, 202)
-    run = await wait_for_run(http, tenant, accepted["run_id"])
-    pids = {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
+    tenant, run = await finished_run(http)
+    pids = hop_pids(stack)
     channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
     stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
     try:
