@@ -185,9 +185,11 @@ async def test_a_download_reuses_its_buffers_and_gives_them_back_after(
     await asyncio.sleep(SETTLE_SECONDS)
     grown = {kind: round(resident_mib(pid) - resident[kind], 1) for kind, pid in pids.items()}
     print(f"page faults during the download: {faults}; resident memory after, MiB: {grown}")
-    # Each message mapped afresh would cost a fault per page of content (two per page in the
-    # artifacts service, which reads and wraps each chunk); reused buffers cost only what the
-    # download touches first after the last trim, some megabytes whatever the size.
+    # Each message mapped afresh costs a fault per page of content in the gateway and two in
+    # the artifacts service (which reads and then wraps each chunk): about three per page in
+    # all. Reused buffers cost what the download touches first after the last trim, and what
+    # the heap's top gives back and takes again when more messages wait than it keeps room for
+    # (the gateway's share grows on a busy machine: up to 0.3 per page seen).
     pages = REUSE_MIB * MIB // PAGE
-    assert all(count < pages // 4 for count in faults.values()), (pages, faults)
+    assert sum(faults.values()) < pages, (pages, faults)
     assert all(mib < REUSE_GROWTH_MIB for mib in grown.values()), grown
