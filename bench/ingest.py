@@ -34,6 +34,8 @@ from bench.common import (
     write_json,
 )
 
+# How long the suite rests before its idle memory is read.
+IDLE_AFTER_SECONDS = 8.0
 # A 1.4 KB order, like a shop's webhook.
 PAYLOAD = json.dumps(
     {
@@ -152,6 +154,9 @@ def measure(seconds: float, rates: list[float]) -> dict[str, Any]:
     with suite() as stack:
         hook = asyncio.run(new_hook(stack.gateway_url, stack.admin_token))
         url = stack.gateway_url + hook.path
+        # Idle means settled: a process frees much of its start-up's memory in the seconds after
+        # it is ready, and gives it back to the OS 5 s after (aias.core.process.HeapTrim).
+        time.sleep(IDLE_AFTER_SECONDS)
         figures["rss_idle_mib"] = rss_mib(stack)
         figures["uss_idle_mib"] = uss_mib(stack)
         figures["healthz_c64"] = wrk(stack.gateway_url + "/healthz", 64, seconds, post=False)

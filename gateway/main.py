@@ -8,6 +8,7 @@ import uvloop
 
 from aias.core.logging import configure_logging
 from aias.core.process import (
+    heap,
     return_large_buffers_to_the_os,
     wait_for_termination,
     write_ready_file,
@@ -25,6 +26,7 @@ async def serve(settings: GatewaySettings) -> None:
     async with serving(settings) as port:
         log.info("serving", extra={"host": settings.host, "port": port})
         write_ready_file(settings.ready_file, port=port)
+        heap.after_start()
         await wait_for_termination()
         log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     log.info("stopped")

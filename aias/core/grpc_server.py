@@ -50,6 +50,7 @@ from aias.core.errors import (
     clip,
 )
 from aias.core.process import (
+    heap,
     return_large_buffers_to_the_os,
     wait_for_termination,
     write_ready_file,
@@ -452,6 +453,7 @@ async def serve(built: BuiltServer, settings: ServerSettings) -> None:
     metrics_port = start_metrics_server(settings.metrics_port, built.metrics.registry)
     log.info("serving", extra={"port": built.port, "metrics_port": metrics_port})
     write_ready_file(settings.ready_file, port=built.port, metrics_port=metrics_port)
+    heap.after_start()
     await wait_for_termination()
     log.info("shutting down", extra={"grace_seconds": settings.grace_seconds})
     await built.stop(settings.grace_seconds)

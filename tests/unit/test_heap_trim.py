@@ -37,3 +37,13 @@ async def test_a_transfer_after_the_trim_gets_one_of_its_own() -> None:
     heap.after_transfer(2 * MIB)
     await asyncio.sleep(DELAY * 3)
     assert trims == [0, 0]
+
+
+async def test_a_started_process_trims_once_its_start_up_has_settled() -> None:
+    trims: list[int] = []
+    heap = HeapTrim(trims.append, DELAY, settled=DELAY * 2)
+    heap.after_start()
+    await asyncio.sleep(DELAY)
+    assert trims == []
+    await asyncio.sleep(DELAY * 3)
+    assert trims == [0]
