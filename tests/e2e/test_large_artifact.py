@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -97,6 +98,16 @@ async def finished_run(http: aiohttp.ClientSession) -> tuple[Tenant, dict[str, A
     return tenant, await wait_for_run(http, tenant, accepted["run_id"])
 
 
+@asynccontextmanager
+async def artifacts_stub(stack: Stack) -> AsyncIterator[pb_grpc.ArtifactsServiceAsyncStub]:
+    """The artifacts service's internal API, as the worker calls it."""
+    channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
+    try:
+        yield cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
+    finally:
+        await channel.close()
+
+
 def hop_pids(stack: Stack) -> dict[str, int]:
     """The processes every artifact byte crosses."""
     return {kind: stack.instances(kind)[0].process.pid for kind in ("artifacts", "gateway")}
@@ -117,9 +128,7 @@ async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
 ) -> None:
     tenant, run = await finished_run(http)
     pids = hop_pids(stack)
-    channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
-    stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-    try:
+    async with artifacts_stub(stack) as stub:
         # A small round trip first: what the first upload and download of a process set up
         # once (connections, statement caches, the worker threads that hash and write while
         # the next chunk arrives) is not what the size of an artifact costs.
@@ -132,8 +141,6 @@ async def test_200_mib_round_trip_keeps_both_processes_under_100_mib(
             reset_peak(pid)
         print(f"resident memory before, MiB: {[peak_mib(pid) for pid in pids.values()]}")
         reply = await upload(stub, tenant.id, run["id"], "big.bin", SIZE // MIB)
-    finally:
-        await channel.close()
     artifact = reply.artifact
     expected = hashlib.sha256()
     for index in range(SIZE // MIB):
@@ -164,12 +171,8 @@ async def test_a_download_reuses_its_buffers_and_gives_them_back_after(
 ) -> None:
     tenant, run = await finished_run(http)
     pids = hop_pids(stack)
-    channel = internal_channel(stack.address("artifacts"), INTERNAL_TOKEN)
-    stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-    try:
+    async with artifacts_stub(stack) as stub:
         reply = await upload(stub, tenant.id, run["id"], "reused.bin", REUSE_MIB)
-    finally:
-        await channel.close()
     url = f"/api/artifacts/{reply.artifact.id}/download"
 
     async def download() -> None:
