@@ -23,6 +23,7 @@ from aias.core.entitlements import EntitlementsCache
 from aias.core.tracing import REQUEST_ID_ATTRIBUTE, tracing_enabled
 from aias.gateway.auth import Authenticator
 from aias.gateway.backends import BACKENDS, Backends
+from aias.gateway.batching import CallBatcher
 from aias.gateway.dashboard.pages import ROUTES as DASHBOARD_ROUTES
 from aias.gateway.dashboard.state import DASHBOARD, Dashboard
 from aias.gateway.errors import GatewayError, error_response, json_response
@@ -35,7 +36,7 @@ from aias.gateway.ingress import (
 )
 from aias.gateway.metrics import HttpMetrics
 from aias.gateway.openapi import build_document, render_docs
-from aias.gateway.proxy import RpcProxy
+from aias.gateway.proxy import CALL_TIMEOUT_SECONDS, RpcProxy
 from aias.gateway.settings import GatewaySettings
 from aias.gateway.template import Router
 from aias.gateway.transcoder import RpcRoute, build_routes
@@ -50,6 +51,7 @@ ROUTER = web.AppKey("router", Router[Handler])
 METRICS = web.AppKey("metrics", HttpMetrics)
 BACKEND_POOL = web.AppKey("backends", Backends)
 PROXY = web.AppKey("proxy", RpcProxy)
+ROUTES = web.AppKey("routes", list[RpcRoute])
 ENTITLEMENT_CHANGES = web.AppKey("entitlement_changes", EntitlementsCache)
 INFLIGHT = web.AppKey("inflight", InflightLimit)
 API_DOCUMENT = web.AppKey("api_document", bytes)
@@ -91,6 +93,7 @@ def init_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     routes = build_routes(BACKENDS)
+    app[ROUTES] = routes
     app[ROUTER] = build_router(routes)
     document = build_document(routes, version("aias"))
     app[API_DOCUMENT] = json.dumps(document, ensure_ascii=False).encode()
@@ -118,12 +121,32 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         backends,
         authenticator,
         BodyReader(settings.body_buffer_bytes, settings.body_timeout_seconds),
+        _batchers(app[ROUTES], backends, settings),
     )
     app[DASHBOARD] = Dashboard(settings, backends, authenticator, app[PROXY])
     await changes.start()
     yield
     await changes.stop()
     await backends.close()
+
+
+def _batchers(
+    routes: list[RpcRoute], backends: Backends, settings: GatewaySettings
+) -> dict[str, CallBatcher]:
+    """A batcher for each RPC whose route names a batch RPC, unless batches are off."""
+    if settings.batch_max_calls <= 1:
+        return {}
+    return {
+        route.rpc: CallBatcher(
+            backends.channel(route.backend),
+            route.batch,
+            CALL_TIMEOUT_SECONDS,
+            max_calls=settings.batch_max_calls,
+            in_flight=settings.batches_in_flight,
+        )
+        for route in routes
+        if route.batch is not None
+    }
 
 
 def _rpc_handler(route: RpcRoute) -> Handler:

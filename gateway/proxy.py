@@ -18,6 +18,7 @@ from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
 from aias.core.process import heap
 from aias.gateway.auth import Authenticator
 from aias.gateway.backends import Backends
+from aias.gateway.batching import CallBatcher
 from aias.gateway.binding import PRINTABLE_ASCII, build_admission, build_request
 from aias.gateway.errors import GatewayError, error_body, from_rpc_error
 from aias.gateway.ingress import BodyReader
@@ -51,6 +52,9 @@ MAX_TRACE_HEADER_CHARS = 512
 CALL_TIMEOUT_SECONDS = 30.0
 # Bodies up to this size are read without asking the route's admission RPC first.
 ADMISSION_BODY_BYTES = 64 * 1024
+# Requests up to this size go in batches where their route has one; a larger one is sent on its
+# own, so a batch of the most calls stays well under the backends' 8 MiB message limit.
+MAX_BATCHED_BYTES = 64 * 1024
 NDJSON = "application/x-ndjson"
 EVENT_STREAM = "text/event-stream"
 # A JSON stream waiting for its next message checks this often whether its client is gone,
@@ -64,11 +68,17 @@ class RpcProxy:
     """Turns a matched route and its HTTP request into a backend call and back."""
 
     def __init__(
-        self, backends: Backends, authenticator: Authenticator, bodies: BodyReader
+        self,
+        backends: Backends,
+        authenticator: Authenticator,
+        bodies: BodyReader,
+        batchers: Mapping[str, CallBatcher] | None = None,
     ) -> None:
         self._backends = backends
         self._auth = authenticator
         self._bodies = bodies
+        # By RPC: the routes whose calls go in batches (`aias.api.v1.batch`).
+        self._batchers = dict(batchers or {})
 
     async def handle(
         self, route: RpcRoute, request: web.Request, path_params: Mapping[str, str], request_id: str
@@ -154,6 +164,13 @@ class RpcProxy:
             if route.raw_response:
                 return await _stream(route, request, stream)
             return await _stream_json(route, request, stream, request_id)
+        batcher = self._batchers.get(route.rpc)
+        if batcher is not None and message.ByteSize() <= MAX_BATCHED_BYTES:
+            try:
+                response = await batcher.call(route.rpc, message, metadata)
+            except grpc.aio.AioRpcError as error:
+                raise from_rpc_error(error, route.backend) from None
+            return render_unary(route, response, ())
         call = channel.unary_unary(route.rpc, **serializers)(
             message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
         )

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aias.core.clients import MAX_BATCH_CALLS
 from aias.core.settings import Env, TracingSettings
 from aias.gateway.backends import BACKENDS
+from aias.gateway.batching import DEFAULT_BATCHES_IN_FLIGHT, DEFAULT_MAX_CALLS
 from aias.gateway.dashboard.session import MIN_SECRET_CHARS
 from aias.gateway.ingress import MAX_BODY_BYTES
 
@@ -42,6 +44,9 @@ class GatewaySettings:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     body_buffer_bytes: int = DEFAULT_BODY_BUFFER_BYTES
     access_log: bool = True
+    # Calls per batch for routes with a batch RPC (webhooks); 1 sends each call on its own.
+    batch_max_calls: int = DEFAULT_MAX_CALLS
+    batches_in_flight: int = DEFAULT_BATCHES_IN_FLIGHT
     public_url: str = DEFAULT_PUBLIC_URL
     tracing: TracingSettings = field(default_factory=TracingSettings)
 
@@ -72,6 +77,12 @@ def load_settings(env: Env | None = None) -> GatewaySettings:
             "AIAS_GATEWAY_BODY_BUFFER_BYTES", DEFAULT_BODY_BUFFER_BYTES, minimum=MAX_BODY_BYTES
         ),
         access_log=env.flag("AIAS_GATEWAY_ACCESS_LOG", True),
+        batch_max_calls=env.integer(
+            "AIAS_GATEWAY_BATCH_MAX_CALLS", DEFAULT_MAX_CALLS, minimum=1, maximum=MAX_BATCH_CALLS
+        ),
+        batches_in_flight=env.integer(
+            "AIAS_GATEWAY_BATCHES_IN_FLIGHT", DEFAULT_BATCHES_IN_FLIGHT, minimum=1
+        ),
         public_url=env.text("AIAS_PUBLIC_URL", DEFAULT_PUBLIC_URL),
         tracing=TracingSettings.from_env(env),
     )

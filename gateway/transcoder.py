@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from google.api import annotations_pb2 as http_annotations
 from google.api import http_pb2
-from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
@@ -47,6 +47,17 @@ ADMISSION_LIMIT_FIELD = "max_body_bytes"
 
 
 @dataclass(frozen=True)
+class Batch:
+    """The RPC that serves several calls of a route's RPC at once (`aias.api.v1.batch`)."""
+
+    rpc: str
+    request_class: type[Message]
+    response_class: type[Message]
+    # The batch request's repeated element: the call's `request` and `metadata`.
+    call_class: type[Message]
+
+
+@dataclass(frozen=True)
 class RpcRoute:
     """One HTTP binding of one RPC: where it is, how the request and response map."""
 
@@ -61,6 +72,7 @@ class RpcRoute:
     response_class: type[Message]
     server_streaming: bool
     admission: Admission | None = None
+    batch: Batch | None = None
     # What a success answers with unless the RPC says otherwise (`x-http-code`).
     success_status: int = 200
 
@@ -129,6 +141,7 @@ def _route(
         response_class=GetMessageClass(method.output_type),
         server_streaming=method.server_streaming,
         admission=_admission(method),
+        batch=_batch(method),
         success_status=method.GetOptions().Extensions[access_pb2.success_status] or 200,
     )
     _check(route, where)
@@ -152,6 +165,56 @@ def _admission(method: MethodDescriptor) -> Admission | None:
         request_class=GetMessageClass(found.input_type),
         response_class=GetMessageClass(found.output_type),
     )
+
+
+def _batch(method: MethodDescriptor) -> Batch | None:
+    """The method's `aias.api.v1.batch` RPC, checked to have the shape the option documents."""
+    name = method.GetOptions().Extensions[access_pb2.batch]
+    if not name:
+        return None
+    where = method.full_name
+    found = method.containing_service.methods_by_name.get(name)
+    if found is None or found.client_streaming or found.server_streaming:
+        raise TranscodeError(f"{where}: batch {name!r} is not a unary RPC of the service")
+    call = _repeated_message(found.input_type)
+    outcome = _repeated_message(found.output_type)
+    metadata = call.fields_by_name.get("metadata") if call is not None else None
+    if (
+        call is None
+        or outcome is None
+        or _message_field(call, "request") != method.input_type.full_name
+        or metadata is None
+        or metadata.message_type is None
+        or not metadata.message_type.GetOptions().map_entry
+        or _message_field(outcome, "response") != method.output_type.full_name
+        or _message_field(outcome, "error") != "google.rpc.Status"
+    ):
+        raise TranscodeError(
+            f"{where}: batch {name!r} must take repeated (request, metadata) calls and answer "
+            "repeated (response | error) outcomes"
+        )
+    return Batch(
+        rpc=f"/{method.containing_service.full_name}/{name}",
+        request_class=GetMessageClass(found.input_type),
+        response_class=GetMessageClass(found.output_type),
+        call_class=GetMessageClass(call),
+    )
+
+
+def _repeated_message(message: Descriptor) -> Descriptor | None:
+    """The message type of field 1 when it is a repeated message."""
+    field = message.fields_by_number.get(1)
+    if field is None or not field.is_repeated or field.message_type is None:
+        return None
+    return field.message_type
+
+
+def _message_field(message: Descriptor, name: str) -> str:
+    """The full name of a singular message field's type, "" when there is no such field."""
+    field = message.fields_by_name.get(name)
+    if field is None or field.is_repeated or field.message_type is None:
+        return ""
+    return str(field.message_type.full_name)
 
 
 def _check(route: RpcRoute, where: str) -> None:

@@ -73,6 +73,7 @@ RULES: Mapping[str, Rule] = MappingProxyType(
         _E + "TriggerWebhook": Rule.PUBLIC,
         # The gateway's check before it reads a webhook's body: as public as the webhook.
         _E + "AdmitWebhook": Rule.PUBLIC,
+        _E + "TriggerWebhooks": Rule.INTERNAL,
         _E + "GetRun": Rule.MEMBER,
         _E + "ListRuns": Rule.MEMBER,
         _E + "ListRunLogs": Rule.MEMBER,

@@ -12,6 +12,8 @@ from aias.core.context import AUTHORIZATION, current_caller_metadata
 from aias.core.tracing import client_interceptors
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# The most calls a batch RPC (`aias.api.v1.batch`) takes at once.
+MAX_BATCH_CALLS = 512
 
 # A fixed flow-control window per stream bounds what one call buffers: with gRPC's bandwidth
 # probing the window grew until a 200 MiB artifact stream held 25-30 MiB more in each hop.

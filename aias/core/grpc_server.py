@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 import uvloop
@@ -26,7 +27,7 @@ from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from aias.core import authz
-from aias.core.clients import STREAM_WINDOW_OPTIONS
+from aias.core.clients import MAX_BATCH_CALLS, STATUS_DETAILS_KEY, STREAM_WINDOW_OPTIONS
 from aias.core.context import (
     AUTHORIZATION,
     Caller,
@@ -60,6 +61,7 @@ from aias.core.tracing import (
     REQUEST_ID_ATTRIBUTE,
     instrument_sql,
     server_interceptors,
+    server_span,
     tracing_enabled,
 )
 from aias.core.version import VERSION_METADATA, package_version
@@ -73,7 +75,12 @@ HEALTH_CHECK = HEALTH_PREFIX + "Check"
 
 
 def status_for(error: DomainError) -> grpc.Status:
-    """A google.rpc.Status with AIP-193 details, ready for `context.abort_with_status`.
+    """A google.rpc.Status with AIP-193 details, ready for `context.abort_with_status`."""
+    return rpc_status.to_status(status_message(error))
+
+
+def status_message(error: DomainError) -> status_pb2.Status:
+    """The google.rpc.Status message of an error, with AIP-193 details.
 
     Always an ErrorInfo; a BadRequest when a field is at fault, a RetryInfo when waiting helps,
     a QuotaFailure when a limit was reached.
@@ -100,10 +107,9 @@ def status_for(error: DomainError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(message)
         details.append(packed)
-    status = status_pb2.Status(
+    return status_pb2.Status(
         code=getattr(code_pb2, error.code), message=error.message, details=details
     )
-    return rpc_status.to_status(status)
 
 
 class RpcMetrics:
@@ -208,8 +214,11 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return hmac.compare_digest(value.encode(), self._expected)
         return False
 
-    async def _enter(self, method: str, public: bool, context: grpc.aio.ServicerContext) -> None:
-        if not public and not self._authorized(context):
+    async def _enter(
+        self, method: str, public: bool, context: grpc.aio.ServicerContext, batched: bool
+    ) -> None:
+        # A batched call was let in with its batch, whose call carried the credential.
+        if not public and not batched and not self._authorized(context):
             await context.abort_with_status(status_for(_MISSING_CREDENTIAL))
         try:
             caller = Caller.from_metadata(context.invocation_metadata() or ())
@@ -243,13 +252,14 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @asynccontextmanager
     async def _serving(
-        self, method: str, public: bool, context: grpc.aio.ServicerContext
+        self, method: str, public: bool, context: grpc.aio.ServicerContext, batched: bool = False
     ) -> AsyncIterator[None]:
         """Around one handler: credential and context first, errors mapped, then measured."""
         started = time.perf_counter()
         fallback = grpc.StatusCode.OK
+        _batches.set(self)
         try:
-            await self._enter(method, public, context)
+            await self._enter(method, public, context, batched)
             try:
                 yield
             except grpc.aio.AbortError:
@@ -280,6 +290,19 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return wrapper
 
+    async def serve_batched(
+        self, method: str, call: Any, behavior: Any, outcome_class: type[_Outcome]
+    ) -> _Outcome:
+        """One call of a batch, served as `method` would serve it alone (see `serve_batch`)."""
+        context = _BatchedCall(call.metadata)
+        with server_span(method, call.metadata):
+            try:
+                async with self._serving(method, False, context, batched=True):
+                    response = await behavior(call.request, context)
+            except grpc.aio.AbortError:
+                return outcome_class(error=context.error)
+        return outcome_class(response=response)
+
     def _wrap_stream(self, method: str, public: bool, behavior: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with self._serving(method, public, context):
@@ -287,6 +310,61 @@ class _ServingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     yield item
 
         return wrapper
+
+
+_Outcome = TypeVar("_Outcome", bound=Message)
+# The interceptor serving the current RPC, for the batches its handler serves.
+_batches: contextvars.ContextVar[_ServingInterceptor] = contextvars.ContextVar("batches")
+
+
+class _BatchedCall:
+    """The servicer context of one call of a batch: its own metadata, and an abort that ends
+    only that call, keeping its status for the batch's answer."""
+
+    def __init__(self, metadata: Mapping[str, str]) -> None:
+        self._metadata = tuple(metadata.items())
+        self._code: grpc.StatusCode | None = None
+        self.error = status_pb2.Status()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        self._code = status.code
+        for key, value in status.trailing_metadata:
+            if key == STATUS_DETAILS_KEY:
+                self.error = status_pb2.Status.FromString(value)
+        raise grpc.aio.AbortError(status.details)
+
+
+async def serve_batch(
+    method: str,
+    calls: Sequence[Any],
+    behavior: Callable[[Any, Any], Awaitable[Any]],
+    outcome_class: type[_Outcome],
+) -> list[_Outcome]:
+    """Serves each call of a batch as the unary `method` would serve it alone, all at once.
+
+    Each call (a message with `request` and `metadata`) gets its own context from its metadata
+    (request id, caller), the method's role check, its errors mapped to a google.rpc.Status, its
+    line in the metrics under `method`, and its span when tracing. The outcomes
+    (`outcome_class`: `response` or `error`) come in the calls' order. For the servicer of a
+    batch RPC (`aias.api.v1.batch`), with `behavior` the servicer's handler of `method`.
+    """
+    if len(calls) > MAX_BATCH_CALLS:
+        raise InvalidArgument(
+            "BATCH_TOO_LARGE", f"a batch holds at most {MAX_BATCH_CALLS} calls, not {len(calls)}"
+        )
+    serving = _batches.get()
+    # A task per call: each sets its own context variables.
+    served = [
+        asyncio.create_task(serving.serve_batched(method, call, behavior, outcome_class))
+        for call in calls
+    ]
+    return list(await asyncio.gather(*served))
 
 
 _MISSING_CREDENTIAL = Unauthenticated(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -91,6 +92,36 @@ def client_interceptors() -> Sequence[Any]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors(filter_=_traced))  # type: ignore[no-untyped-call]
+
+
+def server_span(method: str, metadata: Mapping[str, str]) -> AbstractContextManager[Any]:
+    """The server span of one call of a batch, child of the trace its metadata carries, as
+    OpenTelemetry's interceptor makes one per RPC; nothing when not tracing."""
+    if not tracing_enabled():
+        return nullcontext()
+    return trace.get_tracer(__name__).start_as_current_span(
+        method, context=propagate.extract(metadata), kind=trace.SpanKind.SERVER
+    )
+
+
+def client_span(method: str, metadata: list[tuple[str, str]]) -> AbstractContextManager[Any]:
+    """The client span of one call sent in a batch, its `traceparent` added to `metadata`;
+    nothing when not tracing."""
+    if not tracing_enabled():
+        return nullcontext()
+    return _client_span(method, metadata)
+
+
+@contextmanager
+def _client_span(method: str, metadata: list[tuple[str, str]]) -> Iterator[trace.Span]:
+    with trace.get_tracer(__name__).start_as_current_span(
+        method, kind=trace.SpanKind.CLIENT
+    ) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        metadata[:] = [(key, value) for key, value in metadata if key not in carrier]
+        metadata.extend(carrier.items())
+        yield span
 
 
 def current_traceparent() -> str | None:

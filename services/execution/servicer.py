@@ -10,6 +10,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from aias.core.context import HTTP_CODE, require_tenant
 from aias.core.errors import InvalidArgument
+from aias.core.grpc_server import serve_batch
 from aias.core.protoconv import struct, timestamp, update_paths
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.services.execution.alerts.service import AlertService
@@ -38,6 +39,8 @@ RUN_STATUS_OF = {number: status for status, number in RUN_STATUS.items()}
 STEP_STATUS = {status: pb.StepStatus.Value(f"STEP_STATUS_{status.name}") for status in StepStatus}
 WORKFLOW_FIELDS = ("name", "steps", "enabled")
 ENDPOINT_FIELDS = ("name", "enabled", "signing_secret", "generate_signing_secret")
+# The method each call of a TriggerWebhooks batch is served, measured and authorized as.
+TRIGGER_WEBHOOK = "/aias.execution.v1.ExecutionService/TriggerWebhook"
 
 
 def steps_pb(steps: Iterable[StepDefinition]) -> list[pb.Step]:
@@ -348,6 +351,14 @@ class ExecutionServicer(AlertServicer):
         return pb.TriggerWebhookResponse(
             run_id=str(run.id), status=RUN_STATUS[RunStatus(run.status)]
         )
+
+    async def TriggerWebhooks(
+        self, request: pb.TriggerWebhooksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TriggerWebhooksResponse:
+        outcomes = await serve_batch(
+            TRIGGER_WEBHOOK, request.calls, self.TriggerWebhook, pb.TriggerWebhookOutcome
+        )
+        return pb.TriggerWebhooksResponse(outcomes=outcomes)
 
     async def AdmitWebhook(
         self, request: pb.AdmitWebhookRequest, context: grpc.aio.ServicerContext

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from aias.core.launcher import Stack
@@ -138,3 +142,75 @@ async def test_a_monthly_limit_of_n_admits_exactly_n_of_a_burst(
     async with http.get("/api/tenants/me", headers=tenant.auth) as response:
         me = await expect(response, 200)
     assert me["usage"]["runs"] == limit
+
+
+async def _handled(stack: Stack) -> collections.Counter[tuple[str, str]]:
+    """The execution service's RPCs answered so far, by (method, code), from its metrics."""
+    execution = stack.children["execution"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{execution.metrics_port}/metrics") as response,
+    ):
+        exposition = await response.text()
+    return collections.Counter(
+        {
+            (sample.labels["grpc_method"], sample.labels["grpc_code"]): int(sample.value)
+            for family in text_string_to_metric_families(exposition)
+            for sample in family.samples
+            if sample.name == "grpc_server_handled_total"
+        }
+    )
+
+
+async def test_deliveries_that_arrive_together_share_calls_and_keep_their_own_answers(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
+    tenant = await new_tenant(http, plan="enterprise")
+    path = await _endpoint_path(http, tenant)
+    wrong = path.rsplit("/", 1)[0] + "/" + "x" * 43
+    # Good and bad deliveries interleaved, all at once: a batch mixes them.
+    paths = [wrong if n % 5 == 4 else path for n in range(60)]
+    before = await _handled(stack)
+
+    async def post(target: str, n: int) -> tuple[int, dict[str, Any], str]:
+        async with http.post(target, json={"id": n}) as response:
+            return response.status, await response.json(), response.headers["X-Request-ID"]
+
+    answers = await asyncio.gather(*(post(target, n) for n, target in enumerate(paths)))
+
+    after = await _handled(stack)
+    for target, (status, body, request_id) in zip(paths, answers, strict=True):
+        if target == path:
+            assert status == 202, body
+            assert body["status"] == "queued"
+        else:
+            # The error each would get alone: its status, reason and its own request id.
+            assert status == 404, body
+            assert body["error"]["reason"] == "WEBHOOK_ENDPOINT_NOT_FOUND"
+            assert body["error"]["request_id"] == request_id
+    accepted = sorted(body["run_id"] for status, body, _ in answers if status == 202)
+    assert sorted(run_id for run_id, _ in _stored_runs(stack, tenant.id)) == accepted
+    assert len(accepted) == 48
+    # Each delivery is measured as its own TriggerWebhook; the calls that carried them were
+    # fewer than the deliveries.
+    assert after[("TriggerWebhook", "OK")] - before[("TriggerWebhook", "OK")] == 48
+    assert after[("TriggerWebhook", "NOT_FOUND")] - before[("TriggerWebhook", "NOT_FOUND")] == 12
+    batches = after[("TriggerWebhooks", "OK")] - before[("TriggerWebhooks", "OK")]
+    assert 1 <= batches < 60
+    # Execution logged each refusal under the request id of the HTTP request it answered.
+    refused = {request_id for status, _, request_id in answers if status == 404}
+    assert stack.log_dir is not None
+    deadline = time.monotonic() + 10
+    while (logged := _refusals_logged(stack.log_dir / "execution.log")) < refused:
+        assert time.monotonic() < deadline, refused - logged
+        await asyncio.sleep(0.1)
+
+
+def _refusals_logged(log: Path) -> set[str]:
+    found = set()
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("method", "").endswith("/TriggerWebhook") and record["code"] != "OK":
+                found.add(record.get("request_id", ""))
+    return found

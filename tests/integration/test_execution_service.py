@@ -8,13 +8,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 from sqlalchemy import text
 
-from aias.core.clients import internal_channel
+from aias.core.clients import MAX_BATCH_CALLS, internal_channel
 from aias.core.context import TENANT_ID
 from aias.core.db import Database, SystemPath
 from aias.core.localdb import LocalDatabase
@@ -24,6 +25,7 @@ from aias.services.execution import main as execution_main
 from aias.services.execution.ingest import RunWriter, row_values
 from aias.services.execution.models import RunRow, WebhookDeliveryRow
 from aias.services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
+from aias.services.execution.service import ExecutionService, WebhookCall
 from aias.services.tenancy import main as tenancy_main
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
@@ -43,6 +45,7 @@ WORKFLOW.steps[0].config.update({"expression": "id"})
 class Env:
     tenancy: tenancy_grpc.TenancyServiceStub
     execution: pb_grpc.ExecutionServiceStub
+    execution_address: str
 
 
 @pytest.fixture
@@ -67,6 +70,7 @@ async def env(database: LocalDatabase) -> AsyncIterator[Env]:
             yield Env(
                 tenancy_grpc.TenancyServiceStub(tenancy_channel),
                 pb_grpc.ExecutionServiceStub(execution_channel),
+                execution_addr,
             )
             await tenancy_channel.close()
             await execution_channel.close()
@@ -491,3 +495,100 @@ async def test_watching_a_missing_run_is_not_found(env: Env) -> None:
         ):
             pass
     assert reason(caught.value)[0] == "RUN_NOT_FOUND"
+
+
+def _batched(request: pb.TriggerWebhookRequest, request_id: str) -> pb.TriggerWebhookCall:
+    return pb.TriggerWebhookCall(request=request, metadata={"x-request-id": request_id})
+
+
+async def test_a_batch_answers_each_delivery_as_its_own_call_would(env: Env) -> None:
+    tenant, secret, meta = await endpoint(env)
+    huge = b'"' + b"x" * (256 * 1024) + b'"'
+    deliveries = [
+        delivery(tenant, secret, b'{"n": 1}'),
+        delivery(tenant, "y" * 43),
+        delivery(tenant, secret, b"{not json"),
+        delivery(tenant, secret, huge),
+        delivery(tenant, secret, b'{"n": 2}', key="k-1"),
+        delivery(tenant, secret, b'{"n": 2}', key="k-1"),
+        delivery(tenant, secret, b'{"n": 3}', key="k-1"),
+    ]
+    batch = pb.TriggerWebhooksRequest(
+        calls=[_batched(request, f"req-{n}") for n, request in enumerate(deliveries)]
+    )
+
+    outcomes = (await env.execution.TriggerWebhooks(batch)).outcomes
+
+    assert [outcome.WhichOneof("outcome") for outcome in outcomes] == [
+        "response",
+        "error",
+        "error",
+        "error",
+        "response",
+        "response",
+        "error",
+    ]
+    # A repeated key with the same body is its first run.
+    assert outcomes[4].response.run_id == outcomes[5].response.run_id
+    runs = await env.execution.ListRuns(pb.ListRunsRequest(), metadata=meta)
+    assert sorted(run.id for run in runs.runs) == sorted(
+        {outcomes[0].response.run_id, outcomes[4].response.run_id}
+    )
+    # Each error is the status its delivery gets alone: code, message and every detail.
+    for n in (1, 2, 3, 6):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.execution.TriggerWebhook(deliveries[n])
+        alone = dict(caught.value.trailing_metadata() or ())["grpc-status-details-bin"]
+        assert outcomes[n].error == status_pb2.Status.FromString(alone), n
+    codes = [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT]
+    codes += [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION]
+    assert [outcomes[n].error.code for n in (1, 2, 3, 6)] == [code.value[0] for code in codes]
+
+
+async def test_a_batch_takes_the_internal_credential_and_a_bounded_number_of_calls(
+    env: Env,
+) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    one = pb.TriggerWebhooksRequest(calls=[_batched(delivery(tenant, secret), "r")])
+    async with grpc.aio.insecure_channel(env.execution_address) as bare:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await pb_grpc.ExecutionServiceStub(bare).TriggerWebhooks(one)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason(caught.value)[0] == "MISSING_INTERNAL_CREDENTIAL"
+
+    too_many = pb.TriggerWebhooksRequest(calls=[one.calls[0]] * (MAX_BATCH_CALLS + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.execution.TriggerWebhooks(too_many)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value)[0] == "BATCH_TOO_LARGE"
+    # An empty batch is answered with no outcomes.
+    assert list((await env.execution.TriggerWebhooks(pb.TriggerWebhooksRequest())).outcomes) == []
+
+
+async def test_a_delivery_that_fails_unexpectedly_fails_alone_in_its_batch(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant, secret, _meta = await endpoint(env)
+    trigger = ExecutionService.trigger
+
+    async def failing(self: ExecutionService, call: WebhookCall) -> Any:
+        if call.body == b'{"fail": true}':
+            raise RuntimeError("a bug")
+        return await trigger(self, call)
+
+    monkeypatch.setattr(ExecutionService, "trigger", failing)
+    bodies = [b'{"ok": 1}', b'{"fail": true}', b'{"ok": 2}']
+    batch = pb.TriggerWebhooksRequest(
+        calls=[_batched(delivery(tenant, secret, body), f"r{n}") for n, body in enumerate(bodies)]
+    )
+
+    outcomes = (await env.execution.TriggerWebhooks(batch)).outcomes
+
+    assert [outcome.WhichOneof("outcome") for outcome in outcomes] == [
+        "response",
+        "error",
+        "response",
+    ]
+    assert outcomes[1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    # What a client sees names no exception, as for a unary call.
+    assert "a bug" not in outcomes[1].error.message

@@ -32,7 +32,7 @@ from aias.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server
+from aias.core.grpc_server import BuiltServer, Registration, build_grpc_server, serve_batch
 from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.execution.v1 import execution_service_pb2_grpc as execution_grpc
 from aias.gateway.app import ENTITLEMENT_CHANGES, init_app
@@ -40,6 +40,7 @@ from aias.gateway.ingress import MAX_BODY_BYTES
 from aias.gateway.proxy import ADMISSION_BODY_BYTES
 from aias.gateway.server import serving
 from aias.gateway.settings import GatewaySettings
+from aias.services.execution.servicer import TRIGGER_WEBHOOK
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 from aias.tenancy.v1 import tenancy_service_pb2_grpc as tenancy_grpc
 from tests.conftest import DASHBOARD_SECRET, INTERNAL_TOKEN, server_settings
@@ -110,6 +111,8 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
     def __init__(self) -> None:
         self.requests: list[Any] = []
         self.seen: list[Metadata] = []
+        # The number of calls in each TriggerWebhooks batch.
+        self.batches: list[int] = []
         # Calls for run "held" or secret "held" wait for this; "slow" ones take a second.
         self.release = asyncio.Event()
         self.arrived = asyncio.Event()
@@ -158,10 +161,19 @@ class FakeExecution(execution_grpc.ExecutionServiceServicer):
             raise ResourceExhausted(
                 "QUOTA_EXCEEDED", "the monthly run quota is used up", {"retry_after_seconds": "60"}
             )
-        await context.send_initial_metadata((("x-http-code", "202"),))
+        # 202 is the route's success status, as for the real servicer.
         return execution_pb.TriggerWebhookResponse(
             run_id="run-1", status=execution_pb.RUN_STATUS_QUEUED
         )
+
+    async def TriggerWebhooks(
+        self, request: execution_pb.TriggerWebhooksRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.TriggerWebhooksResponse:
+        self.batches.append(len(request.calls))
+        outcomes = await serve_batch(
+            TRIGGER_WEBHOOK, request.calls, self.TriggerWebhook, execution_pb.TriggerWebhookOutcome
+        )
+        return execution_pb.TriggerWebhooksResponse(outcomes=outcomes)
 
     async def GetRun(
         self, request: execution_pb.GetRunRequest, context: grpc.aio.ServicerContext
@@ -670,6 +682,58 @@ async def test_a_down_backend_is_503(fakes: Fakes, aiohttp_client: AiohttpClient
 
     error = await _error(response, 503, "BACKEND_UNAVAILABLE")
     assert "execution" in error["message"]
+
+
+async def test_webhooks_that_arrive_together_go_in_batches_with_their_own_answers(
+    client: Client, fakes: Fakes
+) -> None:
+    secrets = ["ok", "unknown-1", "busy", "disabled", "ok"] * 8
+
+    responses = await asyncio.gather(
+        *(client.post(f"/api/webhooks/{TENANT_ID}/{secret}", data=b"{}") for secret in secrets)
+    )
+
+    expected = {"ok": 202, "unknown-1": 404, "busy": 429, "disabled": 409}
+    assert [r.status for r in responses] == [expected[secret] for secret in secrets]
+    for secret, response in zip(secrets, responses, strict=True):
+        if secret == "busy":
+            await _error(response, 429, "QUOTA_EXCEEDED")
+            assert response.headers["Retry-After"] == "60"
+    # Every delivery was served once, in fewer calls than deliveries, each with its request id.
+    assert sum(fakes.execution.batches) == len(secrets)
+    assert len(fakes.execution.batches) < len(secrets)
+    ids = {seen["x-request-id"] for seen in fakes.execution.seen}
+    assert ids == {response.headers["X-Request-ID"] for response in responses}
+
+
+async def test_webhooks_go_one_call_each_when_batches_are_off(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    settings = gateway_settings(fakes.addresses, batch_max_calls=1)
+    client = await aiohttp_client(init_app(settings))
+
+    responses = await asyncio.gather(
+        *(client.post(f"/api/webhooks/{TENANT_ID}/ok", data=b"{}") for _ in range(10))
+    )
+
+    assert [r.status for r in responses] == [202] * 10
+    assert fakes.execution.batches == []
+    assert len(fakes.execution.requests) == 10
+
+
+async def test_a_down_backend_is_503_for_every_webhook_of_a_batch(
+    fakes: Fakes, aiohttp_client: AiohttpClient
+) -> None:
+    await fakes.servers["execution"].stop(0)
+    client = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
+
+    responses = await asyncio.gather(
+        *(client.post(f"/api/webhooks/{TENANT_ID}/ok", data=b"{}") for _ in range(10))
+    )
+
+    for response in responses:
+        await _error(response, 503, "BACKEND_UNAVAILABLE")
+        assert response.headers["Retry-After"] == "1"
 
 
 # --- hostile input ------------------------------------------------------------------------

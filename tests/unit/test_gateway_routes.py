@@ -59,12 +59,15 @@ def _method(
     access: access_pb2.Access.ValueType = access_pb2.ACCESS_UNSPECIFIED,
     client_streaming: bool = False,
     server_streaming: bool = False,
+    batch: str = "",
 ) -> descriptor_pb2.MethodDescriptorProto:
     options = descriptor_pb2.MethodOptions()
     if rule is not None:
         options.Extensions[http_annotations.http].CopyFrom(rule)
     if access:
         options.Extensions[access_pb2.access] = access
+    if batch:
+        options.Extensions[access_pb2.batch] = batch
     return descriptor_pb2.MethodDescriptorProto(
         name=name,
         input_type=request if request.startswith(".google") else f".{_PACKAGE}.{request}",
@@ -271,6 +274,34 @@ def test_bad_annotations_fail_at_start_up(rpc: str, problem: str) -> None:
 
     with pytest.raises(TranscodeError, match=problem):
         build_routes([BackendSpec("bad", "AIAS_BAD_ADDR", bad)])
+
+
+@pytest.mark.parametrize(
+    ("name", "batch_rpc", "problem"),
+    [
+        ("nobatch", None, "batch 'Many' is not a unary RPC of the service"),
+        ("streamed", _method("Many", "ItemRequest", "Item", None, server_streaming=True), "unary"),
+        ("shapeless", _method("Many", "ItemRequest", "Item", None), "repeated"),
+    ],
+)
+def test_a_batch_rpc_of_the_wrong_kind_fails_at_start_up(
+    name: str, batch_rpc: descriptor_pb2.MethodDescriptorProto | None, problem: str
+) -> None:
+    _sample()
+    one = _method("One", "ItemRequest", "Item", _rule(post="/one", body="*"), batch="Many")
+    bad = _file(f"bad{name}", one, *([batch_rpc] if batch_rpc else []))
+
+    with pytest.raises(TranscodeError, match=problem):
+        build_routes([BackendSpec("bad", "AIAS_BAD_ADDR", bad)])
+
+
+def test_the_webhook_route_goes_in_batches_through_trigger_webhooks() -> None:
+    by_rpc = {route.rpc: route for route in build_routes(BACKENDS)}
+    trigger = by_rpc["/aias.execution.v1.ExecutionService/TriggerWebhook"]
+    assert trigger.batch is not None
+    assert trigger.batch.rpc == "/aias.execution.v1.ExecutionService/TriggerWebhooks"
+    # Only routes that name a batch RPC have one.
+    assert [route.rpc for route in by_rpc.values() if route.batch] == [trigger.rpc]
 
 
 # --- path templates -------------------------------------------------------------------------
