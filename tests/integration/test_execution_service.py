@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -134,10 +135,11 @@ async def test_a_bad_row_in_a_group_commit_fails_only_its_own_delivery(
             status="queued",
             attempt=0,
             max_attempts=3,
-            payload=b"{}",
-            content_type="application/json",
+            # Any bytes at all, stored as they came.
+            payload=bytes(range(256)),
+            content_type="application/octet-stream",
             idempotency_key=None,
-            payload_sha256=None,
+            payload_sha256=hashlib.sha256(bytes(range(256))).digest(),
             error="",
             traceparent=None,
         )
@@ -183,6 +185,15 @@ async def test_a_bad_row_in_a_group_commit_fails_only_its_own_delivery(
         )
     expected = {batch[0][0]["id"], batch[2][0]["id"]}
     assert written == expected
+    async with app_db.tenant(tenant) as session:
+        stored = (
+            await session.execute(
+                text("SELECT payload, payload_sha256, traceparent FROM execution.runs")
+            )
+        ).all()
+    assert {tuple(row) for row in stored} == {
+        (bytes(range(256)), hashlib.sha256(bytes(range(256))).digest(), None)
+    }
     assert expected <= recorded
     assert batch[1][0]["id"] not in recorded
 
