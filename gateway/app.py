@@ -139,7 +139,7 @@ def _batchers(
     return {
         route.rpc: CallBatcher(
             backends.channel(route.backend),
-            route.batch,
+            route,
             CALL_TIMEOUT_SECONDS,
             max_calls=settings.batch_max_calls,
             in_flight=settings.batches_in_flight,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from google.rpc import status_pb2
 
 from aias.core.clients import STATUS_DETAILS_KEY
 from aias.core.tracing import client_span
-from aias.gateway.transcoder import Batch
+from aias.gateway.transcoder import RpcRoute
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCHES_IN_FLIGHT = 4
 # Calls in one batch, at most.
 DEFAULT_MAX_CALLS = 64
+# How long calls go one by one after a backend answered that it has no batch RPC.
+ALONE_SECONDS = 60.0
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -46,16 +49,25 @@ class CallBatcher:
     def __init__(
         self,
         channel: grpc.aio.Channel,
-        batch: Batch,
+        route: RpcRoute,
         timeout_seconds: float,
         max_calls: int = DEFAULT_MAX_CALLS,
         in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
     ) -> None:
+        assert route.batch is not None
+        batch = route.batch
         self._send_batch = channel.unary_unary(
             batch.rpc,
             request_serializer=batch.request_class.SerializeToString,
             response_deserializer=batch.response_class.FromString,
         )
+        # For a backend that does not serve the batch RPC yet (one older than the gateway).
+        self._send_alone = channel.unary_unary(
+            route.rpc,
+            request_serializer=route.request_class.SerializeToString,
+            response_deserializer=route.response_class.FromString,
+        )
+        self._alone_until = 0.0
         self._batch = batch
         self._timeout = timeout_seconds
         self._max_calls = max_calls
@@ -67,6 +79,8 @@ class CallBatcher:
 
     async def call(self, rpc: str, request: Message, metadata: list[tuple[str, str]]) -> Message:
         """The response to `request`, sent with the next batch; raises its AioRpcError."""
+        if time.monotonic() < self._alone_until:
+            return await self._alone(request, metadata)
         with client_span(rpc, metadata):
             loop = asyncio.get_running_loop()
             waiting = _Waiting(request, metadata, loop.create_future())
@@ -101,6 +115,9 @@ class CallBatcher:
             try:
                 reply = await self._send_batch(message, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    await self._send_each_alone(calls)
+                    return
                 for call in calls:
                     _answer(call, error)
                 return
@@ -125,6 +142,30 @@ class CallBatcher:
             self._out -= 1
             if self._waiting and not self._scheduled:
                 self._send()
+
+    async def _send_each_alone(self, calls: Sequence[_Waiting]) -> None:
+        """During a rolling upgrade a backend may not serve the batch RPC yet: its calls go one
+        by one, and so do new ones for a while, after which batches are tried again."""
+        if time.monotonic() >= self._alone_until:
+            log.warning(
+                "the backend does not serve the batch RPC; sending calls one by one for a while",
+                extra={"rpc": self._batch.rpc, "seconds": ALONE_SECONDS},
+            )
+        self._alone_until = time.monotonic() + ALONE_SECONDS
+
+        async def alone(call: _Waiting) -> None:
+            try:
+                _answer(call, await self._alone(call.request, call.metadata))
+            except grpc.aio.AioRpcError as error:
+                _answer(call, error)
+
+        await asyncio.gather(*(alone(call) for call in calls))
+
+    async def _alone(self, request: Message, metadata: list[tuple[str, str]]) -> Message:
+        response: Message = await self._send_alone(
+            request, metadata=metadata, timeout=self._timeout
+        )
+        return response
 
 
 def _answer(call: _Waiting, result: Message | BaseException) -> None:

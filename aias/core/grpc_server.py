@@ -319,7 +319,9 @@ _batches: contextvars.ContextVar[_ServingInterceptor] = contextvars.ContextVar("
 
 class _BatchedCall:
     """The servicer context of one call of a batch: its own metadata, and an abort that ends
-    only that call, keeping its status for the batch's answer."""
+    only that call, keeping its status for the batch's answer. A batched call sends no metadata
+    of its own (the gateway answers it with its route's success status), so a handler served in
+    batches must not need `send_initial_metadata`."""
 
     def __init__(self, metadata: Mapping[str, str]) -> None:
         self._metadata = tuple(metadata.items())

@@ -721,6 +721,33 @@ async def test_webhooks_go_one_call_each_when_batches_are_off(
     assert len(fakes.execution.requests) == 10
 
 
+class OlderExecution(FakeExecution):
+    """An execution service from before batches: it inherits TriggerWebhooks unimplemented."""
+
+    async def TriggerWebhooks(
+        self, request: execution_pb.TriggerWebhooksRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb.TriggerWebhooksResponse:
+        raise NotImplementedError  # what the generated base class does
+
+
+async def test_webhooks_go_one_by_one_to_a_backend_without_the_batch_rpc(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    # Like every fake here, it implements only the methods the tests call.
+    older = OlderExecution()  # type: ignore[abstract]
+    async with running_fakes(Fakes(execution=older)) as fakes:
+        client = await aiohttp_client(init_app(gateway_settings(fakes.addresses)))
+
+        first = await asyncio.gather(
+            *(client.post(f"/api/webhooks/{TENANT_ID}/ok", data=b"{}") for _ in range(10))
+        )
+        later = await client.post(f"/api/webhooks/{TENANT_ID}/unknown-2", data=b"{}")
+
+        assert [r.status for r in first] == [202] * 10
+        await _error(later, 404, "WEBHOOK_ENDPOINT_NOT_FOUND")
+        assert len(fakes.execution.requests) == 11
+
+
 async def test_a_down_backend_is_503_for_every_webhook_of_a_batch(
     fakes: Fakes, aiohttp_client: AiohttpClient
 ) -> None:
