@@ -148,15 +148,25 @@ def _route(
     return route
 
 
-def _admission(method: MethodDescriptor) -> Admission | None:
-    """The method's `aias.api.v1.admission` RPC, checked to take the path and give a limit."""
-    name = method.GetOptions().Extensions[access_pb2.admission]
+def _named_unary(method: MethodDescriptor, option: Any, label: str) -> MethodDescriptor | None:
+    """The unary RPC of the same service that `option` of the method names; None if unset."""
+    name = method.GetOptions().Extensions[option]
     if not name:
         return None
-    where = method.full_name
     found = method.containing_service.methods_by_name.get(name)
     if found is None or found.client_streaming or found.server_streaming:
-        raise TranscodeError(f"{where}: admission {name!r} is not a unary RPC of the service")
+        raise TranscodeError(
+            f"{method.full_name}: {label} {name!r} is not a unary RPC of the service"
+        )
+    return found
+
+
+def _admission(method: MethodDescriptor) -> Admission | None:
+    """The method's `aias.api.v1.admission` RPC, checked to take the path and give a limit."""
+    found = _named_unary(method, access_pb2.admission, "admission")
+    if found is None:
+        return None
+    where, name = method.full_name, found.name
     limit = found.output_type.fields_by_name.get(ADMISSION_LIMIT_FIELD)
     if limit is None or limit.type not in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32):
         raise TranscodeError(f"{where}: admission {name!r} must answer {ADMISSION_LIMIT_FIELD}")
@@ -169,13 +179,10 @@ def _admission(method: MethodDescriptor) -> Admission | None:
 
 def _batch(method: MethodDescriptor) -> Batch | None:
     """The method's `aias.api.v1.batch` RPC, checked to have the shape the option documents."""
-    name = method.GetOptions().Extensions[access_pb2.batch]
-    if not name:
+    found = _named_unary(method, access_pb2.batch, "batch")
+    if found is None:
         return None
-    where = method.full_name
-    found = method.containing_service.methods_by_name.get(name)
-    if found is None or found.client_streaming or found.server_streaming:
-        raise TranscodeError(f"{where}: batch {name!r} is not a unary RPC of the service")
+    where, name = method.full_name, found.name
     call = _repeated_message(found.input_type)
     outcome = _repeated_message(found.output_type)
     metadata = call.fields_by_name.get("metadata") if call is not None else None
