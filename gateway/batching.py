@@ -32,7 +32,7 @@ DEFAULT_BATCHES_IN_FLIGHT = 4
 # Calls in one batch, at most.
 DEFAULT_MAX_CALLS = 64
 # How long calls go one by one after a backend answered that it has no batch RPC.
-ALONE_SECONDS = 60.0
+UNAVAILABLE_SECONDS = 60.0
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -43,8 +43,13 @@ class _Waiting:
     answer: asyncio.Future[Message]
 
 
+class BatchUnavailable(Exception):
+    """The backend does not serve the batch RPC (it is older than the gateway, during a rolling
+    upgrade): the caller sends its call on its own."""
+
+
 class CallBatcher:
-    """Batches the calls of one RPC through its batch RPC (`aias.api.v1.batch`)."""
+    """Batches the calls of one route's RPC through its batch RPC (`aias.api.v1.batch`)."""
 
     def __init__(
         self,
@@ -55,20 +60,13 @@ class CallBatcher:
         in_flight: int = DEFAULT_BATCHES_IN_FLIGHT,
     ) -> None:
         assert route.batch is not None
-        batch = route.batch
+        self._rpc = route.rpc
+        self._batch = route.batch
         self._send_batch = channel.unary_unary(
-            batch.rpc,
-            request_serializer=batch.request_class.SerializeToString,
-            response_deserializer=batch.response_class.FromString,
+            self._batch.rpc,
+            request_serializer=self._batch.request_class.SerializeToString,
+            response_deserializer=self._batch.response_class.FromString,
         )
-        # For a backend that does not serve the batch RPC yet (one older than the gateway).
-        self._send_alone = channel.unary_unary(
-            route.rpc,
-            request_serializer=route.request_class.SerializeToString,
-            response_deserializer=route.response_class.FromString,
-        )
-        self._alone_until = 0.0
-        self._batch = batch
         self._timeout = timeout_seconds
         self._max_calls = max_calls
         self._in_flight = in_flight
@@ -76,12 +74,19 @@ class CallBatcher:
         self._waiting: list[_Waiting] = []
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unavailable_until = 0.0
 
-    async def call(self, rpc: str, request: Message, metadata: list[tuple[str, str]]) -> Message:
-        """The response to `request`, sent with the next batch; raises its AioRpcError."""
-        if time.monotonic() < self._alone_until:
-            return await self._alone(request, metadata)
-        with client_span(rpc, metadata):
+    @property
+    def available(self) -> bool:
+        """False for a while after the backend answered that it has no batch RPC."""
+        return time.monotonic() >= self._unavailable_until
+
+    async def call(self, request: Message, metadata: list[tuple[str, str]]) -> Message:
+        """The response to `request`, sent with the next batch; raises its AioRpcError, or
+        BatchUnavailable when the call must go on its own."""
+        # A copy: the span's trace context is this call's, not that of a call made instead.
+        metadata = list(metadata)
+        with client_span(self._rpc, metadata):
             loop = asyncio.get_running_loop()
             waiting = _Waiting(request, metadata, loop.create_future())
             self._waiting.append(waiting)
@@ -115,11 +120,12 @@ class CallBatcher:
             try:
                 reply = await self._send_batch(message, timeout=self._timeout)
             except grpc.aio.AioRpcError as error:
+                failure: BaseException = error
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    await self._send_each_alone(calls)
-                    return
+                    self._unavailable()
+                    failure = BatchUnavailable()
                 for call in calls:
-                    _answer(call, error)
+                    _answer(call, failure)
                 return
             outcomes = reply.outcomes
             if len(outcomes) != len(calls):
@@ -143,29 +149,14 @@ class CallBatcher:
             if self._waiting and not self._scheduled:
                 self._send()
 
-    async def _send_each_alone(self, calls: Sequence[_Waiting]) -> None:
-        """During a rolling upgrade a backend may not serve the batch RPC yet: its calls go one
-        by one, and so do new ones for a while, after which batches are tried again."""
-        if time.monotonic() >= self._alone_until:
+    def _unavailable(self) -> None:
+        """Calls go on their own for a while; then batches are tried again."""
+        if self.available:
             log.warning(
                 "the backend does not serve the batch RPC; sending calls one by one for a while",
-                extra={"rpc": self._batch.rpc, "seconds": ALONE_SECONDS},
+                extra={"rpc": self._batch.rpc, "seconds": UNAVAILABLE_SECONDS},
             )
-        self._alone_until = time.monotonic() + ALONE_SECONDS
-
-        async def alone(call: _Waiting) -> None:
-            try:
-                _answer(call, await self._alone(call.request, call.metadata))
-            except grpc.aio.AioRpcError as error:
-                _answer(call, error)
-
-        await asyncio.gather(*(alone(call) for call in calls))
-
-    async def _alone(self, request: Message, metadata: list[tuple[str, str]]) -> Message:
-        response: Message = await self._send_alone(
-            request, metadata=metadata, timeout=self._timeout
-        )
-        return response
+        self._unavailable_until = time.monotonic() + UNAVAILABLE_SECONDS
 
 
 def _answer(call: _Waiting, result: Message | BaseException) -> None:

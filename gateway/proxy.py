@@ -18,7 +18,7 @@ from aias.core.context import FORWARDED_HEADER_PREFIX, Caller, tenant_id_var
 from aias.core.process import heap
 from aias.gateway.auth import Authenticator
 from aias.gateway.backends import Backends
-from aias.gateway.batching import CallBatcher
+from aias.gateway.batching import BatchUnavailable, CallBatcher
 from aias.gateway.binding import PRINTABLE_ASCII, build_admission, build_request
 from aias.gateway.errors import GatewayError, error_body, from_rpc_error
 from aias.gateway.ingress import BodyReader
@@ -165,12 +165,15 @@ class RpcProxy:
                 return await _stream(route, request, stream)
             return await _stream_json(route, request, stream, request_id)
         batcher = self._batchers.get(route.rpc)
-        if batcher is not None and message.ByteSize() <= MAX_BATCHED_BYTES:
+        if batcher is not None and batcher.available and message.ByteSize() <= MAX_BATCHED_BYTES:
             try:
-                response = await batcher.call(route.rpc, message, metadata)
+                response = await batcher.call(message, metadata)
+            except BatchUnavailable:
+                pass  # sent on its own below
             except grpc.aio.AioRpcError as error:
                 raise from_rpc_error(error, route.backend) from None
-            return render_unary(route, response, ())
+            else:
+                return render_unary(route, response, ())
         call = channel.unary_unary(route.rpc, **serializers)(
             message, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS
         )

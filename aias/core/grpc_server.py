@@ -75,12 +75,7 @@ HEALTH_CHECK = HEALTH_PREFIX + "Check"
 
 
 def status_for(error: DomainError) -> grpc.Status:
-    """A google.rpc.Status with AIP-193 details, ready for `context.abort_with_status`."""
-    return rpc_status.to_status(status_message(error))
-
-
-def status_message(error: DomainError) -> status_pb2.Status:
-    """The google.rpc.Status message of an error, with AIP-193 details.
+    """A google.rpc.Status with AIP-193 details, ready for `context.abort_with_status`.
 
     Always an ErrorInfo; a BadRequest when a field is at fault, a RetryInfo when waiting helps,
     a QuotaFailure when a limit was reached.
@@ -107,9 +102,10 @@ def status_message(error: DomainError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(message)
         details.append(packed)
-    return status_pb2.Status(
+    status = status_pb2.Status(
         code=getattr(code_pb2, error.code), message=error.message, details=details
     )
+    return rpc_status.to_status(status)
 
 
 class RpcMetrics:
