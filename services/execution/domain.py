@@ -117,37 +117,44 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_CONTAINERS = (dict, list)
+
+
 def _depth(value: Any) -> int:
-    """How deeply arrays and objects nest in a decoded value (iteratively: no recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
+    """How deeply arrays and objects nest in a decoded value: level by level, without
+    recursion, looking only at containers (json.loads makes exact dicts and lists)."""
+    depth, level = 0, [value] if type(value) in _CONTAINERS else []
+    while level:
+        depth += 1
+        below: list[Any] = []
+        for item in level:
+            children = item.values() if type(item) is dict else item
+            below += [child for child in children if type(child) in _CONTAINERS]
+        level = below
+    return depth
 
 
 def _strict_json(body: bytes) -> Any:
     """JSON with finite numbers only and at most MAX_PAYLOAD_DEPTH levels of nesting."""
-    invalid = InvalidArgument(
-        "INVALID_PAYLOAD",
-        "the body is JSON (declared, or an object or array sent without a type) but not valid "
-        "JSON (NaN and Infinity are not JSON); send valid JSON or a text/plain body",
-    )
-    too_deep = InvalidArgument(
-        "PAYLOAD_TOO_DEEP", f"the JSON body nests deeper than {MAX_PAYLOAD_DEPTH} levels"
-    )
     try:
         value = json.loads(body, parse_constant=_refuse_constant)
     except RecursionError:
-        raise too_deep from None
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError):
-        raise invalid from None
+        raise InvalidArgument(
+            "INVALID_PAYLOAD",
+            "the body is JSON (declared, or an object or array sent without a type) but not "
+            "valid JSON (NaN and Infinity are not JSON); send valid JSON or a text/plain body",
+        ) from None
     if _depth(value) > MAX_PAYLOAD_DEPTH:
-        raise too_deep
+        raise _too_deep()
     return value
+
+
+def _too_deep() -> InvalidArgument:
+    return InvalidArgument(
+        "PAYLOAD_TOO_DEEP", f"the JSON body nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+    )
 
 
 # Bodies given to a workflow as text; anything else that is not JSON is given as base64.

@@ -49,6 +49,8 @@ JSON = "application/json"
 _REQUEST = struct.Struct(">II")
 _REPLY = struct.Struct(">III")
 _READY = b"R"
+# A request's value up to this size is copied into the frame it goes out in.
+_JOINED_BYTES = 64 * 1024
 # Texts in a reply are clipped, so its metadata stays far below _META_BYTES.
 _TEXT_CHARS = 1000
 _META_BYTES = 64 * 1024
@@ -246,7 +248,12 @@ class StepRunner:
             },
             separators=(",", ":"),
         ).encode()
-        child.requests.writelines((_REQUEST.pack(len(header), len(call.value)), header, call.value))
+        frame = _REQUEST.pack(len(header), len(call.value)) + header
+        if len(call.value) <= _JOINED_BYTES:
+            # One write, so the child wakes once (each write to its pipe wakes it).
+            child.requests.write(frame + call.value)
+        else:
+            child.requests.writelines((frame, call.value))
         try:
             await child.requests.drain()
             sizes = _REPLY.unpack(await child.replies.readexactly(_REPLY.size))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from standardwebhooks import Webhook
 from aias.core import signing
 from aias.core.errors import DomainError, InvalidArgument, Unauthenticated
 from aias.core.protoconv import update_paths
-from aias.services.execution.domain import check_payload, decode_payload
+from aias.services.execution.domain import MAX_PAYLOAD_DEPTH, check_payload, decode_payload
 from aias.tenancy.v1 import tenancy_service_pb2 as tenancy_pb
 
 # The example secret of the Standard Webhooks specification.
@@ -128,6 +129,30 @@ def test_bodies_that_claim_json_must_be_json(body: bytes, content_type: str) -> 
     with pytest.raises(InvalidArgument) as caught:
         check_payload(body, content_type)
     assert caught.value.reason == "INVALID_PAYLOAD"
+
+
+def _nested(levels: int, wide: bool) -> bytes:
+    """JSON nesting `levels` deep, alternating objects and arrays; `wide` adds flat siblings
+    and a shallower branch at each level, so the deepest path is not the first one."""
+    value: Any = 0
+    for level in range(levels):
+        # The container made here sits at depth `levels - level`; its siblings go two deeper.
+        siblings = wide and level >= 2
+        if level % 2:
+            value = [value, {"flat": [1, 2]}] if siblings else [value]
+        else:
+            value = {"a": "x", "deeper": value, "b": [[]]} if siblings else {"deeper": value}
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_json_may_nest_to_the_limit_and_no_deeper(wide: bool) -> None:
+    check_payload(_nested(MAX_PAYLOAD_DEPTH, wide), "application/json")
+    # Past the parser's own recursion limit too.
+    for body in (_nested(MAX_PAYLOAD_DEPTH + 1, wide), b"[" * 5_000 + b"]" * 5_000):
+        with pytest.raises(InvalidArgument) as caught:
+            check_payload(body, "application/json")
+        assert caught.value.reason == "PAYLOAD_TOO_DEEP"
 
 
 def test_an_empty_mask_means_the_fields_the_request_sets() -> None:
