@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import psycopg
 from prometheus_client.core import GaugeMetricFamily
@@ -51,6 +55,28 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         raise InvalidArgument("INVALID_ID", f"{what} must be a UUID, got {value!r}") from None
+
+
+def json_rows(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows as one JSON array of objects, for a statement that reads them with
+    `jsonb_to_recordset` (bytea columns through `decode(…, 'base64')`).
+
+    psycopg dumps a list parameter element by element in Python, about 3 µs per value, so
+    writing a batch as one array per column costs tens of µs of client CPU per row; `json.dumps`
+    encodes the whole batch in C, and PostgreSQL runs one statement however many rows.
+    """
+    return json.dumps(list(rows), default=_json_value, separators=(",", ":"))
+
+
+def _json_value(value: object) -> str:
+    """What JSON has no type for: UUIDs as text, bytes as base64, times in ISO 8601."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not a column value a batch writes")
 
 
 def create_engine(

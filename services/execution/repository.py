@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import case, delete, func, null, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from aias.core.db import json_rows
+from aias.core.errors import storable
 from aias.core.pagination import PageCursor, newest_first
 from aias.services.execution.models import (
     RunRow,
@@ -470,21 +472,20 @@ _RENEW = text(f"""
     WHERE r.id = h.id AND r.attempt = h.attempt AND {_HELD}
     RETURNING r.id, r.attempt, r.cancel_requested""")
 
-# The tenant of each entry is its run's: an entry cannot be written under another tenant.
+# The tenant of each entry is its run's: an entry cannot be written under another tenant. Rows
+# come as one JSON document (`json_rows`), in the order they are written.
 _ADD_LOGS = text(f"""
     INSERT INTO execution.step_logs (tenant_id, run_id, attempt, step_index, step_id, type,
         status, start_time, end_time, duration_ms, message, output_bytes, output_sha256, error)
     SELECT r.tenant_id, l.run_id, l.attempt, l.step_index, l.step_id, l.type, l.status,
         l.start_time, l.end_time, l.duration_ms, l.message, l.output_bytes, l.output_sha256,
         l.error
-    FROM unnest(
-        CAST(:run_ids AS uuid[]), CAST(:attempts AS int[]), CAST(:step_indexes AS int[]),
-        CAST(:step_ids AS text[]), CAST(:types AS text[]), CAST(:statuses AS text[]),
-        CAST(:start_times AS timestamptz[]), CAST(:end_times AS timestamptz[]),
-        CAST(:durations AS bigint[]), CAST(:messages AS text[]), CAST(:output_bytes AS bigint[]),
-        CAST(:output_sha256s AS text[]), CAST(:errors AS text[])
-    ) WITH ORDINALITY AS l(run_id, attempt, step_index, step_id, type, status, start_time,
-        end_time, duration_ms, message, output_bytes, output_sha256, error, position)
+    FROM ROWS FROM (jsonb_to_recordset(CAST(:rows AS jsonb)) AS (run_id uuid, attempt int,
+        step_index int, step_id text, type text, status text, start_time timestamptz,
+        end_time timestamptz, duration_ms bigint, message text, output_bytes bigint,
+        output_sha256 text, error text)) WITH ORDINALITY AS l(run_id, attempt, step_index,
+        step_id, type, status, start_time, end_time, duration_ms, message, output_bytes,
+        output_sha256, error, position)
     JOIN execution.runs r ON r.id = l.run_id AND r.attempt = l.attempt AND {_HELD}
     ORDER BY l.position""")
 
@@ -492,8 +493,8 @@ _FINISH = text(f"""
     UPDATE execution.runs r
     SET status = f.status, error = f.error, end_time = now(),
         lease_owner = NULL, lease_expire_time = NULL
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:statuses AS text[]),
-                CAST(:errors AS text[])) AS f(id, attempt, status, error)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS f(id uuid, attempt int, status text,
+        error text)
     WHERE r.id = f.id AND r.attempt = f.attempt AND {_HELD}
     RETURNING r.id""")
 
@@ -626,41 +627,27 @@ class QueueRepository:
         """Writes the entries of runs still held; those of runs taken over are dropped."""
         if not entries:
             return
-        await self._session.execute(
-            _ADD_LOGS,
-            {
-                "run_ids": [e.run_id for e in entries],
-                "attempts": [e.attempt for e in entries],
-                "step_indexes": [e.step_index for e in entries],
-                "step_ids": [e.step_id for e in entries],
-                "types": [e.type for e in entries],
-                "statuses": [str(e.status) for e in entries],
-                "start_times": [e.start_time for e in entries],
-                "end_times": [e.end_time for e in entries],
-                "durations": [e.duration_ms for e in entries],
-                "messages": [e.message for e in entries],
-                "output_bytes": [e.output_bytes for e in entries],
-                "output_sha256s": [e.output_sha256 for e in entries],
-                "errors": [e.error for e in entries],
-                "worker": self._worker,
-            },
+        rows = json_rows(
+            {**vars(entry), "message": storable(entry.message), "error": storable(entry.error)}
+            for entry in entries
         )
+        await self._session.execute(_ADD_LOGS, {"rows": rows, "worker": self._worker})
 
     async def finish(self, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Records final statuses; returns the runs recorded (the others were taken over)."""
         if not outcomes:
             return set()
-        rows = await self._session.execute(
-            _FINISH,
+        rows = json_rows(
             {
-                "ids": [o.run_id for o in outcomes],
-                "attempts": [o.attempt for o in outcomes],
-                "statuses": [str(o.status) for o in outcomes],
-                "errors": [o.error for o in outcomes],
-                "worker": self._worker,
-            },
+                "id": o.run_id,
+                "attempt": o.attempt,
+                "status": str(o.status),
+                "error": storable(o.error),
+            }
+            for o in outcomes
         )
-        return set(rows.scalars())
+        recorded = await self._session.execute(_FINISH, {"rows": rows, "worker": self._worker})
+        return set(recorded.scalars())
 
     async def requeue(self, outcomes: Sequence[Outcome]) -> set[uuid.UUID]:
         """Puts runs back in the queue; returns those requeued (the others were taken over)."""
@@ -672,7 +659,7 @@ class QueueRepository:
                 "ids": [o.run_id for o in outcomes],
                 "attempts": [o.attempt for o in outcomes],
                 "delays": [o.delay for o in outcomes],
-                "errors": [o.error for o in outcomes],
+                "errors": [storable(o.error) for o in outcomes],
                 "counts": [o.counts for o in outcomes],
                 "worker": self._worker,
             },

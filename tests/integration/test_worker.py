@@ -573,3 +573,24 @@ async def test_a_flood_of_one_tenant_delays_another_tenants_run_by_a_few_runs(
         ).one()
     assert finished < 5_000, "the flood was drained before the other tenant's run: no test"
     assert ahead <= concurrency, f"{ahead} of the flood's runs started first"
+
+
+async def test_a_step_error_quoting_a_nul_character_is_written(
+    app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
+) -> None:
+    # PostgreSQL's text holds no NUL: an error that quotes one (here a key of the payload, in
+    # the validate step's path) must still be written, or the ledger's batch fails every time.
+    schema = {"additionalProperties": {"type": "string"}}
+    steps = [{"id": "check", "type": "validate", "config": {"schema": schema}}]
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, b'{"a\\u0000b": 1}')
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-nul")
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
+    finally:
+        await worker.stop(2.0)
+    assert row.status == "failed"
+    logs = await _logs(app_db, tenant, run)
+    assert [(log.step_id, log.status) for log in logs] == [("check", "failed")]
+    assert "a\\x00b" in logs[0].error
