@@ -12,6 +12,7 @@ from aias.core.errors import clip
 
 ALLOW_SETTING = "AIAS_HTTP_STEP_ALLOW"
 MAX_URL_CHARS = 8192
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # The DNS64 prefix: in an IPv6-only network every IPv4 host appears behind it.
 _NAT64 = IPv6Network("64:ff9b::/96")
@@ -30,6 +31,8 @@ def checked_url(text: str) -> URL:
     quotes the URL, which may carry a password."""
     if len(text) > MAX_URL_CHARS:
         raise ValueError(f"is longer than {MAX_URL_CHARS} characters")
+    if _CONTROL.search(text):
+        raise ValueError("must not contain control characters (percent-encode them)")
     try:
         url = URL(text)
     except (ValueError, TypeError):

@@ -110,7 +110,32 @@ def _validate_step(step: StepDefinition, where: str, seen: set[str]) -> None:
             "STEP_TYPE_COMING_SOON",
             f"{where}.type {step.type!r} is coming soon and cannot be used yet",
         )
+    if _holds_nul(step.config):
+        raise InvalidArgument(
+            "INVALID_STEP_CONFIG",
+            f"{where}.config holds the character U+0000 (NUL), which a stored workflow cannot "
+            "hold; remove it",
+        )
     spec.validate(step.config, where)
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether any string in a decoded JSON value, key or value, holds NUL (which PostgreSQL's
+    jsonb and text refuse)."""
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if type(item) is str:
+                if "\x00" in item:
+                    return True
+            elif type(item) is dict:
+                below += item.keys()
+                below += item.values()
+            elif type(item) is list:
+                below += item
+        level = below
+    return False
 
 
 def _refuse_constant(name: str) -> Any:

@@ -117,6 +117,8 @@ def test_the_worker_reads_the_allowlist_and_names_a_bad_one() -> None:
         ("https://token@example.com/", "must not carry a user name or password"),
         ("https://example.com/" + "a" * 8200, "is longer than 8192 characters"),
         ("http://[::1/", "is not a valid URL"),
+        ("https://example.com/\x00", "must not contain control characters"),
+        ("https://example.com/a\r\nX-Injected: 1", "must not contain control characters"),
     ],
 )
 def test_urls_outside_the_rules_are_refused(url: str, problem: str) -> None:

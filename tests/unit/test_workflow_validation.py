@@ -28,6 +28,22 @@ SHAPE = StepDefinition("shape", "transform", {"expression": "id"})
             "DUPLICATE_STEP_ID",
             "step 'shape': steps[1].id",
         ),
+        # PostgreSQL's jsonb holds no NUL, in a key or a value, however deep.
+        (
+            StepDefinition("pick", "transform", {"expression": "'a\x00'"}),
+            "INVALID_STEP_CONFIG",
+            "step 'pick': steps[1].config holds the character U+0000 (NUL)",
+        ),
+        (
+            StepDefinition("check", "validate", {"schema": {"properties": {"k\x00": {}}}}),
+            "INVALID_STEP_CONFIG",
+            "step 'check': steps[1].config holds the character U+0000 (NUL)",
+        ),
+        (
+            StepDefinition("check", "validate", {"schema": {"enum": [1, ["x\x00"]]}}),
+            "INVALID_STEP_CONFIG",
+            "step 'check': steps[1].config holds the character U+0000 (NUL)",
+        ),
     ],
 )
 def test_the_refusal_names_the_step_and_field(
