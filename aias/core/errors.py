@@ -13,20 +13,26 @@ QUOTED_CHARS = 64
 def clip(text: str, limit: int = QUOTED_CHARS) -> str:
     """Client-supplied text as an error message quotes it: cut to `limit` characters.
 
-    Undecodable bytes (lone surrogates from aiohttp or JSON escapes) show as escapes, so the
-    message can always be written as UTF-8; so does NUL (`storable`).
+    Undecodable bytes (lone surrogates from aiohttp or JSON escapes) and NUL show as escapes,
+    so the message can always be written as UTF-8 and stored (`storable`).
     """
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return storable(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    return storable(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def storable(text: str) -> str:
-    """Text as a PostgreSQL text column can hold it: NUL, which it cannot, as the escape \\x00.
+    """Text as a PostgreSQL text column can hold it: NUL, which it cannot, as the escape \\x00,
+    and lone surrogates (which have no UTF-8) as escapes too.
 
     One such character in a row would fail the whole statement, and with it every row of the
     batch it is written in.
     """
-    return text.replace("\x00", "\\x00") if "\x00" in text else text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class DomainError(Exception):

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy import exc as sa_exc
+
 from aias.core.db import Database, SystemPath
-from aias.services.execution.domain import FINAL_RUN_STATUSES
+from aias.services.execution.domain import FINAL_RUN_STATUSES, RunStatus
 from aias.services.execution.repository import Outcome, QueueRepository, StepLogEntry
 
 log = logging.getLogger(__name__)
@@ -110,18 +112,53 @@ class RunLedger:
             batch, self._next = self._next, _Batch()
             try:
                 await self._write(batch)
-                delay = _RETRY_FIRST_SECONDS
+                left = None
+            except sa_exc.DataError:
+                # A value the database refuses fails the whole statement: each run is written
+                # on its own, so one run's bad row cannot hold back every other run's.
+                log.exception("a batch of run logs and outcomes was refused; writing it by run")
+                left = await self._write_by_run(batch)
             except Exception:
-                # Nothing was committed: the batch goes first in the next one. Leases may run
-                # out meanwhile; then the writes that would touch a run taken over do nothing.
                 log.exception("writing run logs and outcomes failed; retrying")
-                batch.extend(self._next)
-                self._next = batch
+                left = batch
+            if left:
+                # Nothing of it was committed: it goes first in the next batch. Leases may run
+                # out meanwhile; then the writes that would touch a run taken over do nothing.
+                left.extend(self._next)
+                self._next = left
                 self._queued.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            else:
+                delay = _RETRY_FIRST_SECONDS
             if not self._next:
                 self._drained.set()
+
+    async def _write_by_run(self, batch: _Batch) -> _Batch | None:
+        """Writes the lease renewals, then each run's logs and outcome, in transactions of their
+        own. A run whose writes are refused again loses the logs it could not keep and, if its
+        outcome was among them, ends failed. Returns what is left to retry (the database could
+        not be reached), if anything."""
+        parts: dict[uuid.UUID, _Batch] = {}
+        for entry in batch.logs:
+            parts.setdefault(entry.run_id, _Batch()).logs.append(entry)
+        for outcome, done in batch.outcomes:
+            parts.setdefault(outcome.run_id, _Batch()).outcomes.append((outcome, done))
+        left = _Batch()
+        for part in [_Batch(renewals=batch.renewals), *parts.values()]:
+            try:
+                await self._write(part)
+            except sa_exc.DataError:
+                log.exception("a run's logs or outcome were refused; the run ends failed")
+                try:
+                    await self._write(_failed_instead(part))
+                except Exception:
+                    log.exception("recording the run as failed did not work either; retrying")
+                    left.extend(part)
+            except Exception:
+                log.exception("writing run logs and outcomes failed; retrying")
+                left.extend(part)
+        return left or None
 
     async def _write(self, batch: _Batch) -> None:
         outcomes = [outcome for outcome, _ in batch.outcomes]
@@ -140,3 +177,22 @@ class RunLedger:
         for pairs, answered in batch.renewals:
             if not answered.done():
                 answered.set_result({pair: kept[pair] for pair in pairs if pair in kept})
+
+
+def _failed_instead(part: _Batch) -> _Batch:
+    """A run's part of a batch that the database refused, as the run's failure without its
+    logs (the futures stay the same: the worker learns whether the run was recorded)."""
+    return _Batch(
+        outcomes=[
+            (
+                Outcome(
+                    outcome.run_id,
+                    outcome.attempt,
+                    RunStatus.FAILED,
+                    "internal error: the database refused this run's step log or outcome",
+                ),
+                done,
+            )
+            for outcome, done in part.outcomes
+        ]
+    )

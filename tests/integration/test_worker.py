@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,10 +16,12 @@ from sqlalchemy import text
 
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as artifacts_grpc
 from aias.core.clients import internal_channel
-from aias.core.db import Database, libpq_url
+from aias.core.db import Database, SystemPath, libpq_url
 from aias.core.destinations import AddressPolicy
 from aias.core.entitlements import EntitlementsCache
 from aias.core.localdb import LocalDatabase
+from aias.services.execution.ledger import RunLedger
+from aias.services.execution.repository import Outcome, QueueRepository, StepLogEntry
 from aias.services.execution.sandbox import StepRunner
 from aias.services.execution.steps import canonical_json, sha256_hex
 from aias.services.execution.worker import Worker, WorkerConfig
@@ -594,3 +596,53 @@ async def test_a_step_error_quoting_a_nul_character_is_written(
     logs = await _logs(app_db, tenant, run)
     assert [(log.step_id, log.status) for log in logs] == [("check", "failed")]
     assert "a\\x00b" in logs[0].error
+
+
+async def test_a_row_the_database_refuses_fails_only_its_own_run(
+    app_db: Database, tenancy: Tenancy
+) -> None:
+    # Two runs' logs and outcomes in one batch of the ledger, one with a value PostgreSQL
+    # refuses (a NUL in its step id, which validation keeps out of real workflows): the batch is
+    # written run by run, so the other run is recorded with its log, and the bad one ends failed
+    # instead of holding the batch (and every later outcome of this worker) forever.
+    tenant = await tenancy.new_tenant()
+    await _queue_run(app_db, tenant, TRIVIAL, b"{}", runs=2)
+    lease = timedelta(seconds=30)
+    async with app_db.system(SystemPath.RUN_QUEUE) as session:
+        bad, good = await QueueRepository(session, "w-ledger").start({tenant: 2}, lease)
+    ledger = RunLedger(app_db, "w-ledger", lease)
+    await ledger.start()
+    try:
+        now = datetime.now(UTC)
+        for run, step_id in ((bad, "t\x00"), (good, "t")):
+            ledger.log(
+                StepLogEntry(
+                    run.id,
+                    run.attempt,
+                    0,
+                    step_id,
+                    "transform",
+                    "succeeded",
+                    now,
+                    now,
+                    0,
+                    "",
+                    2,
+                    "",
+                    "",
+                )
+            )
+        recorded = [ledger.settle(Outcome(run.id, run.attempt, "succeeded")) for run in (bad, good)]
+        assert await asyncio.wait_for(asyncio.gather(*recorded), 10) == [True, True]
+    finally:
+        await ledger.close(2.0)
+    bad_row = await _wait_status(app_db, tenant, bad.id, {"failed", "succeeded"})
+    assert (bad_row.status, bad_row.error) == (
+        "failed",
+        "internal error: the database refused this run's step log or outcome",
+    )
+    assert await _logs(app_db, tenant, bad.id) == []
+    assert (await _wait_status(app_db, tenant, good.id, {"failed", "succeeded"})).status == (
+        "succeeded"
+    )
+    assert [log.step_id for log in await _logs(app_db, tenant, good.id)] == ["t"]
