@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from aias.core.stored import storable
+
 # How much of a client's own input an error message quotes back:
 # enough to recognise the value, never a way to make the gateway echo megabytes.
 QUOTED_CHARS = 64
@@ -17,22 +19,6 @@ def clip(text: str, limit: int = QUOTED_CHARS) -> str:
     so the message can always be written as UTF-8 and stored (`storable`).
     """
     return storable(text if len(text) <= limit else text[: limit - 1] + "…")
-
-
-def storable(text: str) -> str:
-    """Text as a PostgreSQL text column can hold it: NUL, which it cannot, as the escape \\x00,
-    and lone surrogates (which have no UTF-8) as escapes too.
-
-    One such character in a row would fail the whole statement, and with it every row of the
-    batch it is written in.
-    """
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 class DomainError(Exception):

@@ -13,6 +13,7 @@ from typing import Any
 import stripe
 
 from aias.core.errors import FailedPrecondition, InvalidArgument
+from aias.core.stored import storable_json
 
 SIGNATURE_TOLERANCE_SECONDS = 300
 
@@ -115,7 +116,8 @@ def parse_event(payload: bytes) -> StripeEvent:
         body = json.loads(payload)
     except ValueError as error:
         raise InvalidArgument("INVALID_PAYLOAD", f"the body is not valid JSON: {error}") from None
-    return event_from(body)
+    # Recorded as jsonb, which holds no NUL: a customer's name or metadata may carry one.
+    return event_from(storable_json(body))
 
 
 def event_from(body: Any) -> StripeEvent:

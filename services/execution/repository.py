@@ -12,8 +12,8 @@ from sqlalchemy import case, delete, func, null, or_, select, text, tuple_, upda
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aias.core.db import json_rows
-from aias.core.errors import storable
 from aias.core.pagination import PageCursor, newest_first
+from aias.core.stored import storable
 from aias.services.execution.models import (
     RunRow,
     StepLogRow,

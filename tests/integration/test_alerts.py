@@ -556,3 +556,18 @@ async def test_settled_alerts_go_with_their_attempts_after_the_kept_time(
         pb.DeleteAlertDestinationRequest(destination_id=later.alert_destination.id),
         metadata=meta(waiting),
     )
+
+
+async def test_an_alert_whose_data_holds_nul_is_queued(
+    execution: Execution, tenancy: Tenancy, receiver: Receiver
+) -> None:
+    # Billing passes on what Stripe sent (a customer's name, say); jsonb holds no NUL.
+    tenant = await tenancy.new_tenant()
+    await destination(execution, tenant, receiver.endpoint("nul"), "billing.past_due")
+    data = json_format.ParseDict({"customer_name": "a\x00b"}, pb.RaiseAlertRequest().data)
+    raised = await execution.stub.RaiseAlert(
+        pb.RaiseAlertRequest(tenant_id=str(tenant), event_type="billing.past_due", data=data)
+    )
+    assert raised.delivery_count == 1
+    (queued,) = await deliveries(execution, tenant)
+    assert json_format.MessageToDict(queued.payload)["data"]["customer_name"] == "a\\x00b"

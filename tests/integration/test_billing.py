@@ -839,3 +839,18 @@ async def test_the_intake_path_cannot_write_a_tenants_delivery(
                 ),
                 {"t": tenant},
             )
+
+
+async def test_an_event_holding_nul_is_kept_and_applied(billing: Billing, tenancy: Tenancy) -> None:
+    # JSON may escape U+0000, PostgreSQL's jsonb cannot hold it: a verified event whose customer
+    # name holds one is recorded (the character escaped) and acts like any other, instead of
+    # failing until Stripe gives up retrying it.
+    tenant, customer = await linked_tenant(tenancy, billing)
+    subscription = subscription_object(new_subscription_id(), customer, "pro")
+    subscription["metadata"] = {"note": "a\x00b"}
+    applied = await billing.deliver(event("customer.subscription.created", subscription, soon()))
+    named = await billing.deliver(
+        event("customer.updated", {"id": customer, "object": "customer", "name": "x\x00"}, soon())
+    )
+    assert (applied.outcome, named.outcome) == (PROCESSED, IGNORED)
+    assert await plan_of(tenancy, tenant) == "pro"

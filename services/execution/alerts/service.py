@@ -12,6 +12,7 @@ from aias.core import signing
 from aias.core.db import Database, parse_uuid
 from aias.core.errors import FailedPrecondition, NotFound
 from aias.core.pagination import decode_token, next_page_token, page_size
+from aias.core.stored import storable_json
 from aias.services.execution.alerts.domain import (
     MAX_DESTINATIONS,
     NEAR_PERCENT,
@@ -122,7 +123,11 @@ class AlertService:
         key = check_dedupe_key(dedupe_key)
         async with self._db.tenant(tenant_id) as session:
             queued = await AlertRepository(session).queue(
-                tenant_id, event_type, {**data, "tenant_id": str(tenant_id)}, key
+                # Kept as jsonb, which holds no NUL (data may quote what a customer typed).
+                tenant_id,
+                event_type,
+                {**storable_json(data), "tenant_id": str(tenant_id)},
+                key,
             )
         if queued:
             log.info(
