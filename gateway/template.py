@@ -117,11 +117,18 @@ class Route(Generic[T]):
     target: T
 
 
+# Routes are indexed by up to this many leading literal segments of their template, so a path
+# is matched only against the routes that can match it.
+_INDEXED_SEGMENTS = 2
+
+
 class Router(Generic[T]):
     """Matches method and path against every route: the route, or 404, or 405 with `Allow`."""
 
     def __init__(self) -> None:
         self._routes: list[Route[T]] = []
+        # By leading literal segments: (position in `_routes`, route).
+        self._index: dict[tuple[str, ...], list[tuple[int, Route[T]]]] = {}
 
     @property
     def routes(self) -> tuple[Route[T], ...]:
@@ -133,15 +140,27 @@ class Router(Generic[T]):
             if route.method == method and route.template.source == template:
                 raise TemplateError(f"{method} {template} is declared twice")
         route = Route(method, parsed, target)
+        key = _literal_prefix(template)
+        self._index.setdefault(key, []).append((len(self._routes), route))
         self._routes.append(route)
         return route
+
+    def _candidates(self, raw_path: str) -> list[Route[T]]:
+        """The routes whose leading literal segments the path starts with, in their order."""
+        segments = raw_path[1:].split("/", _INDEXED_SEGMENTS)[:_INDEXED_SEGMENTS]
+        found: list[tuple[int, Route[T]]] = []
+        for length in range(len(segments) + 1):
+            found += self._index.get(tuple(segments[:length]), ())
+        found.sort(key=lambda entry: entry[0])
+        return [route for _, route in found]
 
     def resolve(self, method: str, raw_path: str) -> tuple[Route[T], Mapping[str, str]]:
         # A template with a verb wins over one without, so `{id}` never swallows `:rotate`
         # and `DELETE /x/1:rotate` is a 405 for the rotate route, not a delete of "1:rotate".
         matches: list[tuple[Route[T], dict[str, str]]] = []
+        candidates = self._candidates(raw_path) if raw_path.startswith("/") else []
         for with_verb in (True, False):
-            for route in self._routes:
+            for route in candidates:
                 if bool(route.template.verb) == with_verb:
                     params = route.template.match(raw_path)
                     if params is not None:
@@ -169,3 +188,14 @@ class Router(Generic[T]):
             http_status=405,
             headers={"Allow": ", ".join(allowed)},
         )
+
+
+def _literal_prefix(template: str) -> tuple[str, ...]:
+    """Up to `_INDEXED_SEGMENTS` leading segments of a template that are plain literals (a
+    variable, a wildcard or a verb ends the prefix): a path it matches starts with them."""
+    prefix: list[str] = []
+    for segment in template[1:].split("/")[:_INDEXED_SEGMENTS]:
+        if not _LITERAL.fullmatch(segment):
+            break
+        prefix.append(segment)
+    return tuple(prefix)

@@ -22,7 +22,7 @@ from aias.execution.v1 import execution_service_pb2 as execution_pb
 from aias.gateway.backends import BACKENDS, BackendSpec
 from aias.gateway.binding import build_admission, build_request, parameters
 from aias.gateway.errors import HTTP_STATUS, GatewayError, error_response, from_rpc_error
-from aias.gateway.template import PathTemplate, Router, TemplateError
+from aias.gateway.template import PathTemplate, Route, Router, TemplateError
 from aias.gateway.transcoder import (
     RpcRoute,
     TranscodeError,
@@ -398,6 +398,44 @@ def test_router_answers_404_for_an_unknown_path() -> None:
 def test_router_refuses_a_duplicate_route() -> None:
     with pytest.raises(TemplateError, match="declared twice"):
         _router().add("GET", "/api/tenants/me", "again")
+
+
+class _EveryRoute(Router[str]):
+    """The router as it was before its index: every path is matched against every route."""
+
+    def _candidates(self, raw_path: str) -> list[Route[str]]:
+        return list(self.routes)
+
+
+def test_the_index_finds_what_a_scan_of_every_route_finds() -> None:
+    # Routes by leading literal segments, including templates whose first segments are
+    # variables, wildcards or carry a verb, which only the shorter prefixes index.
+    router: Router[str] = Router()
+    for method, template in [
+        ("GET", "/{name=shelves/*}"),
+        ("GET", "/api/runs:stats"),
+        ("GET", "/api/runs/{id}"),
+        ("POST", "/api/runs/{id}:cancel"),
+        ("GET", "/api/{kind}/x"),
+        ("GET", "/api/a/**"),
+        ("GET", "/healthz"),
+    ]:
+        router.add(method, template, f"{method} {template}")
+    scan = _EveryRoute()
+    for route in router.routes:
+        scan.add(route.method, route.template.source, route.target)
+    paths = ["/shelves/1", "/api/runs:stats", "/api/runs/r1", "/api/runs/r1:cancel", "/api/q/x"]
+    paths += ["/api/a/b/c", "/healthz", "/api/runs", "/api//runs", "/nothing", "", "api/runs/r1"]
+    for path in paths:
+        for method in ("GET", "POST"):
+            outcomes: list[object] = []
+            for each in (router, scan):
+                try:
+                    route, params = each.resolve(method, path)
+                    outcomes.append((route.target, params))
+                except GatewayError as error:
+                    outcomes.append((error.http_status, error.headers))
+            assert outcomes[0] == outcomes[1], (method, path)
 
 
 # --- request mapping ------------------------------------------------------------------------
