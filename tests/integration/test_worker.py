@@ -152,18 +152,35 @@ def _worker(
     )
 
 
+async def _run_to_end(
+    app_db: Database,
+    database: LocalDatabase,
+    tenancy: Tenancy,
+    runner: StepRunner,
+    steps: list[dict[str, Any]],
+    body: bytes,
+    worker_id: str,
+) -> tuple[uuid.UUID, uuid.UUID, Any]:
+    """One run of `steps` for a new tenant, by a worker whose artifacts service is down; returns
+    the tenant, the run and its row once it ended."""
+    tenant = await tenancy.new_tenant()
+    run = await _queue_run(app_db, tenant, steps, body)
+    worker = _worker(app_db, database, _dead_address(), tenancy, runner, worker_id)
+    await worker.start()
+    try:
+        row = await _wait_status(app_db, tenant, run, {"skipped", "failed", "succeeded"})
+    finally:
+        await worker.stop(2.0)
+    return tenant, run, row
+
+
 async def test_failed_step_fails_the_run_with_a_log_row(
     app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     steps = [{"id": "check", "type": "validate", "config": {"schema": {"type": "string"}}}]
-    tenant = await tenancy.new_tenant()
-    run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-fail")
-    await worker.start()
-    try:
-        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
-    finally:
-        await worker.stop(2.0)
+    tenant, run, row = await _run_to_end(
+        app_db, database, tenancy, runner, steps, b'{"id": 1}', "w-fail"
+    )
     assert row.status == "failed"
     assert "step 'check' failed" in row.error
     logs = await _logs(app_db, tenant, run)
@@ -175,14 +192,9 @@ async def test_unavailable_artifacts_retry_with_backoff_then_fail(
     app_db: Database, database: LocalDatabase, tenancy: Tenancy, runner: StepRunner
 ) -> None:
     steps = [{"id": "save", "type": "artifact", "config": {"name": "a.json", "format": "json"}}]
-    tenant = await tenancy.new_tenant()
-    run = await _queue_run(app_db, tenant, steps, b'{"id": 1}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-retry")
-    await worker.start()
-    try:
-        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
-    finally:
-        await worker.stop(2.0)
+    tenant, run, row = await _run_to_end(
+        app_db, database, tenancy, runner, steps, b'{"id": 1}', "w-retry"
+    )
     assert (row.status, row.attempt) == ("failed", 2)
     assert "after 2 attempts" in row.error
     logs = await _logs(app_db, tenant, run)
@@ -196,14 +208,9 @@ async def test_filter_false_skips_the_run(
         {"id": "big", "type": "filter", "config": {"condition": "total > `100`"}},
         {"id": "never", "type": "transform", "config": {"expression": "total"}},
     ]
-    tenant = await tenancy.new_tenant()
-    run = await _queue_run(app_db, tenant, steps, b'{"total": 3}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-skip")
-    await worker.start()
-    try:
-        row = await _wait_status(app_db, tenant, run, {"skipped", "failed", "succeeded"})
-    finally:
-        await worker.stop(2.0)
+    tenant, run, row = await _run_to_end(
+        app_db, database, tenancy, runner, steps, b'{"total": 3}', "w-skip"
+    )
     assert row.status == "skipped"
     assert [(log.step_id, log.status) for log in await _logs(app_db, tenant, run)] == [
         ("big", "skipped")
@@ -584,14 +591,9 @@ async def test_a_step_error_quoting_a_nul_character_is_written(
     # the validate step's path) must still be written, or the ledger's batch fails every time.
     schema = {"additionalProperties": {"type": "string"}}
     steps = [{"id": "check", "type": "validate", "config": {"schema": schema}}]
-    tenant = await tenancy.new_tenant()
-    run = await _queue_run(app_db, tenant, steps, b'{"a\\u0000b": 1}')
-    worker = _worker(app_db, database, _dead_address(), tenancy, runner, "w-nul")
-    await worker.start()
-    try:
-        row = await _wait_status(app_db, tenant, run, {"failed", "succeeded"})
-    finally:
-        await worker.stop(2.0)
+    tenant, run, row = await _run_to_end(
+        app_db, database, tenancy, runner, steps, b'{"a\\u0000b": 1}', "w-nul"
+    )
     assert row.status == "failed"
     logs = await _logs(app_db, tenant, run)
     assert [(log.step_id, log.status) for log in logs] == [("check", "failed")]
