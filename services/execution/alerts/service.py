@@ -121,14 +121,10 @@ class AlertService:
         """
         check_event_type(event_type, "event_type")
         key = check_dedupe_key(dedupe_key)
+        # Kept as jsonb, which holds no NUL (data may quote what a customer typed).
+        payload = {**storable_json(data), "tenant_id": str(tenant_id)}
         async with self._db.tenant(tenant_id) as session:
-            queued = await AlertRepository(session).queue(
-                # Kept as jsonb, which holds no NUL (data may quote what a customer typed).
-                tenant_id,
-                event_type,
-                {**storable_json(data), "tenant_id": str(tenant_id)},
-                key,
-            )
+            queued = await AlertRepository(session).queue(tenant_id, event_type, payload, key)
         if queued:
             log.info(
                 "alert raised",
