@@ -28,7 +28,7 @@ _RETRY_MAX_SECONDS = 5.0
 @dataclass
 class _Batch:
     logs: list[StepLogEntry] = field(default_factory=list)
-    outcomes: list[tuple[Outcome, asyncio.Future[bool]]] = field(default_factory=list)
+    outcomes: list[tuple[Outcome, asyncio.Future[Outcome | None]]] = field(default_factory=list)
     renewals: list[
         tuple[list[tuple[uuid.UUID, int]], asyncio.Future[dict[tuple[uuid.UUID, int], bool]]]
     ] = field(default_factory=list)
@@ -79,10 +79,11 @@ class RunLedger:
         self._next.logs.append(entry)
         self._wake()
 
-    def settle(self, outcome: Outcome) -> asyncio.Future[bool]:
-        """Queues how a run ended; the future says whether it was recorded (False: the lease
-        was lost and another worker holds the run)."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    def settle(self, outcome: Outcome) -> asyncio.Future[Outcome | None]:
+        """Queues how a run ended; the future gives the outcome recorded: this one, or the
+        run's failure if the database refused it (see `_write_by_run`), or None when the lease
+        was lost and another worker holds the run."""
+        done: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self._next.outcomes.append((outcome, done))
         self._wake()
         return done
@@ -173,7 +174,7 @@ class RunLedger:
             )
         for outcome, done in batch.outcomes:
             if not done.done():
-                done.set_result(outcome.run_id in recorded)
+                done.set_result(outcome if outcome.run_id in recorded else None)
         for pairs, answered in batch.renewals:
             if not answered.done():
                 answered.set_result({pair: kept[pair] for pair in pairs if pair in kept})
@@ -181,7 +182,7 @@ class RunLedger:
 
 def _failed_instead(part: _Batch) -> _Batch:
     """A run's part of a batch that the database refused, as the run's failure without its
-    logs (the futures stay the same: the worker learns whether the run was recorded)."""
+    logs (with the same futures: the worker learns that the failure is what was recorded)."""
     return _Batch(
         outcomes=[
             (

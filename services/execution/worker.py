@@ -627,18 +627,21 @@ class Worker:
         return Outcome(run.id, run.attempt, RunStatus.QUEUED, error, delay=timedelta(seconds=delay))
 
 
-def _settled(metrics: RunMetrics, outcome: Outcome, recorded: asyncio.Future[bool]) -> None:
+def _settled(
+    metrics: RunMetrics, outcome: Outcome, recorded: asyncio.Future[Outcome | None]
+) -> None:
     """Counts and logs how the run ended once written (in the run's logging context, which the
-    callback keeps)."""
+    callback keeps): as recorded, which may differ from `outcome` if the database refused it."""
     if recorded.cancelled():
         return
-    if recorded.result() and outcome.status != RunStatus.QUEUED:
-        metrics.finished(str(outcome.status))
-    elif not recorded.result():
+    written = recorded.result()
+    if written is None:
         metrics.lease_lost()
+    elif written.status != RunStatus.QUEUED:
+        metrics.finished(str(written.status))
     log.info(
-        "run finished" if recorded.result() else "run finished after its lease was lost",
-        extra={"status": outcome.status, "attempt": outcome.attempt},
+        "run finished" if written else "run finished after its lease was lost",
+        extra={"status": (written or outcome).status, "attempt": outcome.attempt},
     )
 
 

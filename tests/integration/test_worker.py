@@ -635,7 +635,12 @@ async def test_a_row_the_database_refuses_fails_only_its_own_run(
                 )
             )
         recorded = [ledger.settle(Outcome(run.id, run.attempt, "succeeded")) for run in (bad, good)]
-        assert await asyncio.wait_for(asyncio.gather(*recorded), 10) == [True, True]
+        written = await asyncio.wait_for(asyncio.gather(*recorded), 10)
+        # The worker learns what was recorded (its metrics and log count the bad run failed).
+        assert [outcome.status if outcome else None for outcome in written] == [
+            "failed",
+            "succeeded",
+        ]
     finally:
         await ledger.close(2.0)
     bad_row = await _wait_status(app_db, tenant, bad.id, {"failed", "succeeded"})
