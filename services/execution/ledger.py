@@ -146,7 +146,8 @@ class RunLedger:
         for outcome, done in batch.outcomes:
             parts.setdefault(outcome.run_id, _Batch()).outcomes.append((outcome, done))
         left = _Batch()
-        for part in [_Batch(renewals=batch.renewals), *parts.values()]:
+        renewals = [_Batch(renewals=batch.renewals)] if batch.renewals else []
+        for part in [*renewals, *parts.values()]:
             try:
                 await self._write(part)
             except sa_exc.DataError:
