@@ -461,8 +461,32 @@ class BuiltServer:
         for drain in self.on_draining:
             await drain()
         await self.server.stop(grace)
+        await _rpc_tasks_ended()
         for cleanup in reversed(self.on_stop):
             await cleanup()
+
+
+# grpc.aio's coroutines that carry one RPC each (its scheduling and its handler's exceptions).
+_RPC_COROUTINES = frozenset({"_schedule_rpc_coro", "_handle_exceptions"})
+_RPC_UNWIND_SECONDS = 1.0
+
+
+async def _rpc_tasks_ended() -> None:
+    """Waits (at most _RPC_UNWIND_SECONDS) for the tasks of RPCs that ended during the stop to unwind.
+
+    `server.stop` returns once gRPC's core is done with every call, while the task of an RPC its
+    client cancelled at that moment (a health watch, say) may not have run its cancellation yet.
+    Closing the event loop then cancels that task, and grpc.aio reports it as an unhandled
+    exception, with a raw traceback on stderr besides the log line.
+    """
+    current = asyncio.current_task()
+    pending = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current and getattr(task.get_coro(), "__name__", "") in _RPC_COROUTINES
+    ]
+    if pending:
+        await asyncio.wait(pending, timeout=_RPC_UNWIND_SECONDS)
 
 
 def build_grpc_server(
