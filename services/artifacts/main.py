@@ -19,7 +19,11 @@ from aias.core.tickets import ticket_key
 from aias.services.artifacts.blobstore import BlobStore, FilesystemBlobStore, TemporarySweep
 from aias.services.artifacts.domain import DEFAULT_INLINE_BYTES, MAX_INLINE_BYTES
 from aias.services.artifacts.metrics import ArtifactMetrics
-from aias.services.artifacts.quota import DEFAULT_BLOCK_BYTES, StorageQuota
+from aias.services.artifacts.quota import (
+    DEFAULT_BLOCK_BYTES,
+    DEFAULT_LINGER_SECONDS,
+    StorageQuota,
+)
 from aias.services.artifacts.runs import RunOwners
 from aias.services.artifacts.s3settings import (
     DEFAULT_PART_BYTES,
@@ -50,8 +54,10 @@ class ArtifactsSettings:
     temp_max_age_seconds: float = 3600.0
     temp_sweep_seconds: float = 600.0
     # Storage reserved at tenancy in blocks of this many bytes while a tenant's uploads
-    # overlap; 0 reserves each upload's bytes on their own.
+    # overlap or follow each other; 0 reserves each upload's bytes on their own.
     storage_block_bytes: int = DEFAULT_BLOCK_BYTES
+    # What a block left over goes back this long after the tenant's last upload ended.
+    storage_linger_seconds: float = DEFAULT_LINGER_SECONDS
     # Content stored in one message up to this size is kept in the database (0: none is).
     inline_bytes: int = DEFAULT_INLINE_BYTES
 
@@ -84,6 +90,11 @@ def load_settings(env: Env | None = None) -> ArtifactsSettings:
         temp_sweep_seconds=env.number("AIAS_ARTIFACTS_TEMP_SWEEP_SECONDS", 600.0, minimum=1),
         storage_block_bytes=env.integer(
             "AIAS_ARTIFACTS_STORAGE_BLOCK_BYTES", DEFAULT_BLOCK_BYTES, minimum=0, maximum=1 << 40
+        ),
+        storage_linger_seconds=env.number(
+            "AIAS_ARTIFACTS_STORAGE_LINGER_SECONDS",
+            DEFAULT_LINGER_SECONDS,
+            minimum=0.0,
         ),
         inline_bytes=env.integer(
             "AIAS_ARTIFACTS_INLINE_BYTES",
@@ -156,6 +167,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
     entitlements = EntitlementsCache(tenancy, settings.entitlements_ttl)
     execution = internal_channel(settings.execution_addr, settings.server.internal_token)
     usage = UsageClient(tenancy)
+    quota = StorageQuota(usage, settings.storage_block_bytes, settings.storage_linger_seconds)
     service = ArtifactsService(
         db,
         blobs,
@@ -163,7 +175,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         usage,
         RunOwners(execution, ticket_key(settings.server.internal_token)),
         ArtifactMetrics(registry),
-        StorageQuota(usage, settings.storage_block_bytes),
+        quota,
         settings.inline_bytes,
     )
     servicer = ArtifactsServicer(service)
@@ -187,6 +199,7 @@ async def build_server(settings: ArtifactsSettings) -> BuiltServer:
         db.close,
         execution.close,
         tenancy.close,
+        quota.close,  # gives back held storage through tenancy, so before its channel closes
         entitlements.stop,
         sweeper.stop,
         abandoned.stop,

@@ -8,7 +8,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import cast
 
@@ -59,6 +59,8 @@ class Served:
     db: Database
     sweeper: Sweeper
     sweeper_registry: CollectorRegistry
+    # What the server was built from, for a test that builds another with other settings.
+    settings: ArtifactsSettings
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         return await self.tenancy.new_tenant(plan)
@@ -156,6 +158,9 @@ async def served(
             # deletions, but frees no blob: tests that free blobs run a sweep themselves.
             sweep=SweepConfig(interval_seconds=0.2, blob_grace=timedelta(hours=1)),
             s3=s3,
+            # Storage a block left over goes back as each tenant's last upload ends, so the
+            # tests read usage at rest right after their uploads (the linger has its own test).
+            storage_linger_seconds=0.0,
         )
         store = build_store(settings)
         await store.prepare()
@@ -178,7 +183,7 @@ async def served(
             )
             # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
             stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-            yield Served(stub, store, tenancy, db, sweeper, registry)
+            yield Served(stub, store, tenancy, db, sweeper, registry, settings)
             for opened in (channel, tenancy_channel, execution_channel):
                 await opened.close()
     await db.close()
@@ -751,6 +756,43 @@ async def test_overlapping_uploads_reserve_in_blocks_yet_fill_the_quota_exactly(
     )
     # What the burst held beyond its uploads went back when it ended.
     assert await served.storage_used(tenant) == len(stored) * size
+
+
+async def test_uploads_one_after_another_hold_a_block_until_the_linger_ends(
+    served: Served,
+) -> None:
+    # A workflow's artifact step stores one artifact at a time: with a linger, the uploads after
+    # the first draw on one block instead of a reservation at tenancy each.
+    settings = replace(
+        served.settings, server=server_settings("artifacts"), storage_linger_seconds=0.3
+    )
+    tenant = await served.new_tenant("enterprise")
+    run = await served.new_run(tenant)
+    size = 10 * KIB
+    reserved_before = served.tenancy.handled("ReserveUsage")
+    async with running(await build_server(settings)) as address:
+        channel = internal_channel(address, INTERNAL_TOKEN)
+        lingering = replace(
+            served,
+            stub=cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel)),
+        )
+        for index in range(5):
+            await store(lingering, tenant, run, f"{index}.bin", os.urandom(size))
+        assert served.tenancy.handled("ReserveUsage") - reserved_before == 2
+        # The block's remainder is held while uploads may follow, then given back.
+        assert await served.storage_used(tenant) == DEFAULT_BLOCK_BYTES + 2 * size
+        for _ in range(50):
+            if await served.storage_used(tenant) == 5 * size:
+                break
+            await asyncio.sleep(0.1)
+        assert await served.storage_used(tenant) == 5 * size
+
+        for index in range(5, 7):
+            await store(lingering, tenant, run, f"{index}.bin", os.urandom(size))
+        assert await served.storage_used(tenant) > 7 * size
+        await channel.close()
+    # A server that stops gives back what it held at once.
+    assert await served.storage_used(tenant) == 7 * size
 
 
 async def test_store_artifact_is_an_upload_in_one_message(served: Served) -> None:

@@ -37,8 +37,12 @@ class FakeUsage:
         self.used -= amount
 
 
-def quota(usage: FakeUsage) -> StorageQuota:
-    return StorageQuota(usage, BLOCK)  # type: ignore[arg-type]  # duck-typed UsageClient
+# A linger short enough to wait out; the tests without one give back as the last upload ends.
+LINGER = 0.05
+
+
+def quota(usage: FakeUsage, linger: float = 0.0) -> StorageQuota:
+    return StorageQuota(usage, BLOCK, linger)  # type: ignore[arg-type]  # duck-typed UsageClient
 
 
 def tenant() -> TenantEntitlements:
@@ -108,3 +112,77 @@ async def test_a_failed_upload_gives_its_bytes_back() -> None:
 
     assert usage.reserved == [10]
     assert usage.used == 0
+
+
+async def test_uploads_one_after_another_share_a_block_given_back_after_the_linger() -> None:
+    usage = FakeUsage(limit=None)
+    who = tenant()
+    shared = quota(usage, LINGER)
+
+    # One at a time, as a workflow's artifact step stores them: never two in flight.
+    for _ in range(50):
+        assert await store(shared, who, 10)
+
+    # The first upload alone reserved its bytes; the second took a block the rest drew on.
+    assert usage.reserved[:2] == [10, 10 + BLOCK]
+    assert len(usage.reserved) < 5
+    assert usage.used > 500  # the block's remainder is held while uploads keep coming
+    await asyncio.sleep(LINGER * 2)
+    assert usage.used == 500
+
+
+async def test_an_upload_after_the_linger_starts_afresh() -> None:
+    usage = FakeUsage(limit=None)
+    who = tenant()
+    shared = quota(usage, LINGER)
+
+    assert await store(shared, who, 10)
+    await asyncio.sleep(LINGER * 2)
+    assert await store(shared, who, 20)
+
+    assert usage.reserved == [10, 20]
+    assert usage.used == 30
+
+
+async def test_a_linger_never_lets_uploads_past_the_limit() -> None:
+    usage = FakeUsage(limit=BLOCK + 250)
+    who = tenant()
+    shared = quota(usage, LINGER)
+
+    stored = [await store(shared, who, 100) for _ in range(20)]
+
+    assert sum(stored) == 12
+    await asyncio.sleep(LINGER * 2)
+    assert usage.used == 1200
+
+
+async def test_closing_gives_back_what_is_held_at_once() -> None:
+    usage = FakeUsage(limit=None)
+    who = tenant()
+    shared = quota(usage, linger=3600.0)
+    for _ in range(3):
+        assert await store(shared, who, 10)
+    assert usage.used > 30
+
+    await shared.close()
+
+    assert usage.used == 30
+
+
+async def test_a_give_back_that_fails_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    usage = FakeUsage(limit=None)
+    who = tenant()
+    shared = quota(usage, LINGER)
+    for _ in range(2):
+        assert await store(shared, who, 10)
+
+    async def unreachable(tenant_id: uuid.UUID, metric: pb.Metric.ValueType, amount: int) -> None:
+        raise ConnectionError("tenancy is down")
+
+    usage.release = unreachable  # type: ignore[method-assign]
+    await asyncio.sleep(LINGER * 2)
+
+    assert "could not be given back" in caplog.text
+    assert usage.used == 20 + BLOCK
