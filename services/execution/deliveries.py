@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from typing import Any
 
 from aias.core.db import Database
 from aias.core.errors import DomainError, http_status
@@ -19,6 +20,28 @@ PRUNE_BATCH = 1_000
 MAX_MESSAGE_CHARS = 500
 
 
+def delivery_values(
+    tenant_id: uuid.UUID,
+    endpoint_id: uuid.UUID,
+    status: int,
+    reason: str,
+    message: str,
+    size_bytes: int,
+    run_id: uuid.UUID | None,
+) -> dict[str, Any]:
+    """A new delivery record's columns (a plain dict: the group commit writes it as it is)."""
+    return {
+        "id": uuid.uuid4(),
+        "tenant_id": tenant_id,
+        "endpoint_id": endpoint_id,
+        "http_status": status,
+        "reason": reason,
+        "message": message[:MAX_MESSAGE_CHARS],
+        "size_bytes": size_bytes,
+        "run_id": run_id,
+    }
+
+
 def delivery_row(
     tenant_id: uuid.UUID,
     endpoint_id: uuid.UUID,
@@ -29,14 +52,7 @@ def delivery_row(
     run_id: uuid.UUID | None,
 ) -> WebhookDeliveryRow:
     return WebhookDeliveryRow(
-        id=uuid.uuid4(),
-        tenant_id=tenant_id,
-        endpoint_id=endpoint_id,
-        http_status=status,
-        reason=reason,
-        message=message[:MAX_MESSAGE_CHARS],
-        size_bytes=size_bytes,
-        run_id=run_id,
+        **delivery_values(tenant_id, endpoint_id, status, reason, message, size_bytes, run_id)
     )
 
 

@@ -141,8 +141,14 @@ class RunWriter:
         """Queues one run; returns once committed, or raises what its write raised.
 
         A caller that goes away (its request cancelled) does not take its run back: the run is
-        written all the same, and `on_failure` runs only if the write fails.
+        written all the same, and `on_failure` runs only if the write fails. `run` and `delivery`
+        hold exactly the columns written (a row short of one would fail its whole batch).
         """
+        if run.keys() != _RUN_COLUMNS.keys() or delivery.keys() != _DELIVERY_COLUMNS.keys():
+            raise ValueError(
+                f"a run needs exactly {sorted(_RUN_COLUMNS)} and its delivery "
+                f"{sorted(_DELIVERY_COLUMNS)}; got {sorted(run)} and {sorted(delivery)}"
+            )
         pending = _Pending(tenant_id, run, delivery, on_failure)
         # Retrieved here too: a caller that went away must not leave it "never retrieved".
         pending.done.add_done_callback(_retrieve)
@@ -216,12 +222,3 @@ def _fail(pending: _Pending, error: BaseException) -> None:
     pending.on_failure()
     if not pending.done.done():
         pending.done.set_exception(error)
-
-
-def row_values(row: Any) -> dict[str, Any]:
-    """The column values set on a new (transient) ORM row, for a Core INSERT."""
-    return {
-        column.key: row.__dict__[column.key]
-        for column in row.__table__.columns
-        if column.key in row.__dict__
-    }

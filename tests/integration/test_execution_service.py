@@ -23,8 +23,8 @@ from aias.core.localdb import LocalDatabase
 from aias.execution.v1 import execution_service_pb2 as pb
 from aias.execution.v1 import execution_service_pb2_grpc as pb_grpc
 from aias.services.execution import main as execution_main
-from aias.services.execution.ingest import RunWriter, row_values
-from aias.services.execution.models import RunRow, WebhookDeliveryRow
+from aias.services.execution.deliveries import delivery_values
+from aias.services.execution.ingest import RunWriter
 from aias.services.execution.repository import ClaimedRun, Outcome, QueueRepository, StepLogEntry
 from aias.services.execution.service import ExecutionService, WebhookCall
 from aias.services.tenancy import main as tenancy_main
@@ -126,34 +126,26 @@ async def test_a_bad_row_in_a_group_commit_fails_only_its_own_delivery(
         ).one()
 
     def rows(workflow: uuid.UUID) -> tuple[dict[str, object], dict[str, object]]:
-        run = RunRow(
-            id=uuid.uuid4(),
-            tenant_id=uuid.UUID(tenant),
-            workflow_id=workflow,
-            workflow_version=1,
-            endpoint_id=endpoint_id,
-            status="queued",
-            attempt=0,
-            max_attempts=3,
+        run_id = uuid.uuid4()
+        run: dict[str, object] = {
+            "id": run_id,
+            "tenant_id": uuid.UUID(tenant),
+            "workflow_id": workflow,
+            "workflow_version": 1,
+            "endpoint_id": endpoint_id,
+            "status": "queued",
+            "attempt": 0,
+            "max_attempts": 3,
             # Any bytes at all, stored as they came.
-            payload=bytes(range(256)),
-            content_type="application/octet-stream",
-            idempotency_key=None,
-            payload_sha256=hashlib.sha256(bytes(range(256))).digest(),
-            error="",
-            traceparent=None,
-        )
-        accepted = WebhookDeliveryRow(
-            id=uuid.uuid4(),
-            tenant_id=run.tenant_id,
-            endpoint_id=endpoint_id,
-            http_status=202,
-            reason="",
-            message="",
-            size_bytes=2,
-            run_id=run.id,
-        )
-        return row_values(run), row_values(accepted)
+            "payload": bytes(range(256)),
+            "content_type": "application/octet-stream",
+            "idempotency_key": None,
+            "payload_sha256": hashlib.sha256(bytes(range(256))).digest(),
+            "error": "",
+            "traceparent": None,
+        }
+        accepted = delivery_values(uuid.UUID(tenant), endpoint_id, 202, "", "", 2, run_id)
+        return run, accepted
 
     writer = RunWriter(app_db, window=0.05)
     await writer.start()
@@ -196,6 +188,24 @@ async def test_a_bad_row_in_a_group_commit_fails_only_its_own_delivery(
     }
     assert expected <= recorded
     assert batch[1][0]["id"] not in recorded
+
+
+async def test_a_row_without_every_column_is_refused_before_it_joins_a_batch(
+    app_db: Database,
+) -> None:
+    writer = RunWriter(app_db, window=0.05)
+    await writer.start()
+    tenant, endpoint = uuid.uuid4(), uuid.uuid4()
+    try:
+        with pytest.raises(ValueError, match="exactly"):
+            await writer.write(
+                tenant,
+                {"id": uuid.uuid4(), "tenant_id": tenant},
+                delivery_values(tenant, endpoint, 202, "", "", 2, None),
+                on_failure=lambda: None,
+            )
+    finally:
+        await writer.close()
 
 
 async def test_body_over_the_plan_limit_is_refused_and_not_queued(env: Env) -> None:
