@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import field_mask_pb2, struct_pb2, timestamp_pb2
@@ -19,6 +19,27 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def rfc3339(value: datetime) -> str:
+    """A time as protobuf's JSON mapping writes its Timestamp (what the public API shows): UTC
+    with `Z`, and 0, 3 or 6 digits of fraction, as few as hold it exactly. A naive time is UTC.
+
+    The same text as `timestamp(value).ToJsonString()`, at a tenth of the cost (the worker
+    writes one per run).
+    """
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    text = (
+        f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+    )
+    micros = value.microsecond
+    if micros == 0:
+        return f"{text}Z"
+    if micros % 1000 == 0:
+        return f"{text}.{micros // 1000:03d}Z"
+    return f"{text}.{micros:06d}Z"
 
 
 def struct(value: dict[str, Any]) -> struct_pb2.Struct:

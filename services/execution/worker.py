@@ -10,9 +10,11 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -28,9 +30,9 @@ from aias.core.destinations import AddressPolicy
 from aias.core.entitlements import EntitlementsCache, Limits
 from aias.core.errors import NotFound, Unavailable
 from aias.core.outbound import OutboundClient, OutboundError
-from aias.core.protoconv import timestamp
+from aias.core.protoconv import rfc3339
 from aias.core.tickets import run_ticket
-from aias.core.tracing import context_from
+from aias.core.tracing import context_from, tracing_enabled
 from aias.services.execution.domain import RunStatus, StepDefinition, StepStatus
 from aias.services.execution.ledger import RunLedger
 from aias.services.execution.metrics import RunMetrics
@@ -151,8 +153,9 @@ class Worker:
         self._config = config
         self._ledger = RunLedger(db, config.worker_id, config.lease)
         self._outbound = OutboundClient(config.http_allow)
-        # Through the process's provider when tracing is on; otherwise spans cost next to nothing.
-        self._tracer = trace.get_tracer("aias.execution.worker")
+        # Spans only when this process traces (its provider is installed before the worker is
+        # built, as the factories' instrumentation is); otherwise a run and its steps make none.
+        self._tracer = trace.get_tracer("aias.execution.worker") if tracing_enabled() else None
         # By (run, attempt): after a lost lease this worker may hold a later attempt of a run
         # while the earlier one is still stopping.
         self._held: dict[tuple[uuid.UUID, int], _Held] = {}
@@ -381,15 +384,17 @@ class Worker:
         try:
             # A child of the request that queued the run, so one trace runs from the webhook to
             # the last step; a retry's attempts are children of the same request.
-            with self._tracer.start_as_current_span(
+            with self._span(
                 "run",
-                context=context_from(run.traceparent),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "aias.run.id": str(run.id),
-                    "aias.run.attempt": run.attempt,
-                    "aias.workflow.id": str(run.workflow_id),
-                    "aias.workflow.version": run.workflow_version,
+                lambda: {
+                    "context": context_from(run.traceparent),
+                    "kind": SpanKind.CONSUMER,
+                    "attributes": {
+                        "aias.run.id": str(run.id),
+                        "aias.run.attempt": run.attempt,
+                        "aias.workflow.id": str(run.workflow_id),
+                        "aias.workflow.version": run.workflow_version,
+                    },
                 },
             ) as span:
                 outcome = await self._outcome(held)
@@ -410,6 +415,15 @@ class Worker:
         finally:
             del self._held[run.id, run.attempt]
             self._slot_freed()
+
+    def _span(
+        self, name: str, options: Callable[[], dict[str, Any]]
+    ) -> AbstractContextManager[trace.Span]:
+        """A span made with `options` (start_as_current_span's keywords) when this process
+        traces; otherwise a span that records nothing, and `options` is never called."""
+        if self._tracer is None:
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        return self._tracer.start_as_current_span(name, **options())
 
     async def _outcome(self, held: _Held) -> Outcome | None:
         """How this attempt ends; None when the lease was lost (another worker has the run)."""
@@ -443,7 +457,8 @@ class Worker:
             run={
                 "id": str(run.id),
                 "attempt": run.attempt,
-                "create_time": _api_time(run.create_time),
+                # As the public API writes it, so templates match GET /api/runs.
+                "create_time": rfc3339(run.create_time),
             },
             workflow={"id": str(run.workflow_id), "version": run.workflow_version},
         )
@@ -469,13 +484,9 @@ class Worker:
                     )
                 )
                 return RunStatus.CANCELLED, ""
-            with self._tracer.start_as_current_span(
+            with self._span(
                 f"step {step.type}",
-                attributes={
-                    "aias.step.id": step.id,
-                    "aias.step.type": step.type,
-                    "aias.step.index": index,
-                },
+                functools.partial(_step_span, step, index),
             ) as span:
                 status, failure_text, done = await self._step(
                     run,
@@ -703,11 +714,15 @@ def _entry(
     )
 
 
-def _api_time(value: datetime) -> str:
-    """A time as the public API writes it (RFC 3339 in UTC), so templates match GET /api/runs."""
-    stamp = timestamp(value)
-    assert stamp is not None, "a datetime gives a Timestamp"
-    return stamp.ToJsonString()
+def _step_span(step: StepDefinition, index: int) -> dict[str, Any]:
+    """A step span's keywords."""
+    return {
+        "attributes": {
+            "aias.step.id": step.id,
+            "aias.step.type": step.type,
+            "aias.step.index": index,
+        }
+    }
 
 
 def new_worker_id() -> str:
