@@ -1,13 +1,15 @@
-"""The ingest (or artifacts) benchmark on several revisions of the code, alternating.
+"""The ingest (or artifacts, or worker) benchmark on several revisions of the code, alternating.
 
     python -m bench.compare --rounds 2 a70c3c4 5a9d367 HEAD
     python -m bench.compare --bench artifacts --rounds 3 main HEAD
+    python -m bench.compare --bench worker --rounds 3 main HEAD
 
 Each revision is checked out into a temporary worktree, gets its stubs generated, and is
 benchmarked with *this* checkout's `bench/` (so every revision is measured the same way); the
 rounds alternate the revisions so a change in the machine's load touches them all alike. It
-prints one line per revision: medians over the rounds, beside the bare aiohttp baseline of the
-same runs. Figures go to bench/results/compare-<time>.json.
+prints one line per revision: medians over the rounds, beside the same runs' baselines (bare
+aiohttp; FileResponse; single-row UPDATE transactions). The worker benchmark runs shorter drains
+than `make bench-worker` (4,000 one-step and 800 four-step runs). Figures go to bench/results/compare-<time>.json.
 """
 
 from __future__ import annotations
@@ -66,6 +68,13 @@ def _run(folder: Path, bench: str, seconds: float, rates: list[str]) -> dict[str
         # One round per run: the revisions take turns round by round, each beside its own
         # same-run FileResponse baselines.
         command = ["bench.artifacts_path", "--rounds", "1"]
+    elif bench == "worker":
+        # Drains long enough to measure, short enough to alternate a few rounds.
+        command = [
+            "bench.worker_throughput",
+            *("--runs", "4000", "--four-step-runs", "800", "--webhooks", "200"),
+            *("--sequential", "5"),
+        ]
     else:
         command = ["bench.ingest", "--seconds", str(seconds), "--rates", *rates]
     subprocess.run(
@@ -97,9 +106,31 @@ def _artifacts_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     return summary
 
 
+def _worker_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
+    summary = {}
+    for workers in ("workers_1", "workers_2"):
+        for name in ("one_step_per_second", "three_step_per_second", "four_step_per_second"):
+            summary[f"{workers}_{name}"] = _median(
+                runs, lambda r, w=workers, n=name: r["results"][w][n]
+            )
+        for process in runs[0]["results"][workers]["four_step_cpu_ms_per_run"]:
+            summary[f"{workers}_four_step_cpu_ms_{process}"] = _median(
+                runs,
+                lambda r, w=workers, p=process: r["results"][w]["four_step_cpu_ms_per_run"].get(
+                    p, 0.0
+                ),
+            )
+    summary["baseline_update_transactions_per_second"] = _median(
+        runs, lambda r: r["results"]["baseline"]["durable_update_transactions_per_second"]
+    )
+    return summary
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
     if "download_ratio" in runs[0]:
         return _artifacts_summary(runs)
+    if "results" in runs[0]:
+        return _worker_summary(runs)
 
     def median(pick: Any) -> float:
         return _median(runs, pick)
@@ -128,7 +159,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("revisions", nargs="+")
-    parser.add_argument("--bench", choices=("ingest", "artifacts"), default="ingest")
+    parser.add_argument("--bench", choices=("ingest", "artifacts", "worker"), default="ingest")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rates", nargs="*", default=["150", "500"])
