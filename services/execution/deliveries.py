@@ -42,24 +42,10 @@ def delivery_values(
     }
 
 
-def delivery_row(
-    tenant_id: uuid.UUID,
-    endpoint_id: uuid.UUID,
-    status: int,
-    reason: str,
-    message: str,
-    size_bytes: int,
-    run_id: uuid.UUID | None,
-) -> WebhookDeliveryRow:
-    return WebhookDeliveryRow(
-        **delivery_values(tenant_id, endpoint_id, status, reason, message, size_bytes, run_id)
-    )
-
-
 class DeliveryLog:
     """Records deliveries and keeps each tenant's log at about its newest `kept`.
 
-    An accepted delivery is written in its run's transaction (the caller adds `delivery_row`);
+    An accepted delivery is written in its run's transaction (the caller adds a row of `delivery_values`);
     a refused one in a small transaction of its own. Pruning is off the request path: after
     every `prune_every` deliveries of a tenant this process recorded, a background task deletes
     what lies beyond the newest `kept`, in batches. A log therefore holds at most `kept` plus
@@ -84,14 +70,16 @@ class DeliveryLog:
         size_bytes: int,
     ) -> None:
         """Writes a refused delivery; a failure to write is logged, never raised over the refusal."""
-        row = delivery_row(
-            tenant_id,
-            endpoint_id,
-            http_status(error.code, error.metadata),
-            error.reason,
-            message,
-            size_bytes,
-            None,
+        row = WebhookDeliveryRow(
+            **delivery_values(
+                tenant_id,
+                endpoint_id,
+                http_status(error.code, error.metadata),
+                error.reason,
+                message,
+                size_bytes,
+                None,
+            )
         )
         try:
             async with self._db.tenant(tenant_id) as session:

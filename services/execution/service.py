@@ -40,7 +40,7 @@ from aias.core.pagination import (
 )
 from aias.core.ratelimit import RateLimiter
 from aias.core.tracing import current_traceparent
-from aias.services.execution.deliveries import DeliveryLog, delivery_row, delivery_values
+from aias.services.execution.deliveries import DeliveryLog, delivery_values
 from aias.services.execution.domain import (
     DEFAULT_MAX_ATTEMPTS,
     FINAL_RUN_STATUSES,
@@ -610,23 +610,25 @@ class ExecutionService:
                 if existing is not None:
                     _check_same_body(existing, digest)
                     await repo.add(
-                        delivery_row(
-                            tenant_id,
-                            target.endpoint_id,
-                            202,
-                            IDEMPOTENT_REPEAT,
-                            "the idempotency key was used before with the same body; the "
-                            "first run was returned",
-                            len(body),
-                            existing.id,
+                        WebhookDeliveryRow(
+                            **delivery_values(
+                                tenant_id,
+                                target.endpoint_id,
+                                202,
+                                IDEMPOTENT_REPEAT,
+                                "the idempotency key was used before with the same body; the "
+                                "first run was returned",
+                                len(body),
+                                existing.id,
+                            )
                         ),
                         refresh=False,
                     )
                     return AcceptedRun(existing.id, existing.status), True
                 ticket = await self._quota.take(entitlements)
                 run = RunRow(**self._run_values(tenant_id, target, body, content_type, key, digest))
-                accepted = delivery_row(
-                    tenant_id, target.endpoint_id, 202, "", "", len(body), run.id
+                accepted = WebhookDeliveryRow(
+                    **delivery_values(tenant_id, target.endpoint_id, 202, "", "", len(body), run.id)
                 )
                 # Only the id and status go back to the caller: no read-back on the hot path.
                 await repo.add(run, accepted, refresh=False)
