@@ -472,7 +472,7 @@ _RPC_UNWIND_SECONDS = 1.0
 
 
 async def _rpc_tasks_ended() -> None:
-    """Waits (at most _RPC_UNWIND_SECONDS) for the tasks of RPCs that ended during the stop to unwind.
+    """Waits, up to _RPC_UNWIND_SECONDS, for the tasks of RPCs that ended during the stop.
 
     `server.stop` returns once gRPC's core is done with every call, while the task of an RPC its
     client cancelled at that moment (a health watch, say) may not have run its cancellation yet.
