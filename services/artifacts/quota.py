@@ -117,10 +117,10 @@ class StorageQuota:
         self._tenants[tenant_id].held += amount
 
     def _expire(self, tenant_id: uuid.UUID, state: _Tenant) -> None:
-        """The linger after the tenant's last upload ended: what is held goes back."""
+        """The linger after the tenant's last upload ended: what is held goes back. (A new
+        upload cancels the timer first, so the state is still the tenant's, with none in
+        flight.)"""
         state.expiry = None
-        if self._tenants.get(tenant_id) is not state or state.in_flight:
-            return
         del self._tenants[tenant_id]
         if state.held:
             task = asyncio.create_task(self._give_back_held(tenant_id, state.held))
