@@ -350,5 +350,7 @@ async def test_execution_processes_share_one_rate_count_through_redis(
         accepted, refused = await outcomes(
             [stubs[i % 2].TriggerWebhook(delivery(tenant, made.secret)) for i in range(10)]
         )
-    assert (len(accepted), len(refused)) == (6, 4)
+    # Every refusal's code and message, so that a failure shows what else refused a call.
+    refusals = [(error.code().name, error.details()) for error in refused]
+    assert (len(accepted), len(refused)) == (6, 4), refusals
     assert {details(error)[0] for error in refused} == {"QUOTA_EXCEEDED"}
