@@ -16,6 +16,7 @@ from google.protobuf.message_factory import GetMessageClass
 from aias.api.v1 import annotations_pb2 as access_pb2
 from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX
 from aias.core.jsonmap import descriptor_of, field_to_json, message_to_json
+from aias.core.wire import length_delimited_fields
 from aias.gateway.backends import BackendSpec
 from aias.gateway.binding import resolve_field
 from aias.gateway.errors import json_response
@@ -260,42 +261,16 @@ class RawHttpBody:
         Streamed downloads are most of the gateway's bytes: the generated parser would copy
         each chunk into the message and again on every read of `data`.
         """
-        view = memoryview(wire)
-        content_type, data = "", view[:0]
-        position = 0
-        while position < len(view):
-            key, position = _varint(view, position)
-            number, kind = key >> 3, key & 7
-            if kind == 2:
-                size, position = _varint(view, position)
-                value = view[position : position + size]
-                if len(value) != size:
-                    raise ValueError("truncated HttpBody")
-                position += size
+        content_type, data = "", memoryview(b"")
+        try:
+            for number, value in length_delimited_fields(wire):
                 if number == 1:
                     content_type = bytes(value).decode()
                 elif number == 2:
                     data = value
-            elif kind == 0:
-                _, position = _varint(view, position)
-            elif kind in (1, 5):
-                position += 8 if kind == 1 else 4
-            else:
-                raise ValueError(f"unexpected wire type {kind} in HttpBody")
+        except ValueError as error:
+            raise ValueError(f"malformed HttpBody: {error}") from None
         return cls(content_type, data)
-
-
-def _varint(view: memoryview, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if position >= len(view) or shift > 63:
-            raise ValueError("truncated varint in HttpBody")
-        byte = view[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
 
 
 def header_name(key: str) -> str:

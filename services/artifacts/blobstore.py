@@ -19,6 +19,7 @@ from typing import BinaryIO, Protocol
 import blake3
 
 from aias.core.periodic import Periodic
+from aias.services.artifacts.domain import Chunk
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 TEMP_PREFIX = "upload-"
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 class Digest(Protocol):
     """A hash being computed (`blake3.blake3()`, `hashlib.sha256()`), as reading needs it."""
 
-    def update(self, data: bytes, /) -> object: ...
+    def update(self, data: Chunk, /) -> object: ...
 
     def hexdigest(self) -> str: ...
 
@@ -57,7 +58,7 @@ class ContentDigests:
         self._sha256 = hashlib.sha256()
         self._blake3 = blake3.blake3()
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: Chunk) -> None:
         """Both release the GIL for all but small inputs, so this may run in a thread."""
         self._sha256.update(data)
         self._blake3.update(data)
@@ -75,7 +76,7 @@ class ContentDigests:
 class BlobWriter(Protocol):
     """An upload in progress; nothing is visible until `commit` returns."""
 
-    async def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: Chunk) -> None: ...
 
     def written(self) -> StoredBlob:
         """The digest and size of what was written so far."""
@@ -169,7 +170,7 @@ class _FileWriter:
         self._size = 0
         self.committed = False
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         if len(chunk) <= INLINE_WRITE_BYTES:
             # Into the file's buffer: cheaper than the two hand-offs to threads below.
             self._digests.update(chunk)

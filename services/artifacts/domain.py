@@ -19,6 +19,8 @@ from aias.core.errors import (
 from aias.core.text import checked_file_name
 
 MAX_CHUNK_BYTES = 1024 * 1024
+# A piece of content as it arrives: bytes, or a view of the gRPC message that carried it.
+Chunk = bytes | memoryview
 # Content stored in one message (StoreArtifact) rather than a stream: small step outputs.
 MAX_STORE_BYTES = 512 * 1024
 # Content stored in one message up to this size is kept in the database rather than the blob
@@ -174,7 +176,7 @@ def check_workflow(new: NewArtifact, run_workflow: uuid.UUID) -> uuid.UUID:
     return run_workflow
 
 
-def check_chunk(chunk: bytes) -> bytes:
+def check_chunk(chunk: Chunk) -> Chunk:
     if len(chunk) > MAX_CHUNK_BYTES:
         raise InvalidArgument(
             "CHUNK_TOO_LARGE", f"a chunk may hold at most {MAX_CHUNK_BYTES} bytes, got {len(chunk)}"

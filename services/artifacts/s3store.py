@@ -22,6 +22,7 @@ from aias.services.artifacts.blobstore import (
     Digest,
     StoredBlob,
 )
+from aias.services.artifacts.domain import Chunk
 from aias.services.artifacts.s3settings import (
     COPY_PART_BYTES,
     MAX_COPY_BYTES,
@@ -57,7 +58,7 @@ class _S3Writer:
         self._temp_complete = False
         self.committed = False
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Chunk) -> None:
         self._digests.update(chunk)
         self._size += len(chunk)
         self._buffer += chunk

@@ -36,6 +36,7 @@ from aias.services.artifacts.domain import (
     UPLOAD_READ_AHEAD,
     Answer,
     Artifact,
+    Chunk,
     DownloadPlan,
     DownloadRequest,
     NewArtifact,
@@ -161,7 +162,7 @@ class ArtifactsService:
         self._runs = runs
 
     async def upload(
-        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterable[bytes]
+        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterable[Chunk]
     ) -> Artifact:
         """Stores the content, then records it; a retry with the same content returns the first.
 
@@ -213,7 +214,7 @@ class ArtifactsService:
         return new, workflow_id, entitlements
 
     async def _store(
-        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterator[bytes]
+        self, tenant_id: uuid.UUID, spec: UploadSpec, chunks: AsyncIterator[Chunk]
     ) -> Artifact:
         new, workflow_id, entitlements = await self._admit(tenant_id, spec)
         async with self._storage.uploading(tenant_id), self._blobs.writer(tenant_id) as writer:
@@ -415,12 +416,12 @@ class ArtifactsService:
             yield Download(artifact, plan, reader, blob.blake3, self._metrics)
 
 
-async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator[bytes]:
+async def _read_ahead(chunks: AsyncIterable[Chunk], depth: int) -> AsyncIterator[Chunk]:
     """The same chunks, with up to `depth` more received while the current one is stored.
 
     Receiving (gRPC) and storing (hashing, writing) then overlap instead of taking turns.
     """
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(depth)
+    queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue(depth)
 
     async def receive() -> None:
         try:
@@ -443,7 +444,7 @@ async def _read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator
             await receiving
 
 
-async def _one(content: bytes) -> AsyncIterator[bytes]:
+async def _one(content: bytes) -> AsyncIterator[Chunk]:
     yield content
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
@@ -12,6 +13,7 @@ from aias.core.context import HTTP_CODE, HTTP_HEADER_PREFIX, forwarded_header, r
 from aias.core.errors import InvalidArgument
 from aias.core.process import heap
 from aias.core.protoconv import timestamp
+from aias.core.wire import length_delimited, length_delimited_fields
 from aias.services.artifacts.domain import (
     Answer,
     Artifact,
@@ -40,32 +42,50 @@ def artifact_pb(artifact: Artifact) -> pb.Artifact:
     )
 
 
+@dataclass(frozen=True)
+class UploadMessage:
+    """One UploadArtifact message read from its wire bytes (see `aias.core.wire`): the chunk is
+    a view of the bytes gRPC received, not the two copies the generated parser would make.
+
+    `payload` is what `WhichOneof("payload")` says of the same bytes.
+    """
+
+    payload: str | None
+    metadata: pb.UploadArtifactMetadata
+    chunk: memoryview
+
+    @classmethod
+    def parse(cls, wire: bytes) -> UploadMessage:
+        empty = memoryview(b"")
+        payload, metadata, chunk = None, pb.UploadArtifactMetadata(), empty
+        # As in a oneof, each member clears the other; a message sent twice merges.
+        for number, value in length_delimited_fields(wire):
+            if number == 1:
+                if payload != "metadata":
+                    metadata = pb.UploadArtifactMetadata()
+                metadata.MergeFromString(bytes(value))
+                payload, chunk = "metadata", empty
+            elif number == 2:
+                payload, metadata, chunk = "chunk", pb.UploadArtifactMetadata(), value
+        return cls(payload, metadata, chunk)
+
+
 class _Chunks:
     """An upload's chunks, after its metadata, counted as they arrive."""
 
-    def __init__(self, messages: AsyncIterator[pb.UploadArtifactRequest]) -> None:
+    def __init__(self, messages: AsyncIterator[UploadMessage]) -> None:
         self._messages = messages
         self.size = 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
         async for message in self._messages:
-            if message.WhichOneof("payload") != "chunk":
+            if message.payload != "chunk":
                 raise InvalidArgument(
                     "UPLOAD_CHUNK_EXPECTED",
                     "after the metadata, every upload message must be a chunk",
                 )
-            chunk = message.chunk
-            self.size += len(chunk)
-            yield chunk
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+            self.size += len(message.chunk)
+            yield message.chunk
 
 
 def http_body_wire(data: bytes, content_type: str = "") -> bytes:
@@ -76,10 +96,9 @@ def http_body_wire(data: bytes, content_type: str = "") -> bytes:
     """
     parts = []
     if content_type:
-        encoded = content_type.encode()
-        parts += [b"\x0a", _varint(len(encoded)), encoded]
+        parts += length_delimited(1, content_type.encode())
     if data:
-        parts += [b"\x12", _varint(len(data)), data]
+        parts += length_delimited(2, data)
     return b"".join(parts)
 
 
@@ -106,13 +125,16 @@ class _Registrations:
 
 def add_to_server(servicer: ArtifactsServicer, server: grpc.aio.Server) -> None:
     """The generated `add_ArtifactsServiceServicer_to_server`, but DownloadArtifact's responses
-    are the wire bytes the servicer builds (`http_body_wire`), passed on as they are."""
+    are the wire bytes the servicer builds (`http_body_wire`), passed on as they are, and
+    UploadArtifact's requests are read as `UploadMessage`s."""
     caught = _Registrations()
     pb_grpc.add_ArtifactsServiceServicer_to_server(servicer, caught)
     download = caught.handlers["DownloadArtifact"]
+    upload = caught.handlers["UploadArtifact"]
     handlers = {
         **caught.handlers,
         "DownloadArtifact": download._replace(response_serializer=_already_serialized),
+        "UploadArtifact": upload._replace(request_deserializer=UploadMessage.parse),
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(caught.service, handlers),)
@@ -136,15 +158,15 @@ class ArtifactsServicer(pb_grpc.ArtifactsServiceServicer):
     def __init__(self, service: ArtifactsService) -> None:
         self._service = service
 
-    async def UploadArtifact(
+    async def UploadArtifact(  # type: ignore[override]  # parsed as UploadMessage: see add_to_server
         self,
-        request_iterator: AsyncIterable[pb.UploadArtifactRequest],
+        request_iterator: AsyncIterable[UploadMessage],  # see add_to_server
         context: grpc.aio.ServicerContext,
     ) -> pb.UploadArtifactResponse:
         tenant_id = require_tenant()
         messages = aiter(request_iterator)
         first = await anext(messages, None)
-        if first is None or first.WhichOneof("payload") != "metadata":
+        if first is None or first.payload != "metadata":
             raise InvalidArgument(
                 "UPLOAD_METADATA_FIRST", "the first message of an upload must carry the metadata"
             )
