@@ -51,6 +51,8 @@ from aias.core.errors import (
     clip,
 )
 from aias.core.process import (
+    DEFAULT_HEAP,
+    HeapThresholds,
     heap,
     return_large_buffers_to_the_os,
     wait_for_termination,
@@ -570,7 +572,11 @@ class ProcessSettings(Protocol):
 _S = TypeVar("_S", bound=ProcessSettings)
 
 
-def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer]]) -> None:
+def run_main(
+    load: Callable[[], _S],
+    build: Callable[[_S], Awaitable[BuiltServer]],
+    heap_thresholds: HeapThresholds = DEFAULT_HEAP,
+) -> None:
     """The whole of a gRPC process's main: settings, logging, build, serve until SIGTERM."""
     from aias.core.logging import configure_logging
     from aias.core.settings import SettingsError
@@ -581,7 +587,7 @@ def run_main(load: Callable[[], _S], build: Callable[[_S], Awaitable[BuiltServer
     except SettingsError as error:
         raise SystemExit(str(error)) from None
     configure_logging(settings.server.service, settings.server.log_level)
-    return_large_buffers_to_the_os()
+    return_large_buffers_to_the_os(heap_thresholds)
     # Before the build: the factories add tracing interceptors only when a provider is installed.
     tracer_provider = configure_tracing(settings.server.service, settings.server.tracing)
 

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 # Free memory the heap keeps at its top rather than give back at once (glibc: 128 KiB).
 _TRIM_THRESHOLD_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HeapThresholds:
+    """glibc's mmap and trim thresholds for a process (see `return_large_buffers_to_the_os`)."""
+
+    mmap_bytes: int = _MMAP_THRESHOLD_BYTES
+    trim_bytes: int = _TRIM_THRESHOLD_BYTES
+
+
+DEFAULT_HEAP = HeapThresholds()
+
+
 # After a transfer of at least this much, the heap's free pages go back to the OS...
 _TRIM_AFTER_BYTES = 1024 * 1024
 # ...this long after it (at most one trim per this interval, and always one after the last).
@@ -40,7 +54,7 @@ def _libc_function(name: str) -> Any:
     return getattr(ctypes.CDLL(None), name, None)
 
 
-def return_large_buffers_to_the_os() -> None:
+def return_large_buffers_to_the_os(thresholds: HeapThresholds = DEFAULT_HEAP) -> None:
     """Pins glibc's mmap and trim thresholds, so each freed large buffer goes back to the OS.
 
     glibc raises the mmap threshold to the size of the largest block freed so far, after which
@@ -50,8 +64,8 @@ def return_large_buffers_to_the_os() -> None:
     """
     mallopt = _libc_function("mallopt")
     if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
+        mallopt(_M_MMAP_THRESHOLD, thresholds.mmap_bytes)
+        mallopt(_M_TRIM_THRESHOLD, thresholds.trim_bytes)
 
 
 class HeapTrim:
