@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import uuid
 from pathlib import Path
 
@@ -18,14 +20,24 @@ async def download(request: web.Request) -> web.FileResponse:
 
 
 async def upload(request: web.Request) -> web.Response:
-    """Writes the body to a new file as it arrives, as a bare upload endpoint would."""
+    """Writes the body to a new file as it arrives, as a bare upload endpoint would.
+
+    With `?keep=1` the file is kept and synced to disk before the answer, as a store that
+    keeps what it accepted must (the benchmark's folder goes when it ends); without, it is
+    deleted at once, its pages never written out.
+    """
+    keep = request.query.get("keep") == "1"
     target = request.app[UPLOADS] / f"{uuid.uuid4().hex}.bin"
     size = 0
     with target.open("wb") as file:
         async for data in request.content.iter_chunked(CHUNK_BYTES):
             file.write(data)
             size += len(data)
-    target.unlink()
+        if keep:
+            file.flush()
+            await asyncio.to_thread(os.fsync, file.fileno())
+    if not keep:
+        target.unlink()
     return web.json_response({"size": size}, status=201)
 
 

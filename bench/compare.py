@@ -97,8 +97,15 @@ def _artifacts_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
         name: _median(runs, lambda r, n=name: r["mib_per_second"][n])
         for name in runs[0]["mib_per_second"]
     }
-    for name in ("download_ratio", "download_ratio_no_sendfile", "upload_ratio"):
-        summary[name] = _median(runs, lambda r, n=name: r[n])
+    for name in (
+        "download_ratio",
+        "download_ratio_no_sendfile",
+        "upload_ratio",
+        "upload_ratio_kept",
+        "upload_cpu_ms_artifacts",
+        "upload_minor_faults_artifacts",
+    ):
+        summary[name] = _median(runs, lambda r, n=name: r.get(n, 0.0))
     for kind in ("gateway", "artifacts"):
         summary[f"download_cpu_ms_{kind}"] = _median(
             runs, lambda r, k=kind: r["download_cpu_ms"][k]
