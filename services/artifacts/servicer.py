@@ -6,6 +6,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
 from aias.artifacts.v1 import artifacts_service_pb2_grpc as pb_grpc
@@ -58,15 +59,22 @@ class UploadMessage:
     def parse(cls, wire: bytes) -> UploadMessage:
         empty = memoryview(b"")
         payload, metadata, chunk = None, pb.UploadArtifactMetadata(), empty
-        # As in a oneof, each member clears the other; a message sent twice merges.
-        for number, value in length_delimited_fields(wire):
-            if number == 1:
-                if payload != "metadata":
-                    metadata = pb.UploadArtifactMetadata()
-                metadata.MergeFromString(bytes(value))
-                payload, chunk = "metadata", empty
-            elif number == 2:
-                payload, metadata, chunk = "chunk", pb.UploadArtifactMetadata(), value
+        try:
+            # As in a oneof, each member clears the other; a message sent twice merges.
+            for number, value in length_delimited_fields(wire):
+                if number == 1:
+                    if payload != "metadata":
+                        metadata = pb.UploadArtifactMetadata()
+                    metadata.MergeFromString(bytes(value))
+                    payload, chunk = "metadata", empty
+                elif number == 2:
+                    payload, metadata, chunk = "chunk", pb.UploadArtifactMetadata(), value
+        except (ValueError, DecodeError) as error:
+            # Raised where the servicer reads the stream, so the caller gets this status.
+            raise InvalidArgument(
+                "MALFORMED_MESSAGE",
+                f"an upload message is not a valid UploadArtifactRequest: {error}",
+            ) from None
         return cls(payload, metadata, chunk)
 
 

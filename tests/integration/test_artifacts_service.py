@@ -61,6 +61,8 @@ class Served:
     sweeper_registry: CollectorRegistry
     # What the server was built from, for a test that builds another with other settings.
     settings: ArtifactsSettings
+    # The stub's channel, for calls that send bytes no generated class would write.
+    channel: grpc.aio.Channel
 
     async def new_tenant(self, plan: str = "free") -> uuid.UUID:
         return await self.tenancy.new_tenant(plan)
@@ -183,7 +185,7 @@ async def served(
             )
             # The stub's overloads cannot tell an aio channel from a sync one without grpc stubs.
             stub = cast("pb_grpc.ArtifactsServiceAsyncStub", pb_grpc.ArtifactsServiceStub(channel))
-            yield Served(stub, store, tenancy, db, sweeper, registry, settings)
+            yield Served(stub, store, tenancy, db, sweeper, registry, settings, channel)
             for opened in (channel, tenancy_channel, execution_channel):
                 await opened.close()
     await db.close()
@@ -430,6 +432,45 @@ async def test_upload_must_start_with_metadata(served: Served) -> None:
     assert metadata_twice.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason(metadata_twice.value) == "UPLOAD_CHUNK_EXPECTED"
     assert await served.stored(tenant) == []
+
+
+@pytest.mark.parametrize(
+    "malformed",
+    [
+        b"\x12\x05abc",  # a chunk shorter than its length says
+        b"\x12",  # a chunk without its length
+        b"\x0a\x02\xff\xff",  # metadata that is no message
+    ],
+)
+async def test_a_malformed_upload_message_ends_the_upload_and_stores_nothing(
+    served: Served, malformed: bytes
+) -> None:
+    tenant = await served.new_tenant()
+    run = await served.new_run(tenant)
+    # The upload's messages as raw wire bytes: the metadata, a good chunk, then the bad one.
+    upload_raw = served.channel.stream_unary(
+        "/aias.artifacts.v1.ArtifactsService/UploadArtifact",
+        request_serializer=None,
+        response_deserializer=pb.UploadArtifactResponse.FromString,
+    )
+    wire = [
+        metadata_message(run, "a.bin").SerializeToString(),
+        pb.UploadArtifactRequest(chunk=b"good").SerializeToString(),
+        malformed,
+    ]
+
+    async def messages() -> AsyncIterator[bytes]:
+        for message in wire:
+            yield message
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await upload_raw(messages(), metadata=as_tenant(tenant))
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason(caught.value) == "MALFORMED_MESSAGE"
+    assert await served.stored(tenant) == []
+    # The service goes on serving.
+    await upload(served, tenant, run, "b.bin", [b"fine"])
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from aias.artifacts.v1 import artifacts_service_pb2 as pb
+from aias.core.errors import InvalidArgument
 from aias.core.wire import decode_varint, encode_varint, length_delimited_fields
 from aias.services.artifacts.servicer import UploadMessage
 
@@ -96,6 +97,9 @@ def test_fields_of_other_wire_types_are_skipped() -> None:
 )
 def test_malformed_messages_are_refused_by_both(wire: bytes) -> None:
     with pytest.raises(ValueError, match=r"truncated|unexpected wire type"):
+        list(length_delimited_fields(wire))
+    with pytest.raises(InvalidArgument, match=r"truncated|unexpected wire type") as caught:
         UploadMessage.parse(wire)
+    assert caught.value.reason == "MALFORMED_MESSAGE"
     with pytest.raises(DecodeError):
         pb.UploadArtifactRequest.FromString(wire)
