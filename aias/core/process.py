@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import json
 import os
 import signal
@@ -68,9 +69,21 @@ def return_large_buffers_to_the_os(thresholds: HeapThresholds = DEFAULT_HEAP) ->
         mallopt(_M_TRIM_THRESHOLD, thresholds.trim_bytes)
 
 
+def freeze_survivors() -> None:
+    """Moves every object start-up made and still holds to the collector's permanent
+    generation, so no later collection walks them again.
+
+    A process holds some 110,000 such objects (imported modules, the ORM's and gRPC's tables);
+    a full collection of them took 63 ms, a pause that every request waiting on the event loop
+    sat through. After this one, full collections walk only what the process made since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 class HeapTrim:
     """Gives the heap's free pages back to the OS after large transfers, and once start-up has
-    settled.
+    settled (when it also freezes what start-up left: `freeze_survivors`).
 
     The messages of a download or upload are freed in the middle of the heap, below live
     objects, where only `malloc_trim` returns their pages; without it five 100 MiB round trips
@@ -82,16 +95,23 @@ class HeapTrim:
         trim: Callable[[int], object] | None = None,
         delay: float = _TRIM_DELAY_SECONDS,
         settled: float = _SETTLED_SECONDS,
+        freeze: Callable[[], object] = freeze_survivors,
     ) -> None:
         self._trim = trim or _libc_function("malloc_trim")
+        self._freeze = freeze
         self._delay = delay
         self._settled = settled
         self._due = 0.0
 
     def after_start(self) -> None:
         """Called on the event loop's thread once the process is ready."""
+        asyncio.get_running_loop().call_later(self._settled, self._settle)
+
+    def _settle(self) -> None:
+        # The collection first: what it frees is neither frozen nor kept from the trim.
+        self._freeze()
         if self._trim is not None:
-            asyncio.get_running_loop().call_later(self._settled, self._trim, 0)
+            self._trim(0)
 
     def after_transfer(self, size: int) -> None:
         """Called on the event loop's thread when a transfer of `size` bytes has ended."""
