@@ -29,6 +29,13 @@ _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD_BYTES = 1024 * 1024
 # Free memory the heap keeps at its top rather than give back at once (glibc: 128 KiB).
 _TRIM_THRESHOLD_BYTES = 2 * 1024 * 1024
+# After a transfer of at least this much, the heap's free pages go back to the OS...
+_TRIM_AFTER_BYTES = 1024 * 1024
+# ...this long after it (at most one trim per this interval, and always one after the last).
+_TRIM_DELAY_SECONDS = 1.0
+# A process frees much of what its start-up allocated in the seconds after it is ready (first
+# connections, first calls); one trim this long after gave 1.0-1.3 MiB of idle RSS back.
+_SETTLED_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,15 +47,6 @@ class HeapThresholds:
 
 
 DEFAULT_HEAP = HeapThresholds()
-
-
-# After a transfer of at least this much, the heap's free pages go back to the OS...
-_TRIM_AFTER_BYTES = 1024 * 1024
-# ...this long after it (at most one trim per this interval, and always one after the last).
-_TRIM_DELAY_SECONDS = 1.0
-# A process frees much of what its start-up allocated in the seconds after it is ready (first
-# connections, first calls); one trim this long after gave 1.0-1.3 MiB of idle RSS back.
-_SETTLED_SECONDS = 5.0
 
 
 def _libc_function(name: str) -> Any:
