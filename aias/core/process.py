@@ -71,9 +71,11 @@ def freeze_survivors() -> None:
     """Moves every object start-up made and still holds to the collector's permanent
     generation, so no later collection walks them again.
 
-    A process holds some 110,000 such objects (imported modules, the ORM's and gRPC's tables);
-    a full collection of them took 63 ms, a pause that every request waiting on the event loop
-    sat through. After this one, full collections walk only what the process made since.
+    After its imports alone a process holds 57,000 (the gateway) to 91,000 (execution) objects
+    the collector tracks, and a full collection of them took 24-58 ms on a 2-core machine: a
+    pause every request waiting on the event loop sat through. After this one, full
+    collections walk only what the process made since (at 500 webhooks/s offered, p99 186 ->
+    131 ms and 295 -> 159 ms in two alternating comparisons).
     """
     gc.collect()
     gc.freeze()
