@@ -74,8 +74,8 @@ def freeze_survivors() -> None:
     After its imports alone a process holds 57,000 (the gateway) to 91,000 (execution) objects
     the collector tracks, and a full collection of them took 24-58 ms on a 2-core machine: a
     pause every request waiting on the event loop sat through. After this one, full
-    collections walk only what the process made since (at 500 webhooks/s offered, p99 186 ->
-    131 ms and 295 -> 159 ms in two alternating comparisons).
+    collections walk only what the process made since (at 500 webhooks/s offered, p99 295 ->
+    159, 186 -> 131 and 286 -> 181 ms in three alternating comparisons).
     """
     gc.collect()
     gc.freeze()
