@@ -9,7 +9,8 @@ benchmarked with *this* checkout's `bench/` (so every revision is measured the s
 rounds alternate the revisions so a change in the machine's load touches them all alike. It
 prints one line per revision: medians over the rounds, beside the same runs' baselines (bare
 aiohttp; FileResponse; single-row UPDATE transactions). The worker benchmark runs shorter drains
-than `make bench-worker` (4,000 one-step and 800 four-step runs). Figures go to bench/results/compare-<time>.json.
+than `make bench-worker` (4,000 one-step and 800 four-step runs). Figures go to
+bench/results/compare-<time>.json.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _artifacts_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
         "upload_cpu_ms_artifacts",
         "upload_minor_faults_artifacts",
     ):
-        summary[name] = _median(runs, lambda r, n=name: r.get(n, 0.0))
+        summary[name] = _median(runs, lambda r, n=name: r[n])
     for kind in ("gateway", "artifacts"):
         summary[f"download_cpu_ms_{kind}"] = _median(
             runs, lambda r, k=kind: r["download_cpu_ms"][k]

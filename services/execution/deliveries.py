@@ -45,8 +45,8 @@ def delivery_values(
 class DeliveryLog:
     """Records deliveries and keeps each tenant's log at about its newest `kept`.
 
-    An accepted delivery is written in its run's transaction (the caller adds a row of `delivery_values`);
-    a refused one in a small transaction of its own. Pruning is off the request path: after
+    An accepted delivery is written in its run's transaction (the caller adds a row made of
+    `delivery_values`); a refused one in a small transaction of its own. Pruning is off the request path: after
     every `prune_every` deliveries of a tenant this process recorded, a background task deletes
     what lies beyond the newest `kept`, in batches. A log therefore holds at most `kept` plus
     `prune_every` per execution process (a little more while a prune runs).
